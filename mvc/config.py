@@ -1,0 +1,325 @@
+"""Typed, validated study configuration: YAML files with `extends:`, `--set key=value` overrides, stage hashes.
+
+Every choice that the paper leaves open is a field here, with its default and a one-line comment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mvc.paths import StudyPaths, resolve_path
+
+DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
+MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
+Method = Literal[
+    "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix",
+    "sd_naive", "mvc", "mvc_two_phase", "mvc_randaugment",
+]
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be used; the message names the field and the fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    dataset: DatasetName = "digits"
+    root: str | None = None  # data root for on-disk datasets (relative paths from the repo root)
+    download: bool = False  # let torchvision download CIFAR when it is missing (opt-in)
+    classes: list[str] | None = None  # keep only these class names (None: all)
+    class_names: dict[str, str] = {}  # folder name -> readable name used in prompts (e.g. a Tiny ImageNet wnid)
+    resolution: int = Field(16, ge=8, le=1024)  # side of the square images stored and classified
+    channels: Literal[1, 3] = 3
+    shots: int | None = Field(10, ge=1)  # labelled training images per class (None: all that remain)
+    val_per_class: int = Field(10, ge=0)
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # where the dataset has no official test split
+    test_per_class: int | None = Field(None, ge=1)  # cap on test images per class (None: all)
+    pool_per_class: int | None = Field(None, ge=0)  # unlabelled surrogate-pretraining pool (None: the rest)
+    prompt_template: str = "a photo of a {name}"  # prompt(y) of DESIGN.md
+    generic_prompt: str = "a photo"  # class-free prompt for surrogate pretraining on the pool
+    max_images_per_class: int | None = Field(None, ge=1)  # read at most this many per class (fixtures, quick runs)
+
+    @model_validator(mode="after")
+    def _template_has_name(self) -> DataConfig:
+        if "{name}" not in self.prompt_template:
+            raise ValueError(f"data.prompt_template must contain '{{name}}', got {self.prompt_template!r}")
+        return self
+
+
+class CaptionConfig(Section):
+    backend: Literal["attributes", "blip2"] = "attributes"  # offline attribute captioner, or BLIP-2
+    model: str = "Salesforce/blip2-opt-2.7b"  # BLIP-2 hub id or local folder
+    question: str | None = None  # BLIP-2 text prompt, e.g. "Question: what is in the picture? Answer:"
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(30, ge=1)
+    splits: list[Literal["train", "pool", "val", "test"]] = ["train", "pool"]
+
+
+class MixingConfig(Section):
+    mode: MixMode = "coarse"
+    k: int = Field(3, ge=1)  # captions per coarse mix
+    alpha: float = Field(1.0, gt=0)  # Dirichlet concentration of coarse weights
+    beta_max: float = Field(0.3, ge=0, le=1)  # fine: beta ~ U(0, beta_max)
+    include_anchor: bool = False  # coarse mixes always contain the anchor caption (fine-tuning forces it)
+
+
+class TextConfig(Section):
+    encoder: Literal["backbone", "open_clip"] = "backbone"  # the backbone's CLIPTextModel, or an open_clip model
+    open_clip_model: str = "ViT-B-32"
+    open_clip_pretrained: str | None = None  # open_clip tag or checkpoint path (None: random weights)
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(77, ge=8, le=77)
+
+
+class SurrogateConfig(Section):
+    """The small latent diffusion model that stands in for Stable Diffusion offline (DESIGN.md)."""
+
+    vae_channels: list[int] = [32, 64]
+    latent_channels: int = 4
+    vae_steps: int = Field(400, ge=1)
+    vae_batch_size: int = 64
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    unet_channels: list[int] = [32, 64]
+    unet_layers_per_block: int = 1
+    attention_head_dim: int = 8
+    text_hidden_size: int = 32
+    text_layers: int = 2
+    text_heads: int = 4
+    unet_steps: int = Field(1000, ge=1)
+    unet_batch_size: int = 64
+    unet_lr: float = 2e-3
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    seed: int = 0
+
+
+class BackboneConfig(Section):
+    kind: Literal["surrogate", "pretrained"] = "surrogate"
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or local folder (kind: pretrained)
+    revision: str | None = None
+    resolution: int = Field(16, ge=8, le=1024)  # side of the images the diffusion model sees
+    surrogate: SurrogateConfig = SurrogateConfig()
+
+
+class FinetuneConfig(Section):
+    steps: int = Field(700, ge=1)
+    batch_size: int = Field(64, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = 1e-3
+    lr_warmup_steps: int = 50
+    lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
+    cond_image: Literal["other", "same"] = "other"  # conditioning image: another of the class, or the target
+    mixing: MixingConfig = MixingConfig(mode="coarse+fine")  # text conditioning while training
+    drop_text: float = Field(0.05, ge=0, le=1)  # classifier-free guidance dropout, each per sample
+    drop_image: float = Field(0.05, ge=0, le=1)
+    drop_both: float = Field(0.05, ge=0, le=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    checkpoint_every: int = Field(250, ge=1)
+    checkpoints_total_limit: int = Field(2, ge=1)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+class GenerateConfig(Section):
+    scheduler: Literal["ddim", "dpmsolver++", "euler"] = "ddim"
+    steps: int = Field(25, ge=1)
+    guidance_text: float = Field(3.0, ge=0)  # s_T
+    guidance_image: float = Field(1.5, ge=0)  # s_I
+    images_per_source: int = Field(5, ge=1)  # M
+    modes: list[MixMode] = ["coarse", "fine"]
+    mixing: MixingConfig = MixingConfig()  # k, alpha, beta_max (mode comes from `modes`)
+    naive: bool = True  # also generate the naive baseline (backbone before fine-tuning, text only)
+    naive_guidance: float = Field(3.0, ge=0)
+    batch_size: int = Field(100, ge=1)
+    seed: int = 0
+
+
+class MetricsConfig(Section):
+    feature_extractor: Literal["classifier", "efficientnet_lite0", "inception"] = "classifier"
+    kid_subset_size: int = Field(50, ge=2)
+    max_images: int = Field(1000, ge=10)
+
+
+class ClassifyConfig(Section):
+    methods: list[Method] = [
+        "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "sd_naive", "mvc", "mvc_two_phase",
+    ]
+    seeds: list[int] = [0, 1, 2]
+    backbone: str = "small_cnn"  # small_cnn | resnet18 | resnet50 | timm:<name>
+    pretrained: bool = False  # ImageNet weights (must be cached locally)
+    steps: int = Field(300, ge=1)  # optimizer steps, the same for every method
+    batch_size: int = Field(64, ge=1)
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    p_synthetic: float = Field(0.5, ge=0, le=1)  # a synthetic image replaces its real source with this chance
+    mvc_modes: list[MixMode] = ["coarse", "fine"]  # which MVC synthetic sets the mvc methods draw from
+    two_phase_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps in phase 2 (real only)
+    two_phase_lr_scale: float = Field(0.1, gt=0, le=1)
+    autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = "cifar10"
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: int = 9
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    crop_padding: int = 2
+    hflip: bool = True  # a horizontal flip changes a digit's identity: off for digits
+    ablation: bool = False  # also run the ablation grid (mode, M, p_synthetic, one vs two phase)
+
+
+class ReportConfig(Section):
+    examples_per_class: int = Field(4, ge=1)
+    classes_in_figures: int = Field(10, ge=1)
+
+
+class StudyConfig(Section):
+    study: str = "digits"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runs_root: str | None = None  # default <repo>/runs
+    reports_root: str | None = None  # default <repo>/reports
+    data: DataConfig = DataConfig()
+    caption: CaptionConfig = CaptionConfig()
+    text: TextConfig = TextConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    generate: GenerateConfig = GenerateConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    classify: ClassifyConfig = ClassifyConfig()
+    report: ReportConfig = ReportConfig()
+
+    @property
+    def paths(self) -> StudyPaths:
+        runs = resolve_path(self.runs_root) if self.runs_root else None
+        reports = resolve_path(self.reports_root) if self.reports_root else None
+        return StudyPaths.for_study(self.study, runs, reports)
+
+    def stage_hash(self, stage: str) -> str:
+        """A stable hash of the params `stage` depends on, its upstream stages' included."""
+        return _stage_hash(self, stage)
+
+
+# Which config sections each stage reads, and which stages it follows.
+STAGES: dict[str, tuple[list[str], list[str]]] = {
+    "data": (["data", "seed"], []),
+    "caption": (["caption"], ["data"]),
+    "embed": (["text"], ["caption", "backbone"]),
+    "backbone": (["backbone"], ["caption"]),
+    "finetune": (["finetune"], ["embed", "backbone"]),
+    "generate": (["generate"], ["finetune"]),
+    "metrics": (["metrics"], ["generate"]),
+    "classify": (["classify"], ["generate"]),
+    "report": (["report"], ["classify", "metrics"]),
+}
+
+
+def _stage_hash(cfg: StudyConfig, stage: str) -> str:
+    sections, upstream = STAGES[stage]
+    dump = cfg.model_dump(mode="json")
+    payload = {"own": {s: dump[s] for s in sections}, "up": [_stage_hash(cfg, u) for u in upstream]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path} (give a path to a YAML file, e.g. params/digits.yaml)")
+    if path in seen:
+        raise ConfigError(f"{path}: `extends` forms a cycle: {' -> '.join(map(str, seen + (path,)))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+    return _deep_merge(_read_yaml(parent_path.resolve(), seen + (path,)), raw)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set classify.steps=100")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        name = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _known_fields(StudyConfig, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?" if close else ""
+            lines.append(f"unknown key '{name}'{hint} (allowed here: {', '.join(known)})")
+        else:
+            allowed = ""
+            if e["type"] == "literal_error":
+                allowed = f" (allowed: {e['ctx']['expected']})"
+            lines.append(f"field '{name}': {e['msg']}; got {e.get('input')!r}{allowed}")
+    return ConfigError(f"{source}:\n  " + "\n  ".join(lines))
+
+
+def load_config(params: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read a params file (following `extends:`), apply `key=value` overrides and validate."""
+    path = resolve_path(params).resolve()
+    tree = _read_yaml(path)
+    for text in overrides:
+        keys, value = _parse_override(text)
+        _apply_override(tree, keys, value)
+    tree.setdefault("study", path.stem)
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as err:
+        raise _explain(err, str(path) + (f" with --set {list(overrides)}" if overrides else "")) from None
+
+
+def config_to_yaml(cfg: StudyConfig) -> str:
+    """The resolved configuration as YAML (what `mvc check` prints)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,90 @@
+"""Atomic file writes: a temporary file beside the target, then a rename, so nothing is left half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `target`; rename it onto `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(target: Path, obj: Any) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(target: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def append_rows(target: Path, frame: pd.DataFrame) -> None:
+    """Append complete rows to a CSV (header on creation), flushed and synced, for resumable stages."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new = not target.exists() or target.stat().st_size == 0
+    with open(target, "a", newline="") as fh:
+        frame.to_csv(fh, index=False, header=new)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_rows(target: Path) -> pd.DataFrame | None:
+    """Read an append-only CSV, dropping a last line cut short by an interruption."""
+    if not target.exists() or target.stat().st_size == 0:
+        return None
+    raw = target.read_bytes()
+    if not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(raw)
+    if not raw.strip():
+        return None
+    return pd.read_csv(target, keep_default_na=False)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to `target`; it replaces `target` only if the block succeeds."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,94 @@
+"""Where things live, derived from the package location, never from the current directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_DIR = REPO_ROOT / "params"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """An absolute path; relative ones are taken from the repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (REPO_ROOT / path)
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Files of one study: `runs/<study>/` (work, git-ignored) and `reports/<study>/` (results)."""
+
+    run: Path
+    report: Path
+
+    @classmethod
+    def for_study(cls, name: str, runs_root: Path | None = None, reports_root: Path | None = None) -> StudyPaths:
+        return cls(run=(runs_root or REPO_ROOT / "runs") / name, report=(reports_root or REPO_ROOT / "reports") / name)
+
+    # runs/<study>/
+    @property
+    def splits(self) -> Path:
+        return self.run / "splits.csv"
+
+    @property
+    def images(self) -> Path:
+        return self.run / "images.npy"
+
+    @property
+    def skipped(self) -> Path:
+        return self.run / "skipped.csv"
+
+    @property
+    def captions(self) -> Path:
+        return self.run / "captions.csv"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.run / "embeddings"
+
+    @property
+    def backbone(self) -> Path:
+        return self.run / "backbone"
+
+    @property
+    def mvc_model(self) -> Path:
+        return self.run / "mvc"
+
+    @property
+    def finetune_work(self) -> Path:
+        return self.run / "finetune"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.run / "synthetic"
+
+    @property
+    def results(self) -> Path:
+        return self.run / "results.csv"
+
+    @property
+    def image_metrics(self) -> Path:
+        return self.run / "image_metrics.csv"
+
+    @property
+    def stages(self) -> Path:
+        return self.run / "stages"
+
+    # reports/<study>/
+    @property
+    def figures(self) -> Path:
+        return self.report / "figures"
+
+    @property
+    def tables(self) -> Path:
+        return self.report / "tables"
+
+    @property
+    def executed_notebooks(self) -> Path:
+        return self.report / "notebooks"
+
+    @property
+    def provenance(self) -> Path:
+        return self.report / "provenance.json"

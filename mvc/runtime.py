@@ -1,0 +1,35 @@
+"""Device choice, seeding and thread settings shared by the stages."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+
+def pick_device(requested: str = "auto") -> str:
+    """'cuda' when asked for or available (auto), else 'cpu'; asking for CUDA without one is an error."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' was asked for but no CUDA device is visible; set device: auto or cpu")
+    if requested == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads() -> None:
+    """Use every core the process may use (2 on the study machine) for intra-op parallelism."""
+    import torch
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))
