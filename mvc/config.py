@@ -150,7 +150,14 @@ class GenerateConfig(Section):
 
 
 class MetricsConfig(Section):
+    # features for FID/KID/diversity: a small CNN trained on real images (the "judge"), EfficientNet-Lite0
+    # ImageNet weights (installed from the registry, offline), or Inception (torchmetrics; weights must be cached)
     feature_extractor: Literal["classifier", "efficientnet_lite0", "inception"] = "classifier"
+    # real images the judge is trained on (label fidelity = its accuracy on generated images). The judge is an
+    # evaluation instrument only: no compared classifier ever sees the pool's labels.
+    judge_splits: list[Literal["train", "pool", "val"]] = ["train", "val", "pool"]
+    judge_steps: int = Field(400, ge=1)
+    reference_split: Literal["test", "val"] = "test"  # the real domain the distances are measured against
     kid_subset_size: int = Field(50, ge=2)
     max_images: int = Field(1000, ge=10)
 
@@ -161,9 +168,11 @@ class ClassifyConfig(Section):
     ]
     seeds: list[int] = [0, 1, 2]
     backbone: str = "small_cnn"  # small_cnn | resnet18 | resnet50 | timm:<name>
+    small_cnn_width: int = Field(32, ge=4)  # channels of small_cnn's first block (x2, x4 after)
     pretrained: bool = False  # ImageNet weights (must be cached locally)
     steps: int = Field(300, ge=1)  # optimizer steps, the same for every method
     batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, nesterov
     lr: float = 3e-3
     weight_decay: float = 5e-4
     p_synthetic: float = Field(0.5, ge=0, le=1)  # a synthetic image replaces its real source with this chance

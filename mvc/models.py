@@ -202,7 +202,7 @@ def noise_scheduler(s: SurrogateConfig):
     beta_end = 0.012 if s.beta_schedule == "scaled_linear" else 0.02
     return DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=0.00085, beta_end=beta_end,
                          beta_schedule=s.beta_schedule, clip_sample=False, prediction_type=s.prediction_type,
-                         steps_offset=1, set_alpha_to_one=False)
+                         steps_offset=1)
 
 
 def images_to_tensor(images: np.ndarray, resolution: int) -> torch.Tensor:

@@ -136,12 +136,21 @@ def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path)
     """Execute one numbered notebook with papermill, writing the executed copy atomically."""
     import papermill as pm
 
+    from papermill.exceptions import PapermillExecutionError
+
+    failed = output.with_name(output.stem + ".failed.ipynb")
     with atomic_path(output) as tmp:
-        pm.execute_notebook(
-            str(NOTEBOOKS_DIR / NOTEBOOKS[nb]), str(tmp),
-            parameters={"params": str(params_path), "overrides": list(overrides)},
-            kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=False,
-        )
+        try:
+            pm.execute_notebook(
+                str(NOTEBOOKS_DIR / NOTEBOOKS[nb]), str(tmp),
+                parameters={"params": str(params_path), "overrides": list(overrides)},
+                kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+            )
+        except PapermillExecutionError as err:
+            tmp.replace(failed)
+            raise RuntimeError(f"notebook {NOTEBOOKS[nb]} failed: {err.ename}: {err.evalue} "
+                               f"(executed copy with the traceback: {failed})") from None
+    failed.unlink(missing_ok=True)
 
 
 def run_study(params: str | Path, stages: str | None = None, overrides: list[str] | None = None,
@@ -169,4 +178,8 @@ def run_study(params: str | Path, stages: str | None = None, overrides: list[str
         write_provenance(cfg, {k: v for k, v in report.items() if not v.get("skipped")}, params_path, overrides)
     if not cfg.paths.provenance.exists():
         write_provenance(cfg, {}, params_path, overrides)
+    if state.is_done(cfg, "report") and any(not v.get("skipped") for v in report.values()):
+        from mvc.report import write_index
+
+        write_index(cfg)  # again, now that every executed notebook and the provenance are final
     return report

@@ -1,0 +1,46 @@
+"""Shared fixtures: the smoke profile in a temporary work folder, run once per session up to any stage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke_config(tmp: Path, *overrides: str):
+    from mvc.config import load_config
+
+    return load_config(REPO / "params" / "smoke.yaml",
+                       [f"runs_root={tmp / 'runs'}", f"reports_root={tmp / 'reports'}", "device=cpu", *overrides])
+
+
+@pytest.fixture
+def smoke(tmp_path):
+    """A fresh smoke configuration whose runs/ and reports/ live in the test's temporary folder."""
+    return smoke_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def smoke_generated(tmp_path_factory):
+    """The smoke study run through `generate` once per session (shared, read-only for the tests)."""
+    from mvc import captioning, data, finetune, generate, models, text
+
+    cfg = smoke_config(tmp_path_factory.mktemp("smoke"))
+    for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone,
+                  finetune.finetune, generate.generate_all):
+        stage(cfg, show_progress=False)
+    return cfg
+
+
+def write_png(path: Path, rng: np.random.Generator, size: int = 20, fmt: str = "PNG") -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path, format=fmt)

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mvc import classify
+from mvc.classify import RunSpec, method_transform, train_classifier
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    x = torch.zeros(16, 3, 16, 16, dtype=torch.uint8)
+    x[:, :, 4:12, 5:11] = torch.from_numpy(rng.integers(100, 255, (16, 3, 8, 6), dtype=np.uint8))
+    return x
+
+
+def _cfg(smoke, **kw):
+    return smoke.classify.model_copy(update=kw)
+
+
+@pytest.mark.parametrize("method", ["autoaugment", "randaugment", "trivialaugment", "mvc_randaugment"])
+def test_augmentations_change_pixel_values(smoke, batch, method):
+    torch.manual_seed(0)
+    tf = method_transform(method, _cfg(smoke, crop_padding=0), 16)
+    out = torch.stack([tf(im) for im in batch])
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert (out != batch).any(dim=(1, 2, 3)).float().mean() > 0.5
+
+
+def test_none_only_crops_and_flips(smoke, batch):
+    torch.manual_seed(0)
+    tf = method_transform("none", _cfg(smoke, hflip=True, crop_padding=2), 16)
+    for im in batch:
+        out = tf(im)
+        padded = torch.nn.functional.pad(im, (2, 2, 2, 2))
+        found = any(torch.equal(out, cand) for dy in range(5) for dx in range(5)
+                    for cand in (padded[:, dy: dy + 16, dx: dx + 16], padded[:, dy: dy + 16, dx: dx + 16].flip(-1)))
+        assert found  # a shifted (and maybe mirrored) copy: no pixel value invented
+
+
+@pytest.mark.parametrize("method", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_mix_labels(smoke, batch, method):
+    torch.manual_seed(0)
+    tf = classify.batch_transform(method, smoke.classify, 4)
+    x, y = tf(batch.float() / 255, torch.arange(16) % 4)
+    assert y.shape == (16, 4) and torch.allclose(y.sum(1), torch.ones(16))
+    assert (y.max(1).values < 1).any()
+
+
+def _data(n_train=12, classes=3, with_synthetic=True):
+    rng = np.random.default_rng(0)
+    d = classify.ClassificationData(torch.from_numpy(rng.integers(0, 255, (n_train, 3, 16, 16), dtype=np.uint8)),
+                                    torch.arange(n_train) % classes,
+                                    torch.from_numpy(rng.integers(0, 255, (9, 3, 16, 16), dtype=np.uint8)),
+                                    torch.arange(9) % classes, classes)
+    if with_synthetic:
+        syn = torch.full((n_train * 2, 3, 16, 16), 7, dtype=torch.uint8)  # recognisable synthetic pixels
+        d.synthetic["mvc_coarse"] = (syn, np.repeat(np.arange(n_train), 2), np.tile([0, 1], n_train))
+    return d
+
+
+def test_phase_two_sees_no_synthetic_image_and_budgets_match(smoke):
+    c = _cfg(smoke, steps=10, batch_size=6, crop_padding=0, two_phase_fraction=0.3)
+    seen = {}
+
+    for method in ("none", "autoaugment", "mixup", "mvc", "mvc_two_phase"):
+        log = []
+        gens = ("mvc_coarse",) if method.startswith("mvc") else ()
+        train_classifier(_data(), RunSpec(method, 0, generators=gens, p_synthetic=1.0), c, 16,
+                         on_batch=lambda phase, x, used: log.append((phase, used.copy(), x)))
+        seen[method] = log
+        assert len(log) == c.steps  # the same number of optimizer steps for every method
+    two = seen["mvc_two_phase"]
+    assert [p for p, _, _ in two].count(1) == 3
+    assert all(not used.any() for p, used, _ in two if p == 1)
+    assert all((x != 7).any(dim=(1, 2, 3)).all() for p, _, x in two if p == 1)
+    assert all(used.all() for p, used, _ in two if p == 0)  # p_synthetic = 1: every image replaced
+    assert all(not used.any() for _, used, _ in seen["none"])
+
+
+def test_a_run_is_reproducible_per_seed(smoke):
+    c = _cfg(smoke, steps=5, batch_size=6)
+    d = _data()
+    spec = RunSpec("mvc", 1, generators=("mvc_coarse",), p_synthetic=0.5)
+    a, b = train_classifier(d, spec, c, 16), train_classifier(d, spec, c, 16)
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(p, q)
+    other = train_classifier(d, RunSpec("mvc", 2, generators=("mvc_coarse",), p_synthetic=0.5), c, 16)
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), other.state_dict().values()))
+
+
+def test_grid_resumes_without_repeating_rows_and_ignores_old_hashes(smoke_generated, tmp_path):
+    import shutil
+
+    from tests.conftest import smoke_config
+
+    cfg = smoke_config(tmp_path, "classify.seeds=[0,1]", "classify.steps=2",
+                       "classify.methods=[none,mixup,sd_naive,mvc,mvc_two_phase]")
+    shutil.copytree(smoke_generated.paths.run, cfg.paths.run)
+    (cfg.paths.stages / "classify.json").unlink(missing_ok=True)
+    cfg.paths.results.unlink(missing_ok=True)
+    # a row written under other params is in the file from the start
+    old = pd.DataFrame([{c: 0 for c in classify.RESULT_COLUMNS} | {"method": "none", "seed": 0, "variant": "main",
+                                                                   "top1": 0.99, "params_hash": "oldhash"}])
+    old.to_csv(cfg.paths.results, index=False)
+    partial = classify.classify_all(cfg, show_progress=False, max_runs=3)
+    assert len(partial) == 3
+    with open(cfg.paths.results, "a") as fh:
+        fh.write("digits,mvc,1,4,small_cnn,main,0.5")  # a kill in the middle of a row
+    full = classify.classify_all(cfg, show_progress=False)
+    assert len(full) == 10 and not full.duplicated(["variant", "method", "seed"]).any()
+    assert "oldhash" not in set(full["params_hash"]) and (full["top1"] != 0.99).all()
+    assert sorted(set(full["method"])) == ["mixup", "mvc", "mvc_two_phase", "none", "sd_naive"]
+
+
+def test_pretrained_weights_offline_give_a_clear_error():
+    with pytest.raises((RuntimeError, ValueError)) as err:
+        classify.build_classifier("small_cnn", 3, pretrained=True)
+    assert "pretrained" in str(err.value)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mvc.config import ConfigError, load_config
+from tests.conftest import REPO
+
+
+def test_every_profile_validates():
+    for path in sorted((REPO / "params").glob("*.yaml")):
+        if path.stem == "paper_base":
+            continue
+        cfg = load_config(path)
+        assert cfg.study == path.stem
+
+
+def test_extends_and_overrides_are_typed():
+    cfg = load_config(REPO / "params/smoke.yaml", ["classify.steps=7", "generate.modes=[fine]"])
+    assert cfg.data.prompt_template == "a photo of the digit {name}"  # from digits.yaml
+    assert cfg.data.shots == 4  # smoke's own
+    assert cfg.classify.steps == 7 and cfg.generate.modes == ["fine"]
+
+
+@pytest.mark.parametrize("override, names", [
+    ("classify.stepz=3", ["classify.stepz", "did you mean 'classify.steps'"]),
+    ("classify.steps=many", ["classify.steps", "many"]),
+    ("generate.scheduler=plms", ["generate.scheduler", "plms", "ddim"]),
+    ("finetune.mixing.mode=medium", ["finetune.mixing.mode", "coarse+fine"]),
+])
+def test_config_errors_name_the_field(override, names):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "params/smoke.yaml", [override])
+    for text in names:
+        assert text in str(err.value)
+
+
+def test_misspelt_key_in_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"extends: {REPO / 'params/smoke.yaml'}\ngenerate:\n  guidance_txt: 2\n")
+    out = subprocess.run([sys.executable, "-m", "mvc", "check", str(bad)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "generate.guidance_txt" in out.stderr and "guidance_text" in out.stderr
+    ok = subprocess.run([sys.executable, "-m", "mvc", "check", str(REPO / "params/digits.yaml")], capture_output=True, text=True)
+    assert ok.returncode == 0 and "guidance_text: 3.0" in ok.stdout
+
+
+def test_stage_hashes_are_stable_and_flow_downstream():
+    base = load_config(REPO / "params/smoke.yaml")
+    again = load_config(REPO / "params/smoke.yaml")
+    assert base.stage_hash("classify") == again.stage_hash("classify")
+    changed = load_config(REPO / "params/smoke.yaml", ["generate.steps=3"])
+    assert changed.stage_hash("finetune") == base.stage_hash("finetune")
+    for stage in ("generate", "metrics", "classify", "report"):
+        assert changed.stage_hash(stage) != base.stage_hash(stage)
+    only_classify = load_config(REPO / "params/smoke.yaml", ["classify.lr=0.01"])
+    assert only_classify.stage_hash("generate") == base.stage_hash("generate")
+    assert only_classify.stage_hash("classify") != base.stage_hash("classify")

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mvc import captioning, data, finetune, models, state, text
+from tests.conftest import REPO, smoke_config
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    cfg = smoke_config(tmp_path, "finetune.steps=6", "finetune.checkpoint_every=2")
+    for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone):
+        stage(cfg, show_progress=False)
+    return cfg
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared):
+    bb = models.load_backbone(prepared.paths.backbone)
+    batch = finetune.training_data(prepared, bb.vae)
+    unet = models.widen_conv_in(bb.unet).train()
+    rng = np.random.default_rng(0)
+    latents, cond, emb = finetune.make_batch(batch, prepared, rng, 12)
+    opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
+
+    def loss():
+        return models.diffusion_loss(unet, bb.scheduler, latents, emb, cond, torch.Generator().manual_seed(0))
+
+    first = loss().item()
+    for _ in range(15):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.8 * first
+
+
+def test_resume_continues_step_optimizer_and_scheduler(prepared):
+    finetune.finetune(prepared, show_progress=False, max_steps=4)  # "killed" after step 4
+    ckpts = finetune._checkpoints(prepared.paths.finetune_work / "checkpoints")
+    assert [p.name for p in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    opt_state = torch.load(ckpts[-1] / "optimizer.bin", weights_only=False)
+    sched_state = torch.load(ckpts[-1] / "scheduler.bin", weights_only=False)
+    assert not (prepared.paths.mvc_model).exists()
+    finetune.finetune(prepared, show_progress=False)
+    info = state.stage_info(prepared, "finetune")
+    assert info["steps"] == 6
+    loss = finetune.load_loss(prepared)
+    assert loss["step"].tolist() == list(range(6))  # no step lost or logged twice
+    # the resumed run started from the saved optimizer and scheduler state: step counts carried on
+    assert sched_state["last_epoch"] == 4
+    assert all(s["step"] == 4 for s in opt_state["state"].values())
+    final = torch.load(finetune._checkpoints(prepared.paths.finetune_work / "checkpoints")[-1] / "scheduler.bin",
+                       weights_only=False)
+    assert final["last_epoch"] == 6
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    a = smoke_config(tmp_path / "a", "finetune.steps=4", "finetune.checkpoint_every=2")
+    b = smoke_config(tmp_path / "b", "finetune.steps=4", "finetune.checkpoint_every=2")
+    for cfg in (a, b):
+        for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone):
+            stage(cfg, show_progress=False)
+    finetune.finetune(a, show_progress=False)
+    finetune.finetune(b, show_progress=False, max_steps=2)
+    finetune.finetune(b, show_progress=False)
+    np.testing.assert_allclose(finetune.load_loss(a)["loss"], finetune.load_loss(b)["loss"], rtol=1e-4)
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(prepared):
+    finetune.finetune(prepared, show_progress=False, max_steps=2)
+    ckpt = finetune._checkpoints(prepared.paths.finetune_work / "checkpoints")[-1]
+    (ckpt / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(finetune.CheckpointError) as err:
+        finetune.finetune(prepared, show_progress=False)
+    assert str(ckpt) in str(err.value) and "Delete" in str(err.value)
+
+
+def test_saved_model_loads_in_instruct_pix2pix_pipeline_and_generates(smoke_generated):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from PIL import Image
+
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(smoke_generated.paths.mvc_model))
+    assert pipe.unet.config.in_channels == 8
+    out = pipe("a photo of the digit one", image=Image.new("RGB", (16, 16), "white"), num_inference_steps=2,
+               output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 16, 16, 3) and np.isfinite(out).all()
+
+
+def test_two_processes_over_gloo(tmp_path):
+    cfg = smoke_config(tmp_path, "finetune.steps=3")
+    for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone):
+        stage(cfg, show_progress=False)
+    overrides = [f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}", "--set=device=cpu",
+                 "--set=finetune.steps=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "mvc", "finetune", str(REPO / "params/smoke.yaml"), *overrides],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = state.stage_info(cfg, "finetune")
+    assert info["world_size"] == 2
+    assert pd.read_csv(cfg.paths.finetune_work / "loss.csv")["step"].tolist() == [0, 1, 2]

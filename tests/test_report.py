@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mvc import report
+
+
+@pytest.fixture
+def results():
+    rows = []
+    accs = {"none": [0.80, 0.82, 0.84], "randaugment": [0.85, 0.86, 0.87], "mvc": [0.88, 0.90, 0.89],
+            "mvc_two_phase": [0.90, 0.91, 0.92]}
+    for method, values in accs.items():
+        for seed, v in enumerate(values):
+            rows.append({"dataset": "digits", "method": method, "seed": seed, "shots": 10, "backbone": "small_cnn",
+                         "variant": "main", "top1": v, "top5": 1.0, "steps": 10, "synthetic_share": 0, "params_hash": "h"})
+    rows.append({**rows[-1], "variant": "M=1", "method": "mvc", "top1": 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_table_means_and_intervals(results):
+    table = report.accuracy_table(results).set_index("method")
+    assert list(table.index) == ["none", "randaugment", "mvc", "mvc_two_phase"]  # paper order
+    assert table.loc["none", "top1"] == pytest.approx(82.0)
+    half = stats.t.ppf(0.975, 2) * np.std([80, 82, 84], ddof=1) / np.sqrt(3)
+    assert table.loc["none", "ci95"] == pytest.approx(half, abs=0.01)
+    assert table.loc["mvc", "seeds"] == 3  # ablation rows are not in the main table
+
+
+def test_paired_difference_against_the_best_baseline(results):
+    d = report.paired_difference(results, "mvc")
+    assert d["baseline"] == "randaugment"
+    assert d["difference"] == pytest.approx(3.0)
+    assert d["p_value"] == pytest.approx(stats.ttest_rel([0.88, 0.90, 0.89], [0.85, 0.86, 0.87]).pvalue, abs=1e-4)
+
+
+def test_tables_are_written_as_csv_markdown_and_booktabs(results, tmp_path):
+    out = report.write_table(report.accuracy_table(results), tmp_path, "classification", "a caption")
+    assert pd.read_csv(out["csv"]).shape == (4, 5)
+    assert "| method" in out["md"].read_text()
+    tex = out["tex"].read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "mvc\\_two\\_phase" in tex or "mvc_two_phase" in tex
+
+
+def test_a_missing_stage_output_names_the_stage_to_run(smoke):
+    from mvc.state import MissingStageOutput
+
+    with pytest.raises(MissingStageOutput) as err:
+        report.build_report(smoke)
+    assert "classify" in str(err.value) and "05" in str(err.value)
+
+
+def test_report_all_collects_every_study(tmp_path, results):
+    for study in ("digits", "cifar10"):
+        report.write_table(report.accuracy_table(results), tmp_path / study / "tables", "classification")
+    text = report.report_all(tmp_path)
+    assert "digits" in text and "cifar10" in text and "82.00 ±" in text
