@@ -90,8 +90,12 @@ class SurrogateConfig(Section):
     vae_batch_size: int = 64
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
+    vae_mid_attention: bool = False  # self-attention in the VAE's mid block (costly at small sizes, little gain)
     unet_channels: list[int] = [32, 64]
     unet_layers_per_block: int = 1
+    # cross-attention per UNet level, highest resolution first; attention at the 8x8 level triples a CPU step
+    unet_cross_attention: list[bool] = [False, True]
+    unet_mid_block: bool = True  # the cross-attention mid block at the lowest resolution
     attention_head_dim: int = 8
     text_hidden_size: int = 32
     text_layers: int = 2
@@ -103,6 +107,13 @@ class SurrogateConfig(Section):
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _levels(self) -> SurrogateConfig:
+        if len(self.unet_cross_attention) != len(self.unet_channels):
+            raise ValueError(f"backbone.surrogate.unet_cross_attention has {len(self.unet_cross_attention)} entries; "
+                             f"give one per level of unet_channels ({len(self.unet_channels)})")
+        return self
 
 
 class BackboneConfig(Section):

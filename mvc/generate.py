@@ -66,8 +66,9 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(unet, vae, scheduler, noise: torch.Tensor, text: torch.Tensor, empty: torch.Tensor,
-           cond: torch.Tensor | None, steps: int, s_text: float, s_image: float = 1.0) -> torch.Tensor:
-    """Denoise `noise` to images in [-1, 1]: two-scale guidance when `cond` is given, else text-only."""
+           cond: torch.Tensor | None, steps: int, s_text: float, s_image: float = 1.0, decode: bool = True) -> torch.Tensor:
+    """Denoise `noise` to images in [-1, 1]: two-scale guidance when `cond` is given, else text-only
+    (`decode=False`: return the final latents)."""
     device, dtype = unet.device, unet.dtype
     scheduler.set_timesteps(steps, device=device)
     z = noise.to(device, dtype) * scheduler.init_noise_sigma
@@ -80,6 +81,8 @@ def sample(unet, vae, scheduler, noise: torch.Tensor, text: torch.Tensor, empty:
         else:
             eps = guided_eps(unet, zin, t, text, cond, empty, s_text, s_image)
         z = scheduler.step(eps, t, z).prev_sample
+    if not decode:
+        return z
     return vae.decode(z / vae.config.scaling_factor).sample.float().clamp(-1, 1)
 
 

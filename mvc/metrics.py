@@ -100,7 +100,7 @@ def fid_kid(features: FeatureModule, real: torch.Tensor, fake: torch.Tensor, sub
     size = (real.shape[1], resolution, resolution)
     fid = FrechetInceptionDistance(feature=features, input_img_size=size, reset_real_features=False)
     n = min(subset_size, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=features, subset_size=n, input_img_size=size, reset_real_features=False)
+    kid = KernelInceptionDistance(feature=features, subset_size=n, reset_real_features=False)
     for metric in (fid, kid):
         for i in range(0, len(real), 256):
             metric.update(real[i: i + 256], real=True)

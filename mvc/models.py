@@ -179,17 +179,19 @@ def build_surrogate_vae(s: SurrogateConfig, resolution: int, channels: int = 3):
     return AutoencoderKL(in_channels=channels, out_channels=channels, down_block_types=("DownEncoderBlock2D",) * n,
                          up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(s.vae_channels),
                          layers_per_block=1, latent_channels=s.latent_channels, norm_num_groups=_groups(s.vae_channels),
-                         sample_size=resolution)
+                         sample_size=resolution, mid_block_add_attention=s.vae_mid_attention)
 
 
 def build_surrogate_unet(s: SurrogateConfig, latent_size: int):
     from diffusers import UNet2DConditionModel
 
-    n = len(s.unet_channels)
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in s.unet_cross_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(s.unet_cross_attention))
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=s.latent_channels, out_channels=s.latent_channels,
         block_out_channels=tuple(s.unet_channels), layers_per_block=s.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        down_block_types=down, up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn" if s.unet_mid_block else None,
         cross_attention_dim=s.text_hidden_size, attention_head_dim=s.attention_head_dim,
         norm_num_groups=_groups(s.unet_channels))
 

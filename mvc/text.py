@@ -264,7 +264,7 @@ def concat_plans(plans: list[MixPlan]) -> MixPlan:
 
 def apply_mix(embeddings: torch.Tensor, plan: MixPlan) -> torch.Tensor:
     """The mixed embeddings (B, L, d) = sum_k w_bk E[i_bk], for the whole batch at once."""
-    idx = torch.as_tensor(plan.indices, device=embeddings.device)
+    idx = torch.as_tensor(np.array(plan.indices), device=embeddings.device)
     w = torch.as_tensor(plan.weights, dtype=embeddings.dtype, device=embeddings.device)
     return torch.einsum("bk,bkld->bld", w, embeddings[idx])
 

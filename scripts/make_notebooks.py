@@ -113,7 +113,7 @@ if backbone_loss.exists():
         fig.axes[0].set_title(f"surrogate pretraining: {part}")
         plots.save(fig, paths.figures / f"backbone_loss_{part}.png")'''),
         ("md", "## Samples at checkpoints: the conditioning image, then images generated from it"),
-        ("code", '''rows = generate.checkpoint_previews(cfg, n_sources=min(4, cfg.report.classes_in_figures), per_source=4)
+        ("code", '''rows = generate.checkpoint_previews(cfg, n_sources=min(3, cfg.report.classes_in_figures), per_source=4)
 fig = figures.image_grid(rows)
 plots.save(fig, paths.figures / "finetune_samples.png")'''),
     ],

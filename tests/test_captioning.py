@@ -49,41 +49,6 @@ def test_interrupted_captioning_resumes_without_loss_or_duplicates(smoke):
     assert all(t.startswith(f"a photo of the digit {names[i]}, ") for i, t in zip(full["image_id"], full["text"]))
 
 
-@pytest.fixture(scope="module")
-def tiny_blip2(tmp_path_factory):
-    """A random BLIP-2 built from a config, saved with save_pretrained (model and processor)."""
-    import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
-                              OPTConfig)
-
-    from mvc.models import clip_tokenizer
-
-    tok = clip_tokenizer(77)
-    tok = tok.__class__.from_pretrained(_save_tok(tok, tmp_path_factory.mktemp("tok")))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_token = tok.convert_tokens_to_ids("<image>")
-    text = OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                     word_embed_proj_dim=32, max_position_embeddings=128, bos_token_id=49406, eos_token_id=49407,
-                     pad_token_id=49407)
-    config = Blip2Config(vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                        "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-                         qformer_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-                                         "intermediate_size": 64, "encoder_hidden_size": 32, "vocab_size": 100},
-                         text_config=text.to_dict(), num_query_tokens=4, image_token_index=image_token)
-    torch.manual_seed(0)
-    model = Blip2ForConditionalGeneration(config)
-    processor = Blip2Processor(BlipImageProcessor(size={"height": 32, "width": 32}), tok, num_query_tokens=4)
-    folder = tmp_path_factory.mktemp("blip2")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def _save_tok(tok, folder):
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_blip2_path_end_to_end(smoke, tiny_blip2):
     cap = Blip2Captioner(str(tiny_blip2), question=None, max_new_tokens=5)
     images = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
