@@ -29,6 +29,14 @@ class Captioner(Protocol):
     def __call__(self, images: np.ndarray) -> list[str]: ...
 
 
+def _mean_run(mask: np.ndarray) -> float:
+    """Mean length of the runs of True along the rows of a 2-D mask."""
+    padded = np.pad(mask.astype(np.int8), ((0, 0), (1, 1)))
+    edges = np.diff(padded, axis=1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    return float((ends[1] - starts[1]).mean()) if len(starts[1]) else 0.0
+
+
 def _bin(value: float, edges: tuple[float, ...], words: tuple[str, ...]) -> str:
     return words[int(np.searchsorted(edges, value, side="right"))]
 
@@ -37,7 +45,7 @@ class AttributeCaptioner:
     """Describes what can be measured in an image, in words: no class names, no weights, no network.
 
     The foreground ("ink") is what differs from the median of the image border. Measured: stroke or edge
-    thickness (foreground share of its bounding box), slant (shear of the foreground's second moments),
+    thickness (the shorter of the mean horizontal and vertical ink runs), slant (shear of the foreground's second moments),
     size and position of the mass, brightness, contrast and dominant colour. Identical images get
     identical captions; images that differ in one of these get different ones.
     """
@@ -60,8 +68,8 @@ class AttributeCaptioner:
         if mask.sum() >= 2:
             ys, xs = np.nonzero(mask)
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            fill = mask.sum() / ((y1 - y0) * (x1 - x0))
-            words.append(_bin(fill, (0.35, 0.55), ("thin strokes", "medium strokes", "thick strokes")))
+            width = min(_mean_run(mask), _mean_run(mask.T)) / max(h, w)  # stroke width: the shorter mean ink run
+            words.append(_bin(width, (0.15, 0.35), ("thin strokes", "medium strokes", "thick strokes")))
             cy, cx = ys.mean(), xs.mean()
             var_y = ((ys - cy) ** 2).mean()
             shear = ((xs - cx) * (cy - ys)).mean() / var_y if var_y > 0 else 0.0
@@ -118,7 +126,7 @@ class Blip2Captioner:
         try:
             self.processor = Blip2Processor.from_pretrained(model)
             self.model = Blip2ForConditionalGeneration.from_pretrained(model, dtype=dtype).to(device).eval()
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise hub_error(model, "caption.model", err) from err
         self.question, self.max_new_tokens, self.device, self.dtype = question, max_new_tokens, device, dtype
 

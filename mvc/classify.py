@@ -103,7 +103,7 @@ def method_transform(method: str, c: ClassifyConfig, resolution: int) -> v2.Comp
         "mvc_randaugment": [v2.RandAugment(c.randaugment_num_ops, c.randaugment_magnitude)],
         "trivialaugment": [v2.TrivialAugmentWide()],
     }.get(method, [])
-    return v2.Compose(extra + base_transform(c, resolution))
+    return v2.Compose(extra + base_transform(c, resolution) or [v2.Identity()])
 
 
 def batch_transform(method: str, c: ClassifyConfig, num_classes: int):

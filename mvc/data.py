@@ -135,7 +135,7 @@ class CifarReader(Reader):
         for name in [b for b, _ in batches] + [meta]:
             if not (folder / name).is_file():
                 raise self.missing(folder / name)
-        names = _unpickle(folder / meta)[names_key]
+        names = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(folder / meta)[names_key]]
         out = []
         for name, official in batches:
             labels = _unpickle(folder / name)[key]

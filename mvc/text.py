@@ -160,7 +160,7 @@ class CaptionEmbeddings:
 
     def row_of(self, image_ids: np.ndarray) -> np.ndarray:
         pos = pd.Series(np.arange(len(self.frame)), index=self.frame["image_id"].to_numpy())
-        return pos.loc[image_ids].to_numpy()
+        return np.array(pos.loc[image_ids].to_numpy())
 
 
 def embed_captions(cfg: StudyConfig, show_progress: bool = True) -> CaptionEmbeddings:

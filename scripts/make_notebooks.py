@@ -13,7 +13,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = Path(__file__).resolve().parents[1]
 
 PARAMS = '''params = "params/digits.yaml"  # a params file, relative to the repository root
-overrides = []  # "key=value" strings, e.g. ["classify.steps=100"]'''
+overrides = []  # key=value strings that override the params file'''
 
 SETUP = '''import logging
 
@@ -172,7 +172,7 @@ print(index)'''),
         ("code", '''for png in sorted(paths.figures.glob("figure*.png")):
     display(Markdown(f"### {png.stem}"), Image(filename=str(png)))'''),
         ("md", "## Across studies (every `reports/*/` that has run)"),
-        ("code", "display(Markdown(report.report_all()))"),
+        ("code", "display(Markdown(report.report_all(paths.report.parent)))"),
     ],
 }
 

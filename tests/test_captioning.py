@@ -10,7 +10,7 @@ from mvc.data import prepare_dataset
 
 def _digit(thick: bool = False, slant: float = 0.0, shift: int = 0, size: int = 16) -> np.ndarray:
     img = np.zeros((size, size, 3), np.uint8)
-    w = 3 if thick else 1
+    w = 6 if thick else 1
     for y in range(3, 13):
         x = int(round(7 + slant * (8 - y))) + shift
         img[y, x: x + w] = 255

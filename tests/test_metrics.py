@@ -21,7 +21,7 @@ def test_zero_distance_to_itself_and_more_for_a_shifted_set():
     shifted = (real.int() + 50).clamp(0, 255).to(torch.uint8)
     fid_shift, kid_shift, _ = fid_kid(feats, real, shifted, 40, 16)
     assert abs(fid_same) < 1e-3 and abs(kid_same) < 1e-3
-    assert fid_shift > 1.0 and kid_shift > 10 * max(abs(kid_same), 1e-6)
+    assert fid_shift > 0.01 + 100 * abs(fid_same) and kid_shift > 0.001 + 10 * abs(kid_same)
 
 
 def test_diversity_is_zero_for_copies_and_grows_with_spread():
