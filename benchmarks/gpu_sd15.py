@@ -121,13 +121,33 @@ def bench_train(args, device: str) -> dict:
         opt.zero_grad(set_to_none=True)
 
     flop = 3 * UNET_FWD_GFLOP_512 * 1e9
-    for name, step in (("reference_ip2p_loop", reference_step), ("mvc_cached", ours_step)):
+    variants = [("reference_ip2p_loop", reference_step), ("mvc_cached", ours_step)]
+    if args.train_fast:  # finetune.fused_adam + finetune.channels_last + finetune.compile
+        def fast_step():
+            ours_step()
+
+        def setup_fast():
+            nonlocal opt
+            unet.to(memory_format=torch.channels_last)
+            opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=True)
+            unet.forward = torch.compile(unet.forward)
+
+        variants.append(("mvc_cached_fused_channels_last_compiled", fast_step))
+    for name, step in variants:
+        if name.endswith("compiled"):
+            t0 = time.perf_counter()
+            setup_fast()
+            step()
+            out["compile_s"] = time.perf_counter() - t0
         reset_peak(device)
         s = timed(step, args.warmup, args.iters, device)
         out[name] = {"s_per_step": s, "samples_per_s": b / s, "peak_gib": peak_gib(device),
                      "mfu": b / s * flop / (PEAK_BF16_TFLOPS * 1e12)}
         print(name, out[name], flush=True)
-    out["speedup"] = out["reference_ip2p_loop"]["s_per_step"] / out["mvc_cached"]["s_per_step"]
+    best = min((k for k in out if k.startswith("mvc_")), key=lambda k: out[k]["s_per_step"])
+    out["speedup"] = out["reference_ip2p_loop"]["s_per_step"] / out[best]["s_per_step"]
+    if args.train_fast:
+        return out
 
     # peak memory per batch size, gradient checkpointing + bf16 autocast (what a 24 GB card would use)
     unet.enable_gradient_checkpointing()
@@ -229,6 +249,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--train-fast", action="store_true", help="add fused AdamW + channels-last + compile (skips memory)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__}

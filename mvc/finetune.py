@@ -139,6 +139,10 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
 
     ft, paths = cfg.finetune, cfg.paths
     work, ckpt_dir = paths.finetune_work, paths.finetune_work / "checkpoints"
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != ft.mixed_precision:
+        AcceleratorState._reset_state()  # an earlier stage in this process set other options; the processes stay
     accelerator = Accelerator(mixed_precision=ft.mixed_precision, gradient_accumulation_steps=ft.gradient_accumulation_steps,
                               project_config=ProjectConfiguration(project_dir=str(work)),
                               cpu=cfg.device == "cpu" or not torch.cuda.is_available())  # CPU-only: DDP over gloo
@@ -160,11 +164,16 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     unet = widen_conv_in(bb.unet)
     if ft.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if ft.channels_last:
+        unet.to(memory_format=torch.channels_last)
     unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=ft.learning_rate, weight_decay=1e-2)
+    fused = accelerator.device.type == "cuda"  # one fused kernel for the whole AdamW update
+    opt = torch.optim.AdamW(unet.parameters(), lr=ft.learning_rate, weight_decay=1e-2, fused=fused)
     sched = get_scheduler(ft.lr_scheduler, opt, num_warmup_steps=ft.lr_warmup_steps * accelerator.num_processes,
                           num_training_steps=ft.steps * accelerator.num_processes)
     unet, opt, sched = accelerator.prepare(unet, opt, sched)
+    if ft.compile:
+        unet.forward = torch.compile(unet.forward)
     ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=ft.ema_decay) if ft.use_ema else None
     loop = LoopState(ft.seed, accelerator.process_index)
     accelerator.register_for_checkpointing(loop)

@@ -251,8 +251,13 @@ def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int 
     emb = load_caption_embeddings(cfg)
     splits = load_splits(cfg).set_index("image_id")
     emb.frame["class_name"] = splits.loc[emb.frame["image_id"], "class_name"].to_numpy()
-    dtype = torch.float16 if dist.device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
     models = load_generation_models(cfg, emb, dist.device, dtype)
+    for unet, *_ in models.values():
+        if cfg.generate.channels_last:
+            unet.to(memory_format=torch.channels_last)
+        if cfg.generate.compile:
+            unet.forward = torch.compile(unet.forward)
     made = {n: generate_set(cfg, n, models, emb, dist.process_index, dist.num_processes, show_progress and dist.is_main_process,
                             max_batches) for n in names}
     dist.wait_for_everyone()

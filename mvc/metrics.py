@@ -157,7 +157,7 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> pd.DataFrame:
         x, y = x[: cfg.metrics.max_images], y[: cfg.metrics.max_images]
         fid, kid_m, kid_s = fid_kid(features, real, x, cfg.metrics.kid_subset_size, cfg.data.resolution)
         rows.append({"generator": name, "mode": mode, "images": len(x), "fid": fid, "kid_mean": kid_m, "kid_std": kid_s,
-                     "label_fidelity": evaluate(judge, x, torch.as_tensor(y))[0], "diversity": diversity(features, x, y),
+                     "label_fidelity": evaluate(judge, x, torch.tensor(np.array(y)))[0], "diversity": diversity(features, x, y),
                      "feature_extractor": cfg.metrics.feature_extractor})
         log.info("metrics %s: %s", name, rows[-1])
     frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)

@@ -29,7 +29,7 @@ def test_paper_profile_end_to_end(tmp_path, tiny_sd, tiny_blip2, profile, extrac
         f"caption.model={tiny_blip2}", "caption.max_new_tokens=3",
         f"backbone.model={tiny_sd}", "backbone.resolution=16",
         "finetune.steps=2", "finetune.batch_size=4", "finetune.gradient_accumulation_steps=1", "finetune.lr_warmup_steps=0",
-        "finetune.checkpoint_every=1",
+        "finetune.checkpoint_every=1", "finetune.compile=false", "generate.compile=false",
         "generate.steps=2", "generate.images_per_source=2", f"metrics.feature_extractor={extractor}",
         "metrics.kid_subset_size=2", "metrics.judge_steps=2", "classify.steps=2", "classify.batch_size=4",
         "classify.seeds=[0,1]",
