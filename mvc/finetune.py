@@ -45,9 +45,9 @@ class TrainingData:
         """The conditioning image of each target: itself (`same`) or another image of its class (`other`)."""
         if mode == "same":
             return idx
-        from mvc.text import _others
+        from mvc.text import same_class_draws
 
-        return _others(self.labels, idx, 1, rng, exclude_anchor=True)[:, 0]
+        return same_class_draws(self.labels, idx, 1, rng, exclude_anchor=True)[:, 0]
 
 
 def encode_latents(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -109,7 +109,7 @@ def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, b
     return data.latents[idx], cond, text
 
 
-def _checkpoints(folder: Path) -> list[Path]:
+def list_checkpoints(folder: Path) -> list[Path]:
     found = [p for p in folder.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
@@ -179,7 +179,7 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     accelerator.register_for_checkpointing(loop)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    found = _checkpoints(ckpt_dir)
+    found = list_checkpoints(ckpt_dir)
     if found:
         _load_checkpoint(accelerator, found[-1])
         log.info("finetune: resumed from %s at step %d", found[-1], loop.step)
@@ -245,7 +245,7 @@ def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-        for old in _checkpoints(folder)[:-keep]:
+        for old in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 

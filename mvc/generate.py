@@ -299,7 +299,7 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
     from safetensors.torch import load_file
 
     from mvc.data import load_images
-    from mvc.finetune import _checkpoints
+    from mvc.finetune import list_checkpoints
     from mvc.models import images_to_tensor, tensor_to_images
     from mvc.text import apply_mix, concat_plans, draw_mix, load_caption_embeddings
 
@@ -311,7 +311,7 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
     rows_of = emb.frame.groupby("label").head(1).index.to_numpy()[:n_sources]
     real = tensor_to_images(images_to_tensor(np.asarray(load_images(cfg)[emb.frame["image_id"].to_numpy()[rows_of]]),
                                              cfg.backbone.resolution))
-    states = [(p.name.replace("checkpoint-", "step "), p / "model.safetensors") for p in _checkpoints(cfg.paths.finetune_work / "checkpoints")]
+    states = [(p.name.replace("checkpoint-", "step "), p / "model.safetensors") for p in list_checkpoints(cfg.paths.finetune_work / "checkpoints")]
     out = []
     for label, weights in states + [("final", None)]:
         try:

@@ -211,7 +211,7 @@ class MixPlan:
         return len(self.indices)
 
 
-def _others(labels: np.ndarray, anchors: np.ndarray, count: int, rng: np.random.Generator,
+def same_class_draws(labels: np.ndarray, anchors: np.ndarray, count: int, rng: np.random.Generator,
             exclude_anchor: bool) -> np.ndarray:
     """`count` distinct captions of each anchor's class, drawn at random (B, count), vectorised.
 
@@ -243,9 +243,9 @@ def draw_mix(labels: np.ndarray, anchors: np.ndarray, mode: str, k: int = 3, alp
         return MixPlan(anchors[:, None], np.ones((b, 1)))
     if mode in ("coarse", "coarse+fine"):
         if include_anchor:
-            idx = np.concatenate([anchors[:, None], _others(labels, anchors, k - 1, rng, True)], axis=1)
+            idx = np.concatenate([anchors[:, None], same_class_draws(labels, anchors, k - 1, rng, True)], axis=1)
         else:
-            idx = _others(labels, anchors, k, rng, False)
+            idx = same_class_draws(labels, anchors, k, rng, False)
         w = rng.dirichlet(np.full(k, alpha), size=b)
         if mode == "coarse":
             return MixPlan(idx, w)
@@ -253,7 +253,7 @@ def draw_mix(labels: np.ndarray, anchors: np.ndarray, mode: str, k: int = 3, alp
         idx, w = anchors[:, None], np.ones((b, 1))
     if mode not in ("fine", "coarse+fine"):
         raise ValueError(f"mixing mode {mode!r}: allowed none, fine, coarse, coarse+fine")
-    other = _others(labels, anchors, 1, rng, True)
+    other = same_class_draws(labels, anchors, 1, rng, True)
     beta = rng.uniform(0.0, beta_max, size=(b, 1))
     return MixPlan(np.concatenate([idx, other], axis=1), np.concatenate([(1 - beta) * w, beta], axis=1))
 

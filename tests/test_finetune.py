@@ -42,7 +42,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared):
 
 def test_resume_continues_step_optimizer_and_scheduler(prepared):
     finetune.finetune(prepared, show_progress=False, max_steps=4)  # "killed" after step 4
-    ckpts = finetune._checkpoints(prepared.paths.finetune_work / "checkpoints")
+    ckpts = finetune.list_checkpoints(prepared.paths.finetune_work / "checkpoints")
     assert [p.name for p in ckpts] == ["checkpoint-2", "checkpoint-4"]
     opt_state = torch.load(ckpts[-1] / "optimizer.bin", weights_only=False)
     sched_state = torch.load(ckpts[-1] / "scheduler.bin", weights_only=False)
@@ -55,7 +55,7 @@ def test_resume_continues_step_optimizer_and_scheduler(prepared):
     # the resumed run started from the saved optimizer and scheduler state: step counts carried on
     assert sched_state["last_epoch"] == 4
     assert all(s["step"] == 4 for s in opt_state["state"].values())
-    final = torch.load(finetune._checkpoints(prepared.paths.finetune_work / "checkpoints")[-1] / "scheduler.bin",
+    final = torch.load(finetune.list_checkpoints(prepared.paths.finetune_work / "checkpoints")[-1] / "scheduler.bin",
                        weights_only=False)
     assert final["last_epoch"] == 6
 
@@ -74,7 +74,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
 
 def test_corrupt_checkpoint_gives_a_clear_error(prepared):
     finetune.finetune(prepared, show_progress=False, max_steps=2)
-    ckpt = finetune._checkpoints(prepared.paths.finetune_work / "checkpoints")[-1]
+    ckpt = finetune.list_checkpoints(prepared.paths.finetune_work / "checkpoints")[-1]
     (ckpt / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(finetune.CheckpointError) as err:
         finetune.finetune(prepared, show_progress=False)
