@@ -58,14 +58,12 @@ def encode_latents(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Ten
 
 
 def training_data(cfg: StudyConfig, vae) -> TrainingData:
-    from mvc.data import load_images
-    from mvc.models import images_to_tensor
+    from mvc.models import diffusion_images
     from mvc.text import load_caption_embeddings
 
     emb = load_caption_embeddings(cfg)
     ids = emb.frame["image_id"].to_numpy()
-    x = images_to_tensor(np.asarray(load_images(cfg)[ids]), cfg.backbone.resolution)
-    modes = encode_latents(vae, x)
+    modes = encode_latents(vae, diffusion_images(cfg, ids))
     return TrainingData(latents=modes * vae.config.scaling_factor, cond_latents=modes, labels=emb.labels,
                         embeddings=emb.embeddings, empty=emb.empty)
 

@@ -141,7 +141,6 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
                  show_progress: bool = True, max_batches: int | None = None) -> int:
     """Generate this process's missing images of generator `name`; returns how many it made."""
     from mvc.models import tensor_to_images
-    from mvc.text import concat_plans, draw_mix, apply_mix
 
     g = cfg.generate
     folder = cfg.paths.synthetic / name
@@ -165,9 +164,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             break
         batch = todo[lo: lo + g.batch_size]
         rows = emb.row_of(np.array([it.source_image_id for it in batch]))
-        plans = [draw_mix(emb.labels, rows[i: i + 1], mode, g.mixing.k, g.mixing.alpha, g.mixing.beta_max,
-                          np.random.default_rng(it.seed), g.mixing.include_anchor) for i, it in enumerate(batch)]
-        text = apply_mix(emb.embeddings, concat_plans(plans))
+        text = seeded_mixes(emb, rows, [it.seed for it in batch], mode, g.mixing)
         noise = initial_noise([it.seed for it in batch], latent_shape)
         if is_mvc:
             x = sample(unet, vae, scheduler, noise, text, emb.empty, cond_latents[rows], g.steps,
@@ -209,19 +206,28 @@ def finalize_set(cfg: StudyConfig, name: str, source_ids: list[int]) -> pd.DataF
     return rows
 
 
-def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtype = torch.float32) -> dict:
-    """{"mvc": (unet, vae, scheduler config, conditioning latents), "naive": (...)}, on `device`."""
+def seeded_mixes(emb, rows: np.ndarray, seeds: list[int], mode: str, mixing) -> torch.Tensor:
+    """One MVC mix per (caption row, seed), each drawn from its own seed so that batching changes nothing."""
+    from mvc.text import apply_mix, concat_plans, draw_mix
+
+    plans = [draw_mix(emb.labels, rows[i: i + 1], mode, mixing.k, mixing.alpha, mixing.beta_max,
+                      np.random.default_rng(s), mixing.include_anchor) for i, s in enumerate(seeds)]
+    return apply_mix(emb.embeddings, concat_plans(plans))
+
+
+def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtype = torch.float32,
+                           naive: bool | None = None) -> dict:
+    """{"mvc": (unet, vae, scheduler config, conditioning latents), "naive": (...)}, on `device`
+    (the naive backbone when `naive`, by default when `generate.naive`)."""
     from mvc.finetune import encode_latents
-    from mvc.data import load_images
-    from mvc.models import backbone_source, images_to_tensor, load_backbone
+    from mvc.models import backbone_source, diffusion_images, load_backbone
 
     out = {}
     mvc = load_backbone(cfg.paths.mvc_model, field="runs/<study>/mvc", dtype=dtype)
     vae = mvc.vae.to(device).eval()
-    x = images_to_tensor(np.asarray(load_images(cfg)[emb.frame["image_id"].to_numpy()]), cfg.backbone.resolution)
-    cond = encode_latents(vae, x)
+    cond = encode_latents(vae, diffusion_images(cfg, emb.frame["image_id"].to_numpy()))
     out["mvc"] = (mvc.unet.to(device).eval(), vae, mvc.scheduler.config, cond)
-    if cfg.generate.naive:
+    if cfg.generate.naive if naive is None else naive:
         bb = load_backbone(backbone_source(cfg), cfg.backbone.revision, dtype=dtype)
         out["naive"] = (bb.unet.to(device).eval(), bb.vae.to(device).eval(), bb.scheduler.config, None)
     return out
@@ -279,11 +285,15 @@ def load_manifest(cfg: StudyConfig, name: str) -> pd.DataFrame:
     return pd.read_csv(cfg.paths.synthetic / name / "manifest.csv")
 
 
-def load_synthetic(cfg: StudyConfig, name: str, resolution: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
-    """A generator's images as uint8 (N, H, W, C) at the data resolution and channels, with the manifest."""
+def load_synthetic(cfg: StudyConfig, name: str, resolution: int | None = None,
+                   sources: list[int] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """A generator's images as uint8 (N, H, W, C) at the data resolution and channels, with the manifest
+    (only those made from `sources`, when given)."""
     from mvc.data import to_array
 
     rows = load_manifest(cfg, name)
+    if sources is not None:
+        rows = rows[rows["source_image_id"].isin(sources)].reset_index(drop=True)
     folder = cfg.paths.synthetic / name
     res = resolution or cfg.data.resolution
     imgs = []
@@ -298,20 +308,21 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
     classes followed by images generated from it (the study's first MVC mode and guidance)."""
     from safetensors.torch import load_file
 
-    from mvc.data import load_images
     from mvc.finetune import list_checkpoints
-    from mvc.models import images_to_tensor, tensor_to_images
-    from mvc.text import apply_mix, concat_plans, draw_mix, load_caption_embeddings
+    from mvc.models import diffusion_images, tensor_to_images
+    from mvc.text import load_caption_embeddings
 
     g = cfg.generate
     emb = load_caption_embeddings(cfg)
-    models = load_generation_models(cfg.model_copy(update={"generate": g.model_copy(update={"naive": False})}), emb, "cpu")
+    models = load_generation_models(cfg, emb, "cpu", naive=False)
     unet, vae, sched_cfg, cond = models["mvc"]
     final = {k: v.clone() for k, v in unet.state_dict().items()}
     rows_of = emb.frame.groupby("label").head(1).index.to_numpy()[:n_sources]
-    real = tensor_to_images(images_to_tensor(np.asarray(load_images(cfg)[emb.frame["image_id"].to_numpy()[rows_of]]),
-                                             cfg.backbone.resolution))
+    real = tensor_to_images(diffusion_images(cfg, emb.frame["image_id"].to_numpy()[rows_of]))
     states = [(p.name.replace("checkpoint-", "step "), p / "model.safetensors") for p in list_checkpoints(cfg.paths.finetune_work / "checkpoints")]
+    anchors = np.repeat(rows_of, per_source)
+    seeds = [item_seed(g.seed + 7, g.modes[0], int(a), j) for a in rows_of for j in range(per_source)]
+    text = seeded_mixes(emb, anchors, seeds, g.modes[0], g.mixing)
     out = []
     for label, weights in states + [("final", None)]:
         try:
@@ -319,12 +330,8 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
         except (OSError, RuntimeError) as err:
             log.warning("preview: skipping %s (%s)", weights, err)
             continue
-        anchors = np.repeat(rows_of, per_source)
-        seeds = [item_seed(g.seed + 7, g.modes[0], int(a), j) for a in rows_of for j in range(per_source)]
-        plans = [draw_mix(emb.labels, anchors[i: i + 1], g.modes[0], g.mixing.k, g.mixing.alpha, g.mixing.beta_max,
-                          np.random.default_rng(s)) for i, s in enumerate(seeds)]
         x = sample(unet, vae, make_scheduler(g.scheduler, sched_cfg), initial_noise(seeds, tuple(cond.shape[1:])),
-                   apply_mix(emb.embeddings, concat_plans(plans)), emb.empty, cond[anchors], g.steps,
+                   text, emb.empty, cond[anchors], g.steps,
                    g.guidance_text, g.guidance_image)
         imgs = tensor_to_images(x)
         for i in range(len(rows_of)):

@@ -217,6 +217,13 @@ def images_to_tensor(images: np.ndarray, resolution: int) -> torch.Tensor:
     return x.contiguous()
 
 
+def diffusion_images(cfg: StudyConfig, image_ids) -> torch.Tensor:
+    """The study's prepared images `image_ids` as the diffusion model sees them: (N, 3, R, R) in [-1, 1]."""
+    from mvc.data import load_images
+
+    return images_to_tensor(np.asarray(load_images(cfg)[np.asarray(image_ids)]), cfg.backbone.resolution)
+
+
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:
     """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -247,7 +254,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     from diffusers.optimization import get_scheduler
 
     from mvc.captioning import load_captions
-    from mvc.data import load_images, load_splits
+    from mvc.data import load_splits
     from mvc.io import atomic_dir
     from mvc.text import EMPTY_PROMPT, TextEncoder
 
@@ -262,7 +269,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
         raise ValueError("captions.csv lacks captions of pool images: add 'pool' to caption.splits")
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
-    x = images_to_tensor(np.asarray(load_images(cfg)[pool["image_id"].to_numpy()]), res)
+    x = diffusion_images(cfg, pool["image_id"].to_numpy())
     log_rows = []
 
     vae = build_surrogate_vae(s, res)

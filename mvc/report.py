@@ -114,25 +114,26 @@ def accuracy_bars(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _synthetic_sets(cfg: StudyConfig) -> dict:
+def _synthetic_sets(cfg: StudyConfig, sources: list[int]) -> dict:
     from mvc.generate import generators, load_synthetic
 
-    return {n: load_synthetic(cfg, n, cfg.backbone.resolution) for n in generators(cfg.generate)}
+    return {n: load_synthetic(cfg, n, cfg.backbone.resolution, sources) for n in generators(cfg.generate)}
 
 
 def make_figures(cfg: StudyConfig) -> dict[str, Path]:
     """Figures 1-5 of the paper for this study, as PNG and PDF under `reports/<study>/figures/`."""
     from mvc import figures
-    from mvc.data import load_images, load_splits
-    from mvc.models import images_to_tensor, tensor_to_images
+    from mvc.data import load_splits
+    from mvc.models import diffusion_images, tensor_to_images
 
     splits = load_splits(cfg)
-    real = load_images(cfg)
-    if real.shape[1] != cfg.backbone.resolution or real.shape[-1] != 3:
-        real = tensor_to_images(images_to_tensor(np.asarray(real), cfg.backbone.resolution))
-    synthetic = _synthetic_sets(cfg)
     train = splits[splits["split"] == "train"]
-    sources = train.groupby("label")["image_id"].first().to_numpy()[: cfg.report.classes_in_figures].tolist()
+    shown = train[train["label"].isin(sorted(train["label"].unique())[: cfg.report.classes_in_figures])]
+    sources = shown.groupby("label")["image_id"].first().tolist()
+    # only the images the figures show: a few per class, and what was generated from one source per class
+    real_ids = shown.groupby("label").head(3)["image_id"].to_numpy()
+    real = dict(zip(real_ids, tensor_to_images(diffusion_images(cfg, real_ids))))
+    synthetic = _synthetic_sets(cfg, sources)
     fig_dir, out = cfg.paths.figures, {}
     for name, fig in [
         ("figure1_real_naive_mvc", figures.figure1(cfg, real, splits, synthetic)),
