@@ -1,260 +1,44 @@
-"""Classification with augmentation baselines and MVC data, one- and two-phase (DESIGN.md, "Classification").
-
-Every method trains the same backbone for the same number of optimizer steps on the same splits and seeds.
-Augmentations are torchvision transforms v2, applied per image (`mixup`/`cutmix` per batch). For the
-synthetic methods, each real image of a batch is replaced by one of its synthetic images with probability
-`p_synthetic`. `mvc_two_phase` spends the last `two_phase_fraction` of its steps on real images only, at
-`two_phase_lr_scale` times the learning rate.
-"""
+"""Stage `classify`: every method of `classify.methods` x every seed (and the ablation grid), each run appended to
+`results.csv` as it finishes, so an interrupted grid resumes where it stopped (DESIGN, "Classification")."""
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
-from mvc import state
+from mvc.artifacts import RESULT_COLUMNS, load_results, load_images, load_splits, load_synthetic
+from mvc.classifiers import (SYNTHETIC_METHODS, ClassificationData, RunSpec, SyntheticSampler, evaluate,
+                             train_classifier)
 from mvc.config import ClassifyConfig, StudyConfig
-from mvc.io import append_rows, read_rows
+from mvc.imaging import to_chw
+from mvc.io import append_rows
+from mvc.progress import progress
+from mvc.runtime import pick_device
+from mvc.state import stage
 
 log = logging.getLogger(__name__)
 
-RESULT_COLUMNS = ["dataset", "method", "seed", "shots", "backbone", "variant", "top1", "top5", "steps",
-                  "synthetic_share", "params_hash"]
-SYNTHETIC_METHODS = {"sd_naive", "mvc", "mvc_two_phase", "mvc_randaugment"}
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Models
-
-
-class SmallCNN(nn.Module):
-    """Three conv blocks and a linear head, for small images (the digits profile's 16x16)."""
-
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32):
-        super().__init__()
-
-        def block(i: int, o: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
-
-        self.features = nn.Sequential(block(in_channels, width), nn.MaxPool2d(2), block(width, 2 * width),
-                                      nn.MaxPool2d(2), block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(4 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
-                     width: int = 32) -> nn.Module:
-    """`small_cnn`, `resnet18` / `resnet50` (torchvision; small-image stem for resnet18), or `timm:<name>`."""
-    import torchvision
-
-    try:
-        if name == "small_cnn":
-            if pretrained:
-                raise ValueError("classify.pretrained: small_cnn has no pretrained weights; use resnet18/50 or timm:<name>")
-            return SmallCNN(num_classes, in_channels, width)
-        if name in ("resnet18", "resnet50"):
-            weights = "DEFAULT" if pretrained else None
-            model = getattr(torchvision.models, name)(weights=weights)
-            if name == "resnet18":  # CIFAR-style stem: 3x3 stride-1 conv, no max-pool
-                model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-                model.maxpool = nn.Identity()
-            model.fc = nn.Linear(model.fc.in_features, num_classes)
-            return model
-        if name.startswith("timm:"):
-            import timm
-
-            return timm.create_model(name[5:], pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
-    except (OSError, RuntimeError) as err:
-        if pretrained:
-            raise RuntimeError(f"classify.pretrained: ImageNet weights for {name} are not available offline ({err}); "
-                               "put them in the torch hub / HF cache on a connected machine, or set "
-                               "classify.pretrained: false") from err
-        raise
-    raise ValueError(f"classify.backbone: {name!r} is not one of small_cnn, resnet18, resnet50, timm:<name>")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Transforms
-
-
-def base_transform(c: ClassifyConfig, resolution: int) -> list:
-    out = [v2.RandomCrop(resolution, padding=c.crop_padding)] if c.crop_padding > 0 else []
-    return out + ([v2.RandomHorizontalFlip()] if c.hflip else [])
-
-
-def method_transform(method: str, c: ClassifyConfig, resolution: int) -> v2.Compose:
-    """The per-image transform of a method (uint8 CHW tensor in, uint8 CHW tensor out)."""
-    policy = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2.AutoAugmentPolicy.CIFAR10,
-              "svhn": v2.AutoAugmentPolicy.SVHN}[c.autoaugment_policy]
-    extra = {
-        "autoaugment": [v2.AutoAugment(policy)],
-        "randaugment": [v2.RandAugment(c.randaugment_num_ops, c.randaugment_magnitude)],
-        "mvc_randaugment": [v2.RandAugment(c.randaugment_num_ops, c.randaugment_magnitude)],
-        "trivialaugment": [v2.TrivialAugmentWide()],
-    }.get(method, [])
-    return v2.Compose(extra + base_transform(c, resolution) or [v2.Identity()])
-
-
-def batch_transform(method: str, c: ClassifyConfig, num_classes: int):
-    if method == "mixup":
-        return v2.MixUp(alpha=c.mixup_alpha, num_classes=num_classes)
-    if method == "cutmix":
-        return v2.CutMix(alpha=c.cutmix_alpha, num_classes=num_classes)
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Data
-
-
-@dataclass
-class ClassificationData:
-    train_x: torch.Tensor  # uint8 (N, C, H, W)
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    synthetic: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]] = field(default_factory=dict)
-    # generator -> (uint8 images, source row in train_x, index j)
-
-
-def to_chw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-
-
-def load_classification_data(cfg: StudyConfig, generators: list[str] = ()) -> ClassificationData:
-    from mvc.data import load_images, load_splits
-    from mvc.generate import load_synthetic
-
+def load_classification_data(cfg: StudyConfig, sets: list[str] = ()) -> ClassificationData:
+    """The real train and test images and the named synthetic sets, as tensors."""
     splits, images = load_splits(cfg), load_images(cfg)
     train, test = splits[splits["split"] == "train"], splits[splits["split"] == "test"]
     data = ClassificationData(to_chw(images[train["image_id"].to_numpy()]), torch.tensor(train["label"].to_numpy()),
                               to_chw(images[test["image_id"].to_numpy()]), torch.tensor(test["label"].to_numpy()),
                               int(splits["label"].max()) + 1)
     row_of = pd.Series(np.arange(len(train)), index=train["image_id"].to_numpy())
-    for name in generators:
+    for name in sets:
         imgs, manifest = load_synthetic(cfg, name)
         data.synthetic[name] = (to_chw(imgs), row_of.loc[manifest["source_image_id"]].to_numpy(),
                                 manifest["index"].to_numpy())
     return data
 
 
-class SyntheticSampler:
-    """Replaces each real image of a batch by one of its synthetic images with probability `p`."""
-
-    def __init__(self, data: ClassificationData, generators: list[str], max_per_source: int | None = None):
-        parts = [data.synthetic[g] for g in generators]
-        self.images = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, dtype=torch.uint8)
-        sources = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, int)
-        index = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, int)
-        keep = index < max_per_source if max_per_source else np.ones(len(index), bool)
-        self.of_source = [np.flatnonzero(keep & (sources == s)) for s in range(len(data.train_y))]
-
-    def __call__(self, rows: np.ndarray, p: float, rng: np.random.Generator, real: torch.Tensor):
-        out, used = real.clone(), np.zeros(len(rows), bool)
-        for i, r in enumerate(rows):
-            cands = self.of_source[r]
-            if len(cands) and rng.random() < p:
-                out[i] = self.images[cands[rng.integers(len(cands))]]
-                used[i] = True
-        return out, used
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell of the grid: a method under a variant of the classify params (ablations)."""
-
-    method: str
-    seed: int
-    variant: str = "main"
-    generators: tuple[str, ...] = ()
-    p_synthetic: float = 0.5
-    max_per_source: int | None = None
-
-
-def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool]]:
-    """[(steps, lr scale, synthetic allowed)] per phase; every method totals `c.steps`."""
-    if method == "mvc_two_phase":
-        second = max(1, round(c.two_phase_fraction * c.steps))
-        return [(c.steps - second, 1.0, True), (second, c.two_phase_lr_scale, False)]
-    return [(c.steps, 1.0, method in SYNTHETIC_METHODS)]
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x.float() / 255 - 0.5) / 0.5
-
-
-def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig, resolution: int,
-                     device: str = "cpu", on_batch=None) -> nn.Module:
-    """Train one classifier; `on_batch(phase, images, used_synthetic)` sees every batch (tests use it)."""
-    from mvc.runtime import seed_everything
-
-    seed_everything(spec.seed)
-    rng = np.random.default_rng(spec.seed)
-    model = build_classifier(c.backbone, data.num_classes, data.train_x.shape[1], c.pretrained,
-                             c.small_cnn_width).to(device)
-    per_image = method_transform(spec.method, c, resolution)
-    per_batch = batch_transform(spec.method, c, data.num_classes)
-    sampler = SyntheticSampler(data, list(spec.generators), spec.max_per_source) if spec.generators else None
-    if c.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    model.train()
-    for phase, (steps, lr_scale, synthetic_ok) in enumerate(phase_schedule(spec.method, c)):
-        for group in opt.param_groups:
-            group["lr"] = c.lr * lr_scale
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-        for _ in range(steps):
-            rows = rng.integers(0, len(data.train_y), c.batch_size)
-            x, y = data.train_x[rows], data.train_y[rows]
-            used = np.zeros(len(rows), bool)
-            if sampler is not None and synthetic_ok:
-                x, used = sampler(rows, spec.p_synthetic, rng, x)
-            x = torch.stack([per_image(img) for img in x])
-            if on_batch is not None:
-                on_batch(phase, x, used)
-            x = normalize(x)
-            if per_batch is not None:
-                x, y = per_batch(x, y)
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu",
-             batch_size: int = 512) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (top-k with k = min(5, classes))."""
-    logits = torch.cat([model(normalize(x[i: i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)])
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    return (top[:, 0] == y).float().mean().item(), (top == y[:, None]).any(1).float().mean().item()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The grid
-
-
-def mvc_generators(c: ClassifyConfig, modes: list[str] | None = None) -> tuple[str, ...]:
+def mvc_set_names(c: ClassifyConfig, modes: list[str] | None = None) -> tuple[str, ...]:
+    """The MVC synthetic sets the mvc methods draw from."""
     return tuple(f"mvc_{m.replace('+', '_')}" for m in (modes or c.mvc_modes))
 
 
@@ -263,60 +47,57 @@ def grid(cfg: StudyConfig) -> list[RunSpec]:
     c, g = cfg.classify, cfg.generate
     specs = []
     for method in c.methods:
-        gens = ("naive",) if method == "sd_naive" else mvc_generators(c) if method in SYNTHETIC_METHODS else ()
-        specs += [RunSpec(method, s, "main", gens, c.p_synthetic) for s in c.seeds]
+        sets = ("naive",) if method == "sd_naive" else mvc_set_names(c) if method in SYNTHETIC_METHODS else ()
+        specs += [RunSpec(method, s, "main", sets, c.p_synthetic) for s in c.seeds]
     if c.ablation:
         ab_seeds = c.seeds[: max(3, len(c.seeds) // 2)]
         for mode in g.modes:
             if [mode] != list(c.mvc_modes):
-                specs += [RunSpec("mvc", s, f"mode={mode}", mvc_generators(c, [mode]), c.p_synthetic) for s in ab_seeds]
+                specs += [RunSpec("mvc", s, f"mode={mode}", mvc_set_names(c, [mode]), c.p_synthetic) for s in ab_seeds]
         for m in sorted({1, max(1, g.images_per_source // 2)} - {g.images_per_source}):
-            specs += [RunSpec("mvc", s, f"M={m}", mvc_generators(c), c.p_synthetic, m) for s in ab_seeds]
+            specs += [RunSpec("mvc", s, f"M={m}", mvc_set_names(c), c.p_synthetic, m) for s in ab_seeds]
         for p in sorted({0.25, 0.75, 1.0} - {c.p_synthetic}):
-            specs += [RunSpec("mvc", s, f"p_synthetic={p}", mvc_generators(c), p) for s in ab_seeds]
+            specs += [RunSpec("mvc", s, f"p_synthetic={p}", mvc_set_names(c), p) for s in ab_seeds]
     return specs
 
 
-def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | None = None) -> pd.DataFrame:
-    """Stage `classify`: run the grid, appending a row to results.csv as each run finishes; resumable."""
-    from mvc.runtime import pick_device, set_threads
-
+@stage("classify")
+def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | None = None) -> dict | None:
+    """Run the grid, appending a row to results.csv as each run finishes; resumable (`max_runs` stops early)."""
     paths = cfg.paths
-    if not state.prepare(cfg, "classify", [paths.results]):
-        return load_results(cfg)
-    state.require(cfg, "generate")
-    start = time.time()
-    set_threads()
     device = pick_device(cfg.device)
     specs = grid(cfg)
     h = cfg.stage_hash("classify")
     done = load_results(cfg, require_done=False)
     finished = set(zip(done["variant"], done["method"], done["seed"])) if len(done) else set()
     todo = [s for s in specs if (s.variant, s.method, s.seed) not in finished]
-    data = load_classification_data(cfg, sorted({g for s in specs for g in s.generators}))
+    data = load_classification_data(cfg, sorted({g for s in specs for g in s.synthetic_sets}))
     c = cfg.classify
-    for n, spec in enumerate(tqdm(todo, desc="classify", unit="run", disable=not show_progress)):
+    for n, spec in enumerate(progress(todo, desc="classify", unit="run", disable=not show_progress)):
         if max_runs is not None and n >= max_runs:
-            return load_results(cfg, require_done=False)
+            return None
         model = train_classifier(data, spec, c, cfg.data.resolution, device)
         top1, top5 = evaluate(model, data.test_x, data.test_y, device)
         share = spec.p_synthetic * (1 - (c.two_phase_fraction if spec.method == "mvc_two_phase" else 0)) \
-            if spec.generators else 0.0
+            if spec.synthetic_sets else 0.0
         append_rows(paths.results, pd.DataFrame([{
             "dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed,
             "shots": cfg.data.shots if cfg.data.shots else "all", "backbone": c.backbone, "variant": spec.variant,
             "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),
             "params_hash": h}], columns=RESULT_COLUMNS))
-    results = load_results(cfg, require_done=False)
-    state.mark_done(cfg, "classify", time.time() - start, {"runs": len(results)})
-    return results
+    return {"runs": len(load_results(cfg, require_done=False))}
 
 
-def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
-    """results.csv rows made with the current classify params (rows of an older params hash are left out)."""
-    if require_done:
-        state.require(cfg, "classify", [cfg.paths.results])
-    rows = read_rows(cfg.paths.results)
-    if rows is None:
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    return rows[rows["params_hash"].astype(str) == cfg.stage_hash("classify")].reset_index(drop=True)
+def example_batch(cfg: StudyConfig, method: str = "mvc", n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One training batch of `method` before augmentation, as uint8 (n, H, W, C) images, and which of them are
+    synthetic replacements of their real source (notebook 05)."""
+    c = cfg.classify
+    spec = next((s for s in grid(cfg) if s.method == method), RunSpec(method, seed))
+    data = load_classification_data(cfg, list(spec.synthetic_sets))
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(data.train_y), n)
+    x, used = data.train_x[rows], np.zeros(n, bool)
+    if spec.synthetic_sets:
+        x, used = SyntheticSampler(data, list(spec.synthetic_sets))(rows, spec.p_synthetic, rng, x)
+    return x.permute(0, 2, 3, 1).numpy(), used
+

@@ -1,45 +1,21 @@
-"""Command line: `mvc study|check|data|caption|embed|finetune|generate|metrics|classify|report PARAMS`."""
+"""Command line: `mvc study|check PARAMS`, and one subcommand per stage of the registry (`mvc finetune PARAMS`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from mvc.config import ConfigError, config_to_yaml, load_config
+from mvc.stages import STAGES
 
 log = logging.getLogger("mvc")
 
 
-def _stage(name: str):
-    """The stage function behind a subcommand, imported only when asked for (torch is slow to import)."""
-    if name == "data":
-        from mvc.data import prepare_dataset as fn
-    elif name == "caption":
-        from mvc.captioning import caption_dataset as fn
-    elif name == "embed":
-        from mvc.text import embed_captions as fn
-    elif name == "backbone":
-        from mvc.models import prepare_backbone as fn
-    elif name == "finetune":
-        from mvc.finetune import finetune as fn
-    elif name == "generate":
-        from mvc.generate import generate_all as fn
-    elif name == "metrics":
-        from mvc.metrics import image_metrics as fn
-    elif name == "classify":
-        from mvc.classify import classify_all as fn
-    else:
-        from mvc.report import build_report as fn
-    return fn
-
-
-STAGE_COMMANDS = ["data", "caption", "embed", "backbone", "finetune", "generate", "metrics", "classify", "report"]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvc", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_params(p: argparse.ArgumentParser, optional: bool = False) -> argparse.ArgumentParser:
@@ -51,10 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     study = with_params(sub.add_parser("study", help="run the notebooks through papermill into reports/<study>/"))
     study.add_argument("--stages", help="notebooks to run, e.g. 01,03-05 (default: all)")
     study.add_argument("--force", action="store_true", help="re-execute notebooks even when up to date")
+    study.add_argument("--no-progress", action="store_true", help="no progress bars in the terminal")
     with_params(sub.add_parser("check", help="validate a params file and print the resolved configuration"))
-    for name in STAGE_COMMANDS:
-        p = with_params(sub.add_parser(name, help=f"run stage '{name}' alone"), optional=name == "report")
-        if name == "report":
+    for spec in STAGES:
+        p = with_params(sub.add_parser(spec.name, help=f"stage {spec.name} (notebook {spec.notebook}): {spec.summary}"),
+                        optional=spec.name == "report")
+        if spec.name == "report":
             p.add_argument("--all", action="store_true", help="collect every reports/*/ into cross-dataset tables")
     return parser
 
@@ -63,29 +41,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures are saved, never shown, from the command line
     try:
         if args.command == "report" and getattr(args, "all", False):
-            from mvc.report import report_all
+            from mvc.report import report_all  # deferred: each subcommand imports only what it runs
 
             print(report_all())
             return 0
         if args.params is None:
             raise ConfigError("a params file is required, e.g. `mvc report params/digits.yaml` or `mvc report --all`")
         if args.command == "study":
-            from mvc.study import run_study
+            from mvc.study import run_study  # deferred: each subcommand imports only what it runs
 
-            run_study(args.params, args.stages, args.overrides, force=args.force)
+            run_study(args.params, args.stages, args.overrides, force=args.force, show_progress=not args.no_progress)
         elif args.command == "check":
             cfg = load_config(args.params, args.overrides)
             print(config_to_yaml(cfg), end="")
         else:
             cfg = load_config(args.params, args.overrides)
-            _stage(args.command)(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+            next(s for s in STAGES if s.name == args.command).function(cfg)
+    except KeyboardInterrupt:
+        print(f"mvc {args.command}: interrupted; run the same command again to resume (finished work is kept)",
+              file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, OSError, RuntimeError) as err:
         print(f"mvc {args.command}: error: {err}", file=sys.stderr)
         if args.verbose:
             raise
-        sys.exit(2)
+        return 2
     return 0
 
 

@@ -6,8 +6,6 @@ Every choice that the paper leaves open is a field here, with its default and a 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mvc.paths import StudyPaths, resolve_path
+from mvc.stages import stage_hash
 
 DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
 MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
@@ -66,11 +65,23 @@ class CaptionConfig(Section):
 
 
 class MixingConfig(Section):
-    mode: MixMode = "coarse"
+    """How captions of one class are mixed (DESIGN: coarse = Dirichlet over k captions, fine = a small step)."""
+
     k: int = Field(3, ge=1)  # captions per coarse mix
     alpha: float = Field(1.0, gt=0)  # Dirichlet concentration of coarse weights
     beta_max: float = Field(0.3, ge=0, le=1)  # fine: beta ~ U(0, beta_max)
-    include_anchor: bool = False  # coarse mixes always contain the anchor caption (fine-tuning forces it)
+
+
+class TrainingMixingConfig(MixingConfig):
+    """Text conditioning while fine-tuning: a coarse mix always contains the target's own caption."""
+
+    mode: MixMode = "coarse+fine"
+
+
+class GenerationMixingConfig(MixingConfig):
+    """Text conditioning while generating; the mode of each synthetic set comes from `generate.modes`."""
+
+    include_anchor: bool = False  # coarse mixes always contain the anchor (the source image's own caption)
 
 
 class TextConfig(Section):
@@ -132,7 +143,7 @@ class FinetuneConfig(Section):
     lr_warmup_steps: int = 50
     lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
     cond_image: Literal["other", "same"] = "other"  # conditioning image: another of the class, or the target
-    mixing: MixingConfig = MixingConfig(mode="coarse+fine")  # text conditioning while training
+    mixing: TrainingMixingConfig = TrainingMixingConfig()  # text conditioning while training
     drop_text: float = Field(0.05, ge=0, le=1)  # classifier-free guidance dropout, each per sample
     drop_image: float = Field(0.05, ge=0, le=1)
     drop_both: float = Field(0.05, ge=0, le=1)
@@ -155,7 +166,7 @@ class GenerateConfig(Section):
     guidance_image: float = Field(1.5, ge=0)  # s_I
     images_per_source: int = Field(5, ge=1)  # M
     modes: list[MixMode] = ["coarse", "fine"]
-    mixing: MixingConfig = MixingConfig()  # k, alpha, beta_max (mode comes from `modes`)
+    mixing: GenerationMixingConfig = GenerationMixingConfig()  # k, alpha, beta_max, include_anchor
     naive: bool = True  # also generate the naive baseline (backbone before fine-tuning, text only)
     naive_guidance: float = Field(3.0, ge=0)
     batch_size: int = Field(100, ge=1)
@@ -232,29 +243,8 @@ class StudyConfig(Section):
         return StudyPaths.for_study(self.study, runs, reports)
 
     def stage_hash(self, stage: str) -> str:
-        """A stable hash of the params `stage` depends on, its upstream stages' included."""
-        return _stage_hash(self, stage)
-
-
-# Which config sections each stage reads, and which stages it follows.
-STAGES: dict[str, tuple[list[str], list[str]]] = {
-    "data": (["data", "seed"], []),
-    "caption": (["caption"], ["data"]),
-    "embed": (["text"], ["caption", "backbone"]),
-    "backbone": (["backbone"], ["caption"]),
-    "finetune": (["finetune"], ["embed", "backbone"]),
-    "generate": (["generate"], ["finetune"]),
-    "metrics": (["metrics"], ["generate"]),
-    "classify": (["classify"], ["generate"]),
-    "report": (["report"], ["classify", "metrics"]),
-}
-
-
-def _stage_hash(cfg: StudyConfig, stage: str) -> str:
-    sections, upstream = STAGES[stage]
-    dump = cfg.model_dump(mode="json")
-    payload = {"own": {s: dump[s] for s in sections}, "up": [_stage_hash(cfg, u) for u in upstream]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of the params `stage` reads (as the stage registry declares), upstream stages' included."""
+        return stage_hash(self.model_dump(mode="json"), stage)
 
 
 # ----------------------------------------------------------------------------------------------------------

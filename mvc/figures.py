@@ -15,11 +15,10 @@ from mvc.plots import show_image
 
 
 def image_grid(rows: list[tuple[str, list[np.ndarray]]], col_titles: list[str] | None = None,
-               caption_under: bool = False, size: float = 0.9) -> plt.Figure:
-    """A grid of images, one labelled row per entry; the label goes left of the row or under it."""
+               size: float = 0.9) -> plt.Figure:
+    """A grid of images, one row per entry, labelled on its left; None leaves a gap."""
     n_cols = max(len(imgs) for _, imgs in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * size + 1.5, len(rows) * (size + (0.35 if caption_under else 0.1))),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * size + 1.5, len(rows) * (size + 0.1)), squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r, c]
@@ -27,41 +26,57 @@ def image_grid(rows: list[tuple[str, list[np.ndarray]]], col_titles: list[str] |
                 show_image(ax, imgs[c])
             else:
                 ax.axis("off")
-        if caption_under:
-            axes[r, 0].annotate(textwrap.shorten(label, 90), (0, -0.12), xycoords="axes fraction", va="top",
-                                fontsize=7, annotation_clip=False)
-        else:
-            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if col_titles:
         for c, title in enumerate(col_titles[:n_cols]):
             axes[0, c].set_title(title, fontsize=8)
-    fig.tight_layout(pad=0.3, h_pad=1.2 if caption_under else 0.3)
+    fig.tight_layout(pad=0.3, h_pad=0.3)
     return fig
 
 
 def _by_source(manifest: pd.DataFrame, images: np.ndarray, source: int) -> list[np.ndarray]:
+    """The images generated from one source, in index order."""
     rows = manifest.reset_index(drop=True)
     pick = rows[rows["source_image_id"] == source].sort_values("index")
     return [images[i] for i in pick.index]
 
 
-def figure1(cfg: StudyConfig, real: np.ndarray, splits: pd.DataFrame, synthetic: dict, n: int = 3) -> plt.Figure:
-    """Per class: real images | naive (pretrained backbone) | MVC, with the class prompt under the row."""
+def figure1(cfg: StudyConfig, real: dict, splits: pd.DataFrame, synthetic: dict, n: int = 2) -> plt.Figure:
+    """Figure 1, compact like the paper's teaser: a column per class; `n` rows each of real images, the naive
+    set (the backbone before fine-tuning, same prompts) and MVC images from one real image of the class."""
     train = splits[splits["split"] == "train"]
     mvc_name = next(k for k in synthetic if k.startswith("mvc_"))
-    rows = []
-    for label in sorted(train["label"].unique())[: cfg.report.classes_in_figures]:
+    labels = sorted(train["label"].unique())[: cfg.report.classes_in_figures]
+    columns, names = [], []
+    for label in labels:
         cls = train[train["label"] == label]
         src = int(cls["image_id"].iloc[0])
+        reals = [real[i] for i in cls["image_id"].iloc[:n] if i in real]
         naive = _by_source(synthetic["naive"][1], synthetic["naive"][0], src)[:n] if "naive" in synthetic else []
         mvc = _by_source(synthetic[mvc_name][1], synthetic[mvc_name][0], src)[:n]
-        reals = [real[i] for i in cls["image_id"].iloc[:n]]
-        rows.append((f"{cfg.data.prompt_template.format(name=cls['class_name'].iloc[0])}", reals + [None] + naive + [None] + mvc))
-    titles = ["real"] + [""] * (n - 1) + [""] + ["naive"] + [""] * (n - 1) + [""] + [mvc_name] + [""] * (n - 1)
-    return image_grid(rows, titles, caption_under=True)
+        columns.append((reals, naive, mvc))
+        names.append(str(cls["class_name"].iloc[0]))
+    groups = [("real", 0), ("naive", 1), ("MVC", 2)] if "naive" in synthetic else [("real", 0), ("MVC", 2)]
+    rows = [(f"{name}" if j == 0 else "", [col[g][j] if j < len(col[g]) else None for col in columns])
+            for name, g in groups for j in range(n)]
+    size = 0.55
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(len(columns) * size + 0.7, len(rows) * size + 0.35),
+                             squeeze=False, gridspec_kw={"wspace": 0.04, "hspace": 0.04})
+    for r, (label, imgs) in enumerate(rows):
+        for c, img in enumerate(imgs):
+            ax = axes[r, c]
+            if img is not None:
+                show_image(ax, img)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    for c, name in enumerate(names):
+        axes[0, c].set_title(textwrap.shorten(name, 12, placeholder="."), fontsize=7)
+    fig.subplots_adjust(left=0.7 / (len(columns) * size + 0.7), right=0.99, top=0.9, bottom=0.01)
+    return fig
 
 
-def figure2(cfg: StudyConfig, real: np.ndarray, sources: list[int], synthetic: dict) -> plt.Figure:
+def figure2(cfg: StudyConfig, real: dict, sources: list[int], synthetic: dict) -> plt.Figure:
     """A real image, then coarse mixes and fine mixes generated from it."""
     rows, titles = [], ["real"]
     for src in sources:
@@ -77,7 +92,7 @@ def figure2(cfg: StudyConfig, real: np.ndarray, sources: list[int], synthetic: d
     return image_grid(rows, titles)
 
 
-def figure5(cfg: StudyConfig, real: np.ndarray, sources: list[int], synthetic: dict) -> plt.Figure:
+def figure5(cfg: StudyConfig, real: dict, sources: list[int], synthetic: dict) -> plt.Figure:
     """A real column per source; MVC rows beneath it; the naive baseline's row last."""
     mvc_name = next(k for k in synthetic if k.startswith("mvc_"))
     per_src = {s: _by_source(synthetic[mvc_name][1], synthetic[mvc_name][0], s) for s in sources}
@@ -138,12 +153,15 @@ def pipeline_diagram(cfg: StudyConfig, kind: str) -> plt.Figure:
     return fig
 
 
-def loss_curve(loss: pd.DataFrame, window: int = 25) -> plt.Figure:
+def loss_curve(loss: pd.DataFrame, ylabel: str = "loss", title: str = "", window: int = 25) -> plt.Figure:
+    """A loss per step and its running mean; `ylabel` names what the loss measures."""
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(loss["step"], loss["loss"], alpha=0.3, lw=0.8, label="per step")
     ax.plot(loss["step"], loss["loss"].rolling(window, min_periods=1).mean(), lw=1.5, label=f"mean of {window}")
     ax.set_xlabel("step")
-    ax.set_ylabel("diffusion loss")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     return fig
@@ -167,4 +185,22 @@ def embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: list[
     ax.set_ylabel("PC 2")
     ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def marked_grid(images: np.ndarray, marked: np.ndarray, per_row: int = 8, label: str = "synthetic") -> plt.Figure:
+    """Images in rows of `per_row`; the marked ones framed in orange (notebook 05: synthetic replacements)."""
+    n_rows = int(np.ceil(len(images) / per_row))
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(per_row * 0.8, n_rows * 0.85), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(images):
+            ax.axis("off")
+            continue
+        show_image(ax, images[i])
+        if marked[i]:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("#e69138")
+                spine.set_linewidth(3)
+    fig.suptitle(f"{int(np.sum(marked))} of {len(images)} images are {label} (orange frame)", fontsize=8)
+    fig.tight_layout(pad=0.3)
     return fig

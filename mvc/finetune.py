@@ -9,20 +9,27 @@ guidance. VAE latents and caption embeddings are computed once, before the loop.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration
+from diffusers import StableDiffusionInstructPix2PixPipeline
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 
-from mvc import state
+from mvc.artifacts import backbone_source, diffusion_images, list_checkpoints, load_caption_embeddings
+from mvc.components import diffusion_loss, encode_latents, load_backbone, widen_conv_in
 from mvc.config import StudyConfig
 from mvc.io import append_rows, atomic_dir, read_rows, write_csv
+from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
+from mvc.progress import progress
+from mvc.state import stage
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +52,11 @@ class TrainingData:
         """The conditioning image of each target: itself (`same`) or another image of its class (`other`)."""
         if mode == "same":
             return idx
-        from mvc.text import same_class_draws
-
         return same_class_draws(self.labels, idx, 1, rng, exclude_anchor=True)[:, 0]
 
 
-def encode_latents(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Latent modes (unscaled) of images in [-1, 1], in batches, without gradients."""
-    with torch.no_grad():
-        return torch.cat([vae.encode(images[i: i + batch_size].to(vae.device, vae.dtype)).latent_dist.mode().float().cpu()
-                          for i in range(0, len(images), batch_size)])
-
-
 def training_data(cfg: StudyConfig, vae) -> TrainingData:
-    from mvc.models import diffusion_images
-    from mvc.text import load_caption_embeddings
-
+    """Latents of the labelled images (targets and conditioning) and their caption embeddings, computed once."""
     emb = load_caption_embeddings(cfg)
     ids = emb.frame["image_id"].to_numpy()
     modes = encode_latents(vae, diffusion_images(cfg, ids))
@@ -87,10 +83,22 @@ class LoopState:
         self.step = int(sd["step"])
 
 
-def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int):
-    """One batch: target latents, conditioning latents, MVC-mixed text, with conditioning dropout applied."""
-    from mvc.text import apply_mix, draw_mix
+@dataclass
+class Batch:
+    """One fine-tuning batch, with what was drawn to make it (notebook 03 shows one)."""
 
+    targets: np.ndarray  # (B,) rows of the training data: the target images x
+    partners: np.ndarray  # (B,) rows of the conditioning images x_c
+    plan: MixPlan  # which captions were mixed into each text condition, and their weights
+    drop_text: np.ndarray  # (B,) bool: text replaced by the empty prompt's embedding
+    drop_image: np.ndarray  # (B,) bool: conditioning latent zeroed
+    latents: torch.Tensor  # (B, C, h, w) z_0
+    cond: torch.Tensor  # (B, C, h, w) e_I after dropout
+    text: torch.Tensor  # (B, L, d) e_T after dropout
+
+
+def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int) -> Batch:
+    """One batch: target latents, conditioning latents, MVC-mixed text, with conditioning dropout applied."""
     ft = cfg.finetune
     idx = rng.integers(0, len(data.labels), batch_size)
     partner = data.same_class_partner(idx, ft.cond_image, rng)
@@ -104,12 +112,13 @@ def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, b
     drop_image = ((r >= ft.drop_text) & (r < ft.drop_text + ft.drop_image)) | both
     text[torch.from_numpy(drop_text)] = data.empty
     cond[torch.from_numpy(drop_image)] = 0
-    return data.latents[idx], cond, text
+    return Batch(idx, partner, plan, drop_text, drop_image, data.latents[idx], cond, text)
 
 
-def list_checkpoints(folder: Path) -> list[Path]:
-    found = [p for p in folder.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int):
+    """(z_0, e_I, e_T) of one batch, as the training step consumes them."""
+    batch = draw_batch(data, cfg, rng, batch_size)
+    return batch.latents, batch.cond, batch.text
 
 
 def _load_checkpoint(accelerator, path: Path) -> None:
@@ -121,40 +130,35 @@ def _load_checkpoint(accelerator, path: Path) -> None:
             f"to resume from the one before, or delete {path.parent} to start over.") from err
 
 
-def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> Path:
-    """Stage `finetune`: widen the backbone's UNet and train it with MVC conditioning; save `runs/<study>/mvc/`.
-
-    Resumes from the newest checkpoint in `runs/<study>/finetune/`. `max_steps` stops early without saving
-    the final model (tests use it to simulate an interruption).
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-
-    from mvc.models import backbone_source, diffusion_loss, load_backbone, widen_conv_in
-    from mvc.runtime import set_threads
-
-    ft, paths = cfg.finetune, cfg.paths
-    work, ckpt_dir = paths.finetune_work, paths.finetune_work / "checkpoints"
-    from accelerate.state import AcceleratorState
-
+def _accelerator(cfg: StudyConfig):
+    """An Accelerator for this run's precision and accumulation (on a CPU-only machine: DDP over gloo)."""
+    ft = cfg.finetune
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != ft.mixed_precision:
         AcceleratorState._reset_state()  # an earlier stage in this process set other options; the processes stay
-    accelerator = Accelerator(mixed_precision=ft.mixed_precision, gradient_accumulation_steps=ft.gradient_accumulation_steps,
-                              project_config=ProjectConfiguration(project_dir=str(work)),
-                              cpu=cfg.device == "cpu" or not torch.cuda.is_available())  # CPU-only: DDP over gloo
-    outputs = [paths.mvc_model, work]
-    if accelerator.is_main_process:
-        run = state.prepare(cfg, "finetune", outputs)
-    else:
-        run = not state.is_done(cfg, "finetune", outputs)
-    accelerator.wait_for_everyone()
-    if not run:
-        return paths.mvc_model
-    state.require(cfg, "backbone")
-    start = time.time()
-    set_threads()
+    return Accelerator(mixed_precision=ft.mixed_precision, gradient_accumulation_steps=ft.gradient_accumulation_steps,
+                       project_config=ProjectConfiguration(project_dir=str(cfg.paths.finetune_work)),
+                       cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+
+
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """`finetune.batch_size` split over the processes; refused where the split would change the total."""
+    if batch_size % processes:
+        raise ValueError(f"finetune.batch_size={batch_size} cannot be split evenly over {processes} processes "
+                         f"(the effective batch would become {max(1, batch_size // processes) * processes}); "
+                         f"set it to a multiple of {processes}")
+    return batch_size // processes
+
+
+@stage("finetune", distributed=True)
+def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
+    """Widen the backbone's UNet and train it with MVC conditioning; save `runs/<study>/mvc/`.
+
+    Resumes from the newest checkpoint in `runs/<study>/finetune/checkpoints/`. `max_steps` stops early without
+    saving the final model (tests use it to simulate an interruption).
+    """
+    ft, paths = cfg.finetune, cfg.paths
+    accelerator = _accelerator(cfg)
+    per_device = per_process_batch(ft.batch_size, accelerator.num_processes)
     torch.manual_seed(ft.seed)
     bb = load_backbone(backbone_source(cfg), cfg.backbone.revision)
     vae = bb.vae.to(accelerator.device).requires_grad_(False).eval()
@@ -177,27 +181,24 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     accelerator.register_for_checkpointing(loop)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    found = list_checkpoints(ckpt_dir)
+    found = list_checkpoints(paths.checkpoints)
     if found:
         _load_checkpoint(accelerator, found[-1])
         log.info("finetune: resumed from %s at step %d", found[-1], loop.step)
-    loss_csv = work / "loss.csv"
     if accelerator.is_main_process:
-        old = read_rows(loss_csv)
+        old = read_rows(paths.finetune_loss)
         if old is not None and (old["step"] >= loop.step).any():  # rows logged after the checkpoint
-            write_csv(loss_csv, old[old["step"] < loop.step])
-    per_device = max(1, ft.batch_size // accelerator.num_processes)
-    noise_sched = bb.scheduler
+            write_csv(paths.finetune_loss, old[old["step"] < loop.step])
     rows = []
-    bar = tqdm(total=ft.steps, initial=loop.step, desc="finetune", disable=not (show_progress and accelerator.is_main_process))
+    bar = progress(total=ft.steps, initial=loop.step, desc="finetune",
+                   disable=not (show_progress and accelerator.is_main_process))
     while loop.step < ft.steps and (max_steps is None or loop.step < max_steps):
         for micro in range(ft.gradient_accumulation_steps):
             with accelerator.accumulate(unet):
-                rng, gen = loop.generators(micro)
+                rng, gen = loop.generators(micro)  # seeded by (seed, rank, step, micro) on every device
                 latents, cond, text = (t.to(accelerator.device) for t in make_batch(data, cfg, rng, per_device))
-                gen = gen if accelerator.device.type == "cpu" else None
                 with accelerator.autocast():
-                    loss = diffusion_loss(unet, noise_sched, latents, text, cond, gen)
+                    loss = diffusion_loss(unet, bb.scheduler, latents, text, cond, gen)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(unet.parameters(), ft.max_grad_norm)
@@ -212,25 +213,23 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
                      "lr": sched.get_last_lr()[0]})
         if loop.step % ft.checkpoint_every == 0 or loop.step == ft.steps:
             if accelerator.is_main_process:
-                append_rows(loss_csv, pd.DataFrame(rows))
+                append_rows(paths.finetune_loss, pd.DataFrame(rows))
             rows = []
-            _save_checkpoint(accelerator, ckpt_dir, loop.step, ft.checkpoints_total_limit)
+            _save_checkpoint(accelerator, paths.checkpoints, loop.step, ft.checkpoints_total_limit)
     bar.close()
     if loop.step < ft.steps:
-        return paths.mvc_model
+        return None
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.copy_to(model.parameters())
-        save_mvc_model(bb, model.eval(), paths.mvc_model)
-        losses = read_rows(loss_csv)
-        state.mark_done(cfg, "finetune", time.time() - start, {
-            "world_size": accelerator.num_processes, "steps": loop.step,
+    if not accelerator.is_main_process:
+        return {}
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    save_mvc_model(bb, model.eval(), paths.mvc_model)
+    losses = read_rows(paths.finetune_loss)
+    return {"world_size": accelerator.num_processes, "steps": loop.step,
             "final_loss": float(losses["loss"].tail(20).mean()), "device": str(accelerator.device),
-            "mixed_precision": ft.mixed_precision})
-    accelerator.wait_for_everyone()
-    return paths.mvc_model
+            "mixed_precision": ft.mixed_precision}
 
 
 def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
@@ -250,8 +249,6 @@ def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
 
 def save_mvc_model(bb, unet, folder: Path) -> None:
     """A folder that diffusers' `StableDiffusionInstructPix2PixPipeline.from_pretrained` loads."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet, scheduler=bb.scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -259,5 +256,36 @@ def save_mvc_model(bb, unet, folder: Path) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
 
-def load_loss(cfg: StudyConfig) -> pd.DataFrame:
-    return pd.read_csv(cfg.paths.finetune_work / "loss.csv")
+# ----------------------------------------------------------------------------------------------------------
+# Looking inside (notebook 03)
+
+
+def example_batch(cfg: StudyConfig, n: int = 6, seed: int = 0) -> pd.DataFrame:
+    """What one fine-tuning batch is made of: target and conditioning images, the mixed captions with their
+    weights, and which conditions were dropped. Drawn as the training loop draws, with its own seed."""
+    emb = load_caption_embeddings(cfg)
+    empty_latents = torch.zeros(len(emb.labels), 0)  # the draw needs no latents
+    data = TrainingData(empty_latents, empty_latents, emb.labels, emb.embeddings, emb.empty)
+    batch = draw_batch(data, cfg, np.random.default_rng(seed), n)
+    ids, texts = emb.frame["image_id"].to_numpy(), emb.frame["text"].tolist()
+    mixed = [" + ".join(f"{w:.2f} x [{texts[i]}]" for i, w in zip(batch.plan.indices[b], batch.plan.weights[b]))
+             for b in range(n)]
+    return pd.DataFrame({"target_image_id": ids[batch.targets], "condition_image_id": ids[batch.partners],
+                         "text_condition": mixed, "text_dropped": batch.drop_text, "image_dropped": batch.drop_image})
+
+
+def conv_in_table(cfg: StudyConfig) -> pd.DataFrame:
+    """`conv_in` of the backbone, widened (step 0) and fine-tuned: input channels and the weight norm on the
+    latent channels and on the conditioning-image channels (zero at step 0: the widened model is the backbone)."""
+    before = load_backbone(backbone_source(cfg), cfg.backbone.revision).unet
+    c = before.conv_in.in_channels
+    widened = widen_conv_in(load_backbone(backbone_source(cfg), cfg.backbone.revision).unet)
+    tuned = load_backbone(cfg.paths.mvc_model, field="runs/<study>/mvc").unet
+    rows = []
+    for name, unet in (("backbone", before), ("widened, step 0", widened), ("MVC fine-tuned", tuned)):
+        w = unet.conv_in.weight.detach().float()
+        rows.append({"model": name, "in_channels": unet.conv_in.in_channels,
+                     "norm on z_t channels": round(float(w[:, :c].norm()), 4),
+                     "norm on e_I channels": round(float(w[:, c:].norm()), 4) if w.shape[1] > c else None})
+    return pd.DataFrame(rows)
+

@@ -16,6 +16,14 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path)
 
 
+def shown(path: str | Path) -> str:
+    """A path as reports and notebooks show it: relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 @dataclass(frozen=True)
 class StudyPaths:
     """Files of one study: `runs/<study>/` (work, git-ignored) and `reports/<study>/` (results)."""
@@ -53,6 +61,10 @@ class StudyPaths:
         return self.run / "backbone"
 
     @property
+    def backbone_loss(self) -> Path:
+        return self.run / "backbone_loss.csv"
+
+    @property
     def mvc_model(self) -> Path:
         return self.run / "mvc"
 
@@ -75,6 +87,18 @@ class StudyPaths:
     @property
     def stages(self) -> Path:
         return self.run / "stages"
+
+    @property
+    def finetune_loss(self) -> Path:
+        return self.finetune_work / "loss.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.finetune_work / "checkpoints"
+
+    @property
+    def index(self) -> Path:
+        return self.report / "index.html"
 
     # reports/<study>/
     @property

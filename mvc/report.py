@@ -1,94 +1,122 @@
-"""Tables (CSV, Markdown, LaTeX), the paper's figures and the self-contained `reports/<study>/index.html`."""
+"""Stage `report`: the paper's figures and tables for one study and `reports/<study>/index.html`, which reads
+like a results section: the headline (main accuracy table and Figure 1), the method's figures, ablations and
+tests, image metrics, then diagnostics. Order, numbering and captions come from one registry, `REPORT_ITEMS`.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
-import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
+from mvc import figures
+from mvc.artifacts import (class_names, diffusion_images, load_backbone_loss, load_caption_embeddings,
+                           load_image_metrics, load_images, load_loss, load_results, load_splits, load_synthetic,
+                           synthetic_set_names)
+from mvc.config import StudyConfig, config_to_yaml
+from mvc.imaging import tensor_to_images
+from mvc.io import write_text
+from mvc.mixing import mix
+from mvc.paths import REPO_ROOT
+from mvc.plots import class_histogram, sample_grid, save
+from mvc.stages import notebook_stages
+from mvc.state import stage, stage_info
+from mvc.statistics import METHOD_ORDER, MVC_METHODS, ablation_table, accuracy_table, paired_difference
 
-from mvc import state  # noqa: E402
-from mvc.config import StudyConfig  # noqa: E402
-from mvc.io import write_text  # noqa: E402
-from mvc.paths import REPO_ROOT  # noqa: E402
-from mvc.plots import save  # noqa: E402
+SECTIONS = ("Main result", "What the method generates", "Ablations and tests", "Image metrics", "Diagnostics")
 
-log = logging.getLogger(__name__)
 
-METHOD_ORDER = ["none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "sd_naive", "mvc",
-                "mvc_two_phase", "mvc_randaugment"]
-MVC_METHODS = {"mvc", "mvc_two_phase", "mvc_randaugment"}
+@dataclass(frozen=True)
+class ReportItem:
+    """One figure or table of the report: its file stem, section and caption (formatted with the config)."""
+
+    key: str
+    kind: str  # "figure" or "table"
+    section: str
+    caption: str
+
+
+REPORT_ITEMS: tuple[ReportItem, ...] = (
+    ReportItem("classification", "table", "Main result",
+               "Top-1 accuracy (%) on the test split, {data.shots} labelled images per class, {classify.backbone}, "
+               "{classify.steps} optimizer steps for every method; mean and 95% t-interval over the classifier seeds "
+               "{classify.seeds} (the generative pipeline is one run: the interval covers classifier seeds only)."),
+    ReportItem("figure1_real_naive_mvc", "figure", "Main result",
+               "Per class: real training images; the naive set (the backbone before MVC fine-tuning, prompted with "
+               "the same mixed captions); MVC images generated from a real image of the class (Figure 1)."),
+    ReportItem("figure2_coarse_fine", "figure", "What the method generates",
+               "A real image, then MVC images from coarse mixes (Dirichlet weights over {generate.mixing.k} captions "
+               "of the class) and fine mixes (a step of at most {generate.mixing.beta_max} towards another caption) "
+               "(Figure 2)."),
+    ReportItem("figure3_training_pipeline", "figure", "What the method generates",
+               "MVC fine-tuning as this study ran it (Figure 3)."),
+    ReportItem("figure4_generation_pipeline", "figure", "What the method generates",
+               "Generation with MVC as this study ran it (Figure 4)."),
+    ReportItem("figure5_real_mvc_naive", "figure", "What the method generates",
+               "Real images (top row), {generate.images_per_source} MVC images generated from each, and the naive "
+               "set's image for the same prompt (bottom row) (Figure 5)."),
+    ReportItem("classification_bars", "figure", "Ablations and tests",
+               "Top-1 accuracy per method with 95% intervals over classifier seeds (MVC methods in orange)."),
+    ReportItem("paired_difference", "table", "Ablations and tests",
+               "MVC minus the best non-MVC method (by mean top-1), paired over classifier seeds, with a paired t-test; "
+               "the baseline is chosen after seeing test accuracy, so the p-value is optimistic."),
+    ReportItem("ablation", "table", "Ablations and tests",
+               "MVC under one change each (mixing mode, images per source M, p_synthetic), beside one- and two-phase "
+               "MVC on the same seeds; mean and 95% interval over those seeds."),
+    ReportItem("image_metrics", "table", "Image metrics",
+               "Per synthetic set: Fréchet distance and KID to real {metrics.reference_split} images on "
+               "{metrics.feature_extractor} features, label fidelity (accuracy of a classifier trained on real "
+               "images of {metrics.judge_splits}), diversity (mean pairwise feature distance within a class)."),
+    ReportItem("samples", "figure", "Diagnostics", "Labelled training images, a row per class."),
+    ReportItem("class_histogram", "figure", "Diagnostics", "Images per class and split."),
+    ReportItem("caption_embeddings_pca", "figure", "Diagnostics",
+               "Caption embeddings (first two principal components) by class, with coarse and fine mixes drawn "
+               "among them: mixes stay inside their class."),
+    ReportItem("backbone_loss_vae", "figure", "Diagnostics",
+               "Surrogate pretraining, VAE: reconstruction loss (MSE, plus a KL term of weight "
+               "{backbone.surrogate.vae_kl_weight}) per step."),
+    ReportItem("backbone_loss_unet", "figure", "Diagnostics",
+               "Surrogate pretraining, UNet: diffusion loss (MSE of the predicted noise) per step."),
+    ReportItem("finetune_loss", "figure", "Diagnostics", "MVC fine-tuning: diffusion loss per step."),
+    ReportItem("finetune_samples", "figure", "Diagnostics",
+               "At each kept fine-tuning checkpoint: a conditioning image, then images generated from it "
+               "(drawn by notebook 03)."),
+)
+
+
+def numbered_items(cfg: StudyConfig) -> list[tuple[ReportItem, str, str]]:
+    """(item, "Figure n" / "Table n", caption) in report order."""
+    counts = {"figure": 0, "table": 0}
+    out = []
+    for item in REPORT_ITEMS:
+        counts[item.kind] += 1
+        out.append((item, f"{item.kind.title()} {counts[item.kind]}", _format(item.caption, cfg)))
+    return out
+
+
+def _format(template: str, cfg: StudyConfig) -> str:
+    """Fill `{section.field}` placeholders with the study's values."""
+    out, rest = "", template
+    while "{" in rest:
+        before, _, after = rest.partition("{")
+        field, _, rest = after.partition("}")
+        node = cfg
+        for part in field.split("."):
+            node = getattr(node, part)
+        out += before + str(node)
+    return out + rest
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Statistics
-
-
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its t-based confidence interval (0 for a single value)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
-
-
-def accuracy_table(results: pd.DataFrame, variant: str = "main") -> pd.DataFrame:
-    """Per method: seeds, top-1 mean and 95% CI (in %), top-5 mean."""
-    rows = []
-    sub = results[results["variant"] == variant]
-    for method in sorted(sub["method"].unique(), key=lambda m: (METHOD_ORDER + [m]).index(m)):
-        r = sub[sub["method"] == method]
-        m1, h1 = mean_ci(r["top1"] * 100)
-        rows.append({"method": method, "seeds": len(r), "top1": round(m1, 2), "ci95": round(h1, 2),
-                     "top5": round(float(r["top5"].mean() * 100), 2)})
-    return pd.DataFrame(rows)
-
-
-def paired_difference(results: pd.DataFrame, method: str = "mvc") -> dict:
-    """`method` minus the best non-MVC method (by mean top-1), paired over seeds, with a paired t-test."""
-    main = results[results["variant"] == "main"]
-    others = main[~main["method"].isin(MVC_METHODS)]
-    if others.empty or method not in set(main["method"]):
-        return {}
-    best = others.groupby("method")["top1"].mean().idxmax()
-    a = main[main["method"] == method].set_index("seed")["top1"]
-    b = main[main["method"] == best].set_index("seed")["top1"]
-    seeds = a.index.intersection(b.index)
-    diff = (a.loc[seeds] - b.loc[seeds]) * 100
-    m, h = mean_ci(diff.to_numpy())
-    p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue) if len(seeds) > 1 and diff.std() > 0 else float("nan")
-    return {"method": method, "baseline": best, "seeds": len(seeds), "difference": round(m, 2), "ci95": round(h, 2),
-            "p_value": round(p, 4) if p == p else p}
-
-
-def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
-    """MVC under each ablation variant, beside the main MVC and two-phase rows (same seeds)."""
-    ab = results[results["variant"] != "main"]
-    if ab.empty:
-        return pd.DataFrame(columns=["setting", "seeds", "top1", "ci95"])
-    seeds = set(ab["seed"])
-    main = results[(results["variant"] == "main") & results["method"].isin(["mvc", "mvc_two_phase"]) & results["seed"].isin(seeds)]
-    rows = []
-    for (variant, method), r in pd.concat([main, ab]).groupby(["variant", "method"], sort=False):
-        m, h = mean_ci(r["top1"] * 100)
-        label = "two-phase (main)" if method == "mvc_two_phase" else ("one-phase (main)" if variant == "main" else variant)
-        rows.append({"setting": label, "seeds": len(r), "top1": round(m, 2), "ci95": round(h, 2)})
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Writing
+# Tables
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, caption: str = "") -> dict[str, Path]:
@@ -102,7 +130,21 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, caption: str = "")
     return out
 
 
+def make_tables(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
+    """Every table of the report, written as CSV, Markdown and LaTeX."""
+    results = load_results(cfg)
+    tables = {"classification": accuracy_table(results), "ablation": ablation_table(results),
+              "paired_difference": pd.DataFrame([d for m in ("mvc", "mvc_two_phase")
+                                                 if (d := paired_difference(results, m))]),
+              "image_metrics": load_image_metrics(cfg).round(4)}
+    captions = {item.key: f"{label}: {caption}" for item, label, caption in numbered_items(cfg) if item.kind == "table"}
+    for name, frame in tables.items():
+        write_table(frame, cfg.paths.tables, name, captions[name])
+    return tables
+
+
 def accuracy_bars(table: pd.DataFrame) -> plt.Figure:
+    """Top-1 per method with its interval; MVC methods in orange."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     colors = ["#e69138" if m in MVC_METHODS else "#6fa8dc" for m in table["method"]]
     ax.bar(table["method"], table["top1"], yerr=table["ci95"], color=colors, capsize=3)
@@ -114,63 +156,102 @@ def accuracy_bars(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _synthetic_sets(cfg: StudyConfig, sources: list[int]) -> dict:
-    from mvc.generate import generators, load_synthetic
-
-    return {n: load_synthetic(cfg, n, cfg.backbone.resolution, sources) for n in generators(cfg.generate)}
+# ----------------------------------------------------------------------------------------------------------
+# Figures
 
 
-def make_figures(cfg: StudyConfig) -> dict[str, Path]:
-    """Figures 1-5 of the paper for this study, as PNG and PDF under `reports/<study>/figures/`."""
-    from mvc import figures
-    from mvc.data import load_splits
-    from mvc.models import diffusion_images, tensor_to_images
-
+def _paper_figures(cfg: StudyConfig) -> dict[str, Callable[[], plt.Figure]]:
+    """Figures 1-5, drawn from only the images they show (a few per class, what one source per class made)."""
     splits = load_splits(cfg)
     train = splits[splits["split"] == "train"]
     shown = train[train["label"].isin(sorted(train["label"].unique())[: cfg.report.classes_in_figures])]
     sources = shown.groupby("label")["image_id"].first().tolist()
-    # only the images the figures show: a few per class, and what was generated from one source per class
     real_ids = shown.groupby("label").head(3)["image_id"].to_numpy()
     real = dict(zip(real_ids, tensor_to_images(diffusion_images(cfg, real_ids))))
-    synthetic = _synthetic_sets(cfg, sources)
-    fig_dir, out = cfg.paths.figures, {}
-    for name, fig in [
-        ("figure1_real_naive_mvc", figures.figure1(cfg, real, splits, synthetic)),
-        ("figure2_coarse_fine", figures.figure2(cfg, real, sources[:3], synthetic)),
-        ("figure3_training_pipeline", figures.pipeline_diagram(cfg, "training")),
-        ("figure4_generation_pipeline", figures.pipeline_diagram(cfg, "generation")),
-        ("figure5_real_mvc_naive", figures.figure5(cfg, real, sources, synthetic)),
-    ]:
-        out[name] = save(fig, fig_dir / f"{name}.png")
+    synthetic = {n: load_synthetic(cfg, n, cfg.backbone.resolution, sources) for n in synthetic_set_names(cfg.generate)}
+    return {
+        "figure1_real_naive_mvc": lambda: figures.figure1(cfg, real, splits, synthetic),
+        "figure2_coarse_fine": lambda: figures.figure2(cfg, real, sources[:3], synthetic),
+        "figure3_training_pipeline": lambda: figures.pipeline_diagram(cfg, "training"),
+        "figure4_generation_pipeline": lambda: figures.pipeline_diagram(cfg, "generation"),
+        "figure5_real_mvc_naive": lambda: figures.figure5(cfg, real, sources, synthetic),
+    }
+
+
+def diagnostic_figures(cfg: StudyConfig) -> dict[str, Callable[[], plt.Figure]]:
+    """The diagnostics that come from the work files alone (no sampling)."""
+    splits = load_splits(cfg)
+    out = {
+        "samples": lambda: sample_grid(load_images(cfg), splits, per_class=cfg.report.examples_per_class * 2,
+                                       max_classes=cfg.report.classes_in_figures),
+        "class_histogram": lambda: class_histogram(splits),
+        "caption_embeddings_pca": lambda: caption_map(cfg),
+        "finetune_loss": lambda: figures.loss_curve(load_loss(cfg), "diffusion loss", "MVC fine-tuning"),
+    }
+    backbone_loss = load_backbone_loss(cfg)
+    if backbone_loss is not None:
+        for part, ylabel in (("vae", "reconstruction loss (MSE + KL)"), ("unet", "diffusion loss")):
+            group = backbone_loss[backbone_loss["part"] == part].reset_index(drop=True)
+            out[f"backbone_loss_{part}"] = (lambda g=group, y=ylabel, p=part:
+                                            figures.loss_curve(g, y, f"surrogate pretraining: {p.upper()}"))
+    return out
+
+
+def caption_map(cfg: StudyConfig) -> plt.Figure:
+    """Caption embeddings (PCA) with one coarse and one fine mix per caption drawn among them."""
+    emb = load_caption_embeddings(cfg)
+    anchors = np.arange(len(emb.labels))
+    m = cfg.generate.mixing
+    mixes = {mode: (mix(emb.embeddings, emb.labels, anchors, mode, m.k, m.alpha, m.beta_max, seed=cfg.seed).numpy(),
+                    emb.labels) for mode in ("coarse", "fine")}
+    return figures.embedding_map(emb.embeddings.numpy(), emb.labels, class_names(load_splits(cfg)), mixes)
+
+
+def make_figures(cfg: StudyConfig, which: str = "all") -> dict[str, Path]:
+    """Draw and save (PNG and PDF under `reports/<study>/figures/`) the paper's figures (`paper`), the
+    diagnostics (`diagnostics`) or both (`all`)."""
+    builders = {}
+    if which in ("paper", "all"):
+        builders.update(_paper_figures(cfg))
+    if which in ("diagnostics", "all"):
+        builders.update(diagnostic_figures(cfg))
+    out = {}
+    for name, build in builders.items():
+        fig = build()
+        out[name] = save(fig, cfg.paths.figures / f"{name}.png")
         plt.close(fig)
     return out
 
 
-def make_tables(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
-    from mvc.classify import load_results
-    from mvc.metrics import load_image_metrics
+def example_batch_figure(cfg: StudyConfig, batch: pd.DataFrame) -> plt.Figure:
+    """The target and conditioning images of an example fine-tuning batch (notebook 03), dropped ones marked."""
+    images = load_images(cfg)
+    targets = [images[i] for i in batch["target_image_id"]]
+    conds = [images[i] for i in batch["condition_image_id"]]
+    titles = [("no text" if t else "") + (" no image" if i else "") for t, i in zip(batch["text_dropped"],
+                                                                                    batch["image_dropped"])]
+    return figures.image_grid([("target x", targets), ("condition x_c", conds)], [t.strip() for t in titles])
 
-    results = load_results(cfg)
-    tables = {"classification": accuracy_table(results), "ablation": ablation_table(results),
-              "paired_difference": pd.DataFrame([d for m in ("mvc", "mvc_two_phase") if (d := paired_difference(results, m))]),
-              "image_metrics": load_image_metrics(cfg).round(4)}
-    captions = {"classification": f"{cfg.study}: top-1 accuracy (%), mean and 95% CI over seeds, {cfg.classify.backbone}, "
-                                  f"{cfg.classify.steps} steps, {cfg.data.shots} shots per class",
-                "ablation": f"{cfg.study}: MVC ablations (mixing mode, M, p_synthetic, one- vs two-phase)",
-                "paired_difference": f"{cfg.study}: MVC minus the best non-MVC method, paired over seeds",
-                "image_metrics": f"{cfg.study}: distance to real test images, label fidelity, diversity"}
-    for name, frame in tables.items():
-        write_table(frame, cfg.paths.tables, name, captions[name])
-    fig = accuracy_bars(tables["classification"])
-    save(fig, cfg.paths.figures / "classification_bars.png")
-    plt.close(fig)
-    return tables
+
+def summary(cfg: StudyConfig, notebook: str) -> pd.DataFrame:
+    """The numbers a notebook ends with (what it made, how long it took), from the stage records."""
+    rows = []
+    for name in notebook_stages(notebook):
+        info = stage_info(cfg, name)
+        for key, value in info.items():
+            if key in ("stage", "hash", "finished", "outputs"):
+                continue
+            rows.append({"stage": name, "quantity": key, "value": json.dumps(value) if isinstance(value, dict) else value})
+    return pd.DataFrame(rows, columns=["stage", "quantity", "value"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# index.html
 
 
 def render_notebooks(cfg: StudyConfig) -> list[Path]:
     """Executed notebooks as standalone HTML beside them."""
-    from nbconvert import HTMLExporter
+    from nbconvert import HTMLExporter  # deferred: nbconvert is slow to import and only the report needs it
 
     out = []
     exporter = HTMLExporter()
@@ -182,34 +263,42 @@ def render_notebooks(cfg: StudyConfig) -> list[Path]:
     return out
 
 
-def _img_tag(path: Path) -> str:
+def _figure_html(path: Path, label: str, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{path.stem}"><figcaption>{path.stem}</figcaption></figure>'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+            f"<figcaption><b>{label}.</b> {html.escape(caption)}</figcaption></figure>")
+
+
+def _table_html(path: Path, label: str, caption: str) -> str:
+    body = pd.read_csv(path).to_html(index=False, border=0, na_rep="")
+    return f"<div class=table><p class=caption><b>{label}.</b> {html.escape(caption)}</p>{body}</div>"
 
 
 def write_index(cfg: StudyConfig) -> Path:
-    """`reports/<study>/index.html`: every figure (embedded), every table, params, provenance, notebook links."""
-    from mvc.config import config_to_yaml
-
+    """`reports/<study>/index.html`: the report in the registry's order, then notebooks, params, provenance."""
     paths = cfg.paths
     notebooks = render_notebooks(cfg)
-    tables = "".join(f"<h3>{html.escape(p.stem)}</h3>" + pd.read_csv(p).to_html(index=False, border=0, na_rep="")
-                     for p in sorted(paths.tables.glob("*.csv")))
-    figures = "".join(_img_tag(p) for p in sorted(paths.figures.glob("*.png")))
+    body = {section: [] for section in SECTIONS}
+    for item, label, caption in numbered_items(cfg):
+        path = (paths.tables / f"{item.key}.csv") if item.kind == "table" else (paths.figures / f"{item.key}.png")
+        if path.exists():
+            body[item.section].append((_table_html if item.kind == "table" else _figure_html)(path, label, caption))
+    sections = "".join(f"<h2>{html.escape(s)}</h2>" + "".join(parts) for s, parts in body.items() if parts)
     prov = json.loads(paths.provenance.read_text()) if paths.provenance.exists() else {}
     links = "".join(f'<li><a href="notebooks/{p.name}">{p.stem}</a></li>' for p in notebooks)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MVC study: {html.escape(cfg.study)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse;margin:0.5em 0}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
-figure{{display:inline-block;margin:0.5em}}img{{max-width:100%}}pre{{background:#f6f6f6;padding:0.5em;overflow:auto;font-size:12px}}</style>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}}
+table{{border-collapse:collapse;margin:0.3em 0 1.2em}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
+figure{{margin:0.5em 0 1.5em}}img{{max-width:100%}}figcaption,.caption{{font-size:0.9em;color:#333;max-width:900px}}
+pre{{background:#f6f6f6;padding:0.5em;overflow:auto;font-size:12px}}</style>
 </head><body>
 <h1>Mixing Visual Concepts: study <code>{html.escape(cfg.study)}</code></h1>
 <p>Reproduction of Rahat and Venkateswara, <i>Dataset Augmentation by Mixing Visual Concepts</i> (WACV 2025),
-with the MVC study kit. Dataset <code>{cfg.data.dataset}</code>, backbone <code>{cfg.backbone.kind}</code>,
-classifier <code>{cfg.classify.backbone}</code>. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>
-<h2>Tables</h2>{tables}
-<h2>Figures</h2>{figures}
+with the MVC study kit. Dataset <code>{cfg.data.dataset}</code>, backbone <code>{cfg.backbone.kind}</code>
+(<code>{html.escape(cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate")}</code>), classifier
+<code>{cfg.classify.backbone}</code>. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>
+{sections}
 <h2>Executed notebooks</h2><ul>{links}</ul>
 <h2>Resolved params</h2><pre>{html.escape(config_to_yaml(cfg))}</pre>
 <h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}</pre>
@@ -219,22 +308,20 @@ window.addEventListener("load", () => {{ const imgs = [...document.images];
   document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length; }});</script>
 </body></html>
 """
-    write_text(paths.report / "index.html", page)
-    return paths.report / "index.html"
+    write_text(paths.index, page)
+    return paths.index
 
 
-def build_report(cfg: StudyConfig, show_progress: bool = True) -> Path:
-    """Stage `report`: figures, tables and index.html for one study."""
-    if not state.prepare(cfg, "report", []):
-        return cfg.paths.report / "index.html"
-    state.require(cfg, "classify")
-    state.require(cfg, "metrics")
-    start = time.time()
-    make_figures(cfg)
-    make_tables(cfg)
-    out = write_index(cfg)
-    state.mark_done(cfg, "report", time.time() - start)
-    return out
+@stage("report")
+def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
+    """Figures, tables and index.html for one study."""
+    tables = make_tables(cfg)
+    fig = accuracy_bars(tables["classification"])
+    save(fig, cfg.paths.figures / "classification_bars.png")
+    plt.close(fig)
+    made = make_figures(cfg)
+    write_index(cfg)
+    return {"figures": len(made) + 1, "tables": len(tables)}
 
 
 def report_all(reports_root: Path | None = None) -> str:

@@ -1,15 +1,27 @@
-"""Stage records: which params hash produced a stage's outputs, so unchanged stages skip and changed ones redo."""
+"""Stage records and the one stage wrapper: skip a stage whose params are unchanged, delete the outputs that
+other params made, time it, record it.
+
+A record `runs/<study>/stages/<stage>.json` holds the params hash a stage finished with; `<stage>.started`
+holds the hash of a run in progress, so an interrupted stage resumes with the same params and starts over
+with others.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from mvc.config import STAGES, StudyConfig
+from mvc.config import StudyConfig
 from mvc.io import write_json
+from mvc.lock import study_lock
+from mvc.runtime import set_threads
+from mvc.stages import STAGE, upstream
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +34,9 @@ def _record(cfg: StudyConfig, stage: str) -> Path:
     return cfg.paths.stages / f"{stage}.json"
 
 
-def is_done(cfg: StudyConfig, stage: str, outputs: list[Path] = ()) -> bool:
-    """True when `stage` finished with the current params hash and its outputs are in place."""
-    record = _record(cfg, stage)
-    if not record.exists():
-        return False
-    info = json.loads(record.read_text())
-    return info.get("hash") == cfg.stage_hash(stage) and all(Path(p).exists() for p in outputs)
+def output_paths(cfg: StudyConfig, stage: str) -> list[Path]:
+    """The work files and folders `stage` writes, as the registry declares them."""
+    return [getattr(cfg.paths, attr) for attr in STAGE[stage].outputs]
 
 
 def stage_info(cfg: StudyConfig, stage: str) -> dict:
@@ -36,51 +44,101 @@ def stage_info(cfg: StudyConfig, stage: str) -> dict:
     return json.loads(record.read_text()) if record.exists() else {}
 
 
-def mark_done(cfg: StudyConfig, stage: str, seconds: float, extra: dict | None = None) -> None:
-    write_json(_record(cfg, stage), {"stage": stage, "hash": cfg.stage_hash(stage), "seconds": round(seconds, 2),
-                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
-
-
-def prepare(cfg: StudyConfig, stage: str, outputs: list[Path]) -> bool:
-    """Before running `stage`: False if it can be skipped; else clear outputs made under other params.
-
-    Outputs whose record carries the current hash are kept, so an interrupted stage resumes.
-    """
-    if is_done(cfg, stage, outputs):
-        log.info("stage %s: up to date (params hash %s), skipping", stage, cfg.stage_hash(stage))
-        return False
+def is_done(cfg: StudyConfig, stage: str) -> bool:
+    """True when `stage` finished with the current params hash and its declared outputs are in place."""
     info = stage_info(cfg, stage)
+    if info.get("hash") != cfg.stage_hash(stage):
+        return False
+    present = info.get("outputs", [])  # the outputs that existed when the stage finished
+    return all((cfg.paths.run / rel).exists() for rel in present)
+
+
+def mark_done(cfg: StudyConfig, stage: str, seconds: float, extra: dict | None = None) -> None:
+    outputs = [str(p.relative_to(cfg.paths.run)) for p in output_paths(cfg, stage) if p.exists()]
+    write_json(_record(cfg, stage), {"stage": stage, "hash": cfg.stage_hash(stage), "seconds": round(seconds, 2),
+                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs,
+                                     **(extra or {})})
+    (cfg.paths.stages / f"{stage}.started").unlink(missing_ok=True)
+
+
+def delete_stale_outputs(cfg: StudyConfig, stage: str) -> None:
+    """Before running `stage`: delete the outputs that other params made; keep those of an interrupted run
+    with the current params, so that it resumes."""
+    current = cfg.stage_hash(stage)
     started = cfg.paths.stages / f"{stage}.started"
-    if started.exists() and started.read_text().strip() != cfg.stage_hash(stage) or info and info.get("hash") != cfg.stage_hash(stage):
-        log.info("stage %s: params changed, recomputing", stage)
-        for out in outputs:
-            out = Path(out)
+    started_with = started.read_text().strip() if started.exists() else None
+    finished_with = stage_info(cfg, stage).get("hash")
+    if (started_with not in (None, current)) or (finished_with not in (None, current)):
+        log.info("stage %s: params changed, deleting its old outputs and recomputing", stage)
+        for out in output_paths(cfg, stage):
             if out.is_dir():
                 shutil.rmtree(out)
             elif out.exists():
                 out.unlink()
-        _record(cfg, stage).unlink(missing_ok=True)
+    _record(cfg, stage).unlink(missing_ok=True)
     started.parent.mkdir(parents=True, exist_ok=True)
-    started.write_text(cfg.stage_hash(stage))
-    return True
+    started.write_text(current)
 
 
-def require(cfg: StudyConfig, stage: str, outputs: list[Path] = ()) -> None:
-    """Raise a clear error if `stage` has not completed with the current params."""
-    if not is_done(cfg, stage, outputs):
-        from mvc.study import STAGE_NOTEBOOK
+def require(cfg: StudyConfig, stage: str) -> None:
+    """Raise a clear error if `stage` has not completed with the current params, naming the first stage to run."""
+    if is_done(cfg, stage):
+        return
+    first = next(s for s in upstream(stage) + [stage] if not is_done(cfg, s))
+    nb = STAGE[first].notebook
+    raise MissingStageOutput(
+        f"stage '{stage}' has no up-to-date output for study '{cfg.study}' in {cfg.paths.run}; the first stage to "
+        f"run is '{first}' (`mvc {first} PARAMS`, `mvc study PARAMS --stages {nb}-06` or notebook {nb} onwards)")
 
-        nb = STAGE_NOTEBOOK.get(stage, "")
-        raise MissingStageOutput(
-            f"stage '{stage}' has no up-to-date output for study '{cfg.study}' in {cfg.paths.run}: run it first "
-            f"(`mvc study PARAMS --stages {nb[:2]}` or notebook {nb})"
-        )
+
+def _process_state(cfg: StudyConfig):
+    import torch  # deferred: torch is slow to import and the records above need none of it
+    from accelerate import PartialState
+
+    return PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
 
 
-def downstream(stage: str) -> list[str]:
-    """Stages that depend on `stage`, directly or not."""
-    out = []
-    for name, (_, ups) in STAGES.items():
-        if stage in ups or any(u in out for u in ups):
-            out.append(name)
-    return out
+def stage(name: str, distributed: bool = False) -> Callable:
+    """Wrap the body of stage `name`: skip it when up to date (returning its result read from disk); else
+    delete stale outputs, check the stages before it, set threads, time the body and record it as done.
+
+    The body returns a dict of facts to record, or None when it stopped early on purpose (`max_steps` and
+    the like): the stage is then not marked done and the next call resumes it. With `distributed`, only the
+    main accelerate process deletes and records, between barriers.
+    """
+    spec = STAGE[name]
+
+    def wrap(body: Callable[..., dict | None]) -> Callable[..., Any]:
+        @functools.wraps(body)
+        def run(cfg: StudyConfig, *args, **kwargs) -> Any:
+            dist = _process_state(cfg) if distributed else None
+            main = dist is None or dist.is_main_process
+            with study_lock(cfg.paths.run) if main else contextlib.nullcontext():
+                return _run(cfg, dist, main, args, kwargs)
+
+        def _run(cfg: StudyConfig, dist, main: bool, args: tuple, kwargs: dict) -> Any:
+            if is_done(cfg, name):
+                log.info("stage %s: up to date (params hash %s), skipping", name, cfg.stage_hash(name))
+                return spec.load(cfg)
+            if main:
+                delete_stale_outputs(cfg, name)
+            if dist is not None:
+                dist.wait_for_everyone()
+            for before in spec.after:
+                require(cfg, before)
+            set_threads()
+            start = time.time()
+            facts = body(cfg, *args, **kwargs)
+            if facts is None:
+                return None
+            if dist is not None:
+                dist.wait_for_everyone()
+            if main:
+                mark_done(cfg, name, time.time() - start, facts)
+            if dist is not None:
+                dist.wait_for_everyone()
+            return spec.load(cfg)
+
+        return run
+
+    return wrap

@@ -1,11 +1,14 @@
-"""The study runner: executes the numbered notebooks through papermill and records provenance."""
+"""The study runner: executes the numbered notebooks through papermill, shows the running stage's progress in
+the terminal, and records provenance."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
+import tempfile
 import threading
 import time
 from importlib import metadata
@@ -17,29 +20,23 @@ from tqdm.auto import tqdm
 from mvc import state
 from mvc.config import StudyConfig, load_config
 from mvc.io import atomic_path, write_json
-from mvc.paths import NOTEBOOKS_DIR, REPO_ROOT, resolve_path
+from mvc.lock import LOCK_ENV, study_lock
+from mvc.paths import NOTEBOOKS_DIR, REPO_ROOT, resolve_path, shown
+from mvc.progress import PROGRESS_ENV
+from mvc.stages import NOTEBOOKS, STAGES, notebook_stages
 
 log = logging.getLogger(__name__)
 
-NOTEBOOKS = {
-    "01": "01_data_preparation.ipynb",
-    "02": "02_captioning.ipynb",
-    "03": "03_mvc_finetuning.ipynb",
-    "04": "04_generation.ipynb",
-    "05": "05_classification.ipynb",
-    "06": "06_figures_tables.ipynb",
-}
-NOTEBOOK_STAGES = {
-    "01": ["data"], "02": ["caption", "embed"], "03": ["backbone", "finetune"],
-    "04": ["generate", "metrics"], "05": ["classify"], "06": ["report"],
-}
-STAGE_NOTEBOOK = {stage: NOTEBOOKS[nb] for nb, stages in NOTEBOOK_STAGES.items() for stage in stages}
 PACKAGES = ["mvc", "torch", "torchvision", "diffusers", "transformers", "accelerate", "open_clip_torch", "timm",
             "torchmetrics", "numpy", "pandas", "scikit-learn", "papermill", "pydantic"]
 
 
+class NotebookFailed(RuntimeError):
+    """A notebook raised an error or its kernel died; the message says which and where the executed copy is."""
+
+
 def parse_stages(text: str | None) -> list[str]:
-    """'01,03-05' -> ['01', '03', '04', '05']; None -> all."""
+    """'01,03-05' -> ['01', '03', '04', '05']; None -> all. Empty or reversed ranges are errors."""
     if not text:
         return list(NOTEBOOKS)
     out: list[str] = []
@@ -49,6 +46,8 @@ def parse_stages(text: str | None) -> list[str]:
             a, b = int(lo), int(hi or lo)
         except ValueError:
             raise ValueError(f"--stages {text!r}: expected numbers like 01,03-05 (allowed 01..06)") from None
+        if b < a:
+            raise ValueError(f"--stages {text!r}: the range {part.strip()} is reversed; write it low-high, e.g. {b:02d}-{a:02d}")
         for n in range(a, b + 1):
             key = f"{n:02d}"
             if key not in NOTEBOOKS:
@@ -84,6 +83,50 @@ class PeakMemory:
         self._thread.join()
 
 
+class StageProgress:
+    """Shows, in the terminal, the progress that the running notebook's stages write to a file."""
+
+    def __init__(self, path: Path, notebook: str, interval: float = 0.5, enabled: bool = True):
+        self.path, self.notebook, self.interval, self.enabled = path, notebook, interval, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._bar = None
+        self._desc = None
+
+    def _show(self, info: dict) -> None:
+        desc = f"{self.notebook} {info.get('desc', '')}".strip()
+        if self._bar is None or desc != self._desc:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = tqdm(total=info.get("total"), desc=desc, unit=info.get("unit", "it"), leave=False)
+            self._desc = desc
+        self._bar.n = info.get("n", 0)
+        self._bar.refresh()
+
+    def _run(self) -> None:
+        last = None
+        while not self._stop.wait(self.interval):
+            try:
+                info = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                continue
+            if info != last:
+                self._show(info)
+                last = info
+
+    def __enter__(self) -> StageProgress:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
@@ -95,7 +138,7 @@ def _git_revision() -> str:
 
 
 def _device() -> str:
-    import torch
+    import torch  # deferred: the runner itself needs torch only to describe the device
 
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
@@ -113,14 +156,14 @@ def _versions() -> dict[str, str]:
 
 
 def write_provenance(cfg: StudyConfig, stages: dict[str, dict], params_path: Path, overrides: list[str]) -> Path:
-    """`reports/<study>/provenance.json`: params, versions, git revision, device, seeds, per-stage timings."""
+    """`reports/<study>/provenance.json`: params, versions, git revision, device, seeds, per-notebook timings."""
     path = cfg.paths.provenance
     old = json.loads(path.read_text()) if path.exists() else {}
     merged = {**old.get("stages", {}), **stages}
     write_json(path, {
-        "study": cfg.study, "params_file": str(params_path), "overrides": overrides,
+        "study": cfg.study, "params_file": shown(params_path), "overrides": overrides,
         "params": cfg.model_dump(mode="json"),
-        "stage_hashes": {s: cfg.stage_hash(s) for s in state.STAGES},
+        "stage_hashes": {s.name: cfg.stage_hash(s.name) for s in STAGES},
         "packages": _versions(), "python": platform.python_version(), "git_revision": _git_revision(),
         "device": _device(), "host": platform.node(),
         "seeds": {"study": cfg.seed, "finetune": cfg.finetune.seed, "generate": cfg.generate.seed,
@@ -132,54 +175,115 @@ def write_provenance(cfg: StudyConfig, stages: dict[str, dict], params_path: Pat
     return path
 
 
-def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path) -> None:
-    """Execute one numbered notebook with papermill, writing the executed copy atomically."""
-    import papermill as pm
+def scrub_paths(notebook: Path) -> None:
+    """Replace the repository's absolute location in an executed notebook with `.` (nothing machine-specific)."""
+    text = notebook.read_text()
+    root = str(REPO_ROOT)
+    cleaned = text.replace(root + "/", "").replace(root, ".")
+    if cleaned != text:
+        notebook.write_text(cleaned)
 
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary notebooks that a killed run left behind (`.<name>.ipynb.*`)."""
+    stale = [p for p in folder.glob(".*.ipynb*") if p.is_file()] if folder.exists() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _kernel_died_message(nb: str, peak_mb: int) -> str:
+    total = psutil.virtual_memory().total / 2**20
+    return (f"notebook {NOTEBOOKS[nb]}: the kernel died, most likely killed by the operating system for lack of "
+            f"memory (peak seen: {peak_mb} MB of {total:.0f} MB). Lower what the stage holds in memory, e.g. "
+            f"finetune.batch_size, generate.batch_size, classify.batch_size, backbone.resolution or "
+            f"data.resolution, and run again: finished stages are kept.")
+
+
+def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path, progress_file: Path,
+                 memory: PeakMemory | None = None) -> None:
+    """Execute one numbered notebook with papermill, writing the executed copy atomically."""
+    import papermill as pm  # deferred: papermill is slow to import and only `mvc study` needs it
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     failed = output.with_name(output.stem + ".failed.ipynb")
-    with atomic_path(output) as tmp:
-        try:
-            pm.execute_notebook(
-                str(NOTEBOOKS_DIR / NOTEBOOKS[nb]), str(tmp),
-                parameters={"params": str(params_path), "overrides": list(overrides)},
-                kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=False,
-            )
-        except PapermillExecutionError as err:
-            tmp.replace(failed)
-            raise RuntimeError(f"notebook {NOTEBOOKS[nb]} failed: {err.ename}: {err.evalue} "
-                               f"(executed copy with the traceback: {failed})") from None
+    env = {PROGRESS_ENV: str(progress_file), "MPLBACKEND": None}  # None: unset, so the kernel plots inline
+    saved = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():  # the kernel inherits the runner's environment
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        with atomic_path(output) as tmp:
+            try:
+                pm.execute_notebook(
+                    str(NOTEBOOKS_DIR / NOTEBOOKS[nb]), str(tmp),
+                    parameters={"params": shown(params_path), "overrides": list(overrides)},
+                    kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+                )
+            except PapermillExecutionError as err:
+                scrub_paths(tmp)
+                tmp.replace(failed)
+                raise NotebookFailed(f"notebook {NOTEBOOKS[nb]} failed: {err.ename}: {err.evalue} "
+                                     f"(executed copy with the traceback: {failed})") from None
+            except DeadKernelError:
+                raise NotebookFailed(_kernel_died_message(nb, round((memory.peak if memory else 0) / 2**20))) from None
+            scrub_paths(tmp)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     failed.unlink(missing_ok=True)
 
 
 def run_study(params: str | Path, stages: str | None = None, overrides: list[str] | None = None,
-              force: bool = False) -> dict[str, dict]:
+              force: bool = False, show_progress: bool = True) -> dict[str, dict]:
     """`mvc study`: run the chosen notebooks in order, skipping those whose stages are up to date."""
     overrides = list(overrides or [])
     params_path = resolve_path(params).resolve()
     cfg = load_config(params_path, overrides)
     chosen = parse_stages(stages)
+    with study_lock(cfg.paths.run):
+        lock_file = cfg.paths.run / ".lock"
+        os.environ[LOCK_ENV] = f"{lock_file}:{lock_file.read_text().strip()}"
+        try:
+            return _run_notebooks(cfg, chosen, params_path, overrides, force, show_progress)
+        finally:
+            os.environ.pop(LOCK_ENV, None)
+
+
+def _run_notebooks(cfg: StudyConfig, chosen: list[str], params_path: Path, overrides: list[str], force: bool,
+                   show_progress: bool) -> dict[str, dict]:
     report = {}
-    for nb in tqdm(chosen, desc=f"study {cfg.study}", unit="notebook"):
+    cfg.paths.executed_notebooks.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(cfg.paths.executed_notebooks):
+        log.info("removed %s, left by an interrupted run", stale.name)
+    for nb in tqdm(chosen, desc=f"study {cfg.study}", unit="notebook", disable=not show_progress):
         output = cfg.paths.executed_notebooks / NOTEBOOKS[nb]
-        up_to_date = all(state.is_done(cfg, s) for s in NOTEBOOK_STAGES[nb]) and output.exists()
+        nb_stages = notebook_stages(nb)
+        up_to_date = all(state.is_done(cfg, s) for s in nb_stages) and output.exists()
         if up_to_date and not force:
-            log.info("notebook %s: stages %s up to date, skipped", nb, NOTEBOOK_STAGES[nb])
+            log.info("notebook %s: stages %s up to date, skipped", nb, nb_stages)
             report[nb] = {"skipped": True}
             continue
         start = time.time()
-        with PeakMemory() as mem:
-            run_notebook(nb, params_path, overrides, output)
+        with tempfile.TemporaryDirectory() as tmp:
+            progress_file = Path(tmp) / "progress.json"
+            with PeakMemory() as mem, StageProgress(progress_file, nb, enabled=show_progress):
+                run_notebook(nb, params_path, overrides, output, progress_file, mem)
         report[nb] = {"notebook": NOTEBOOKS[nb], "wall_s": round(time.time() - start, 1),
                       "peak_rss_mb": round(mem.peak / 2**20), "skipped": False,
-                      "stage_seconds": {s: state.stage_info(cfg, s).get("seconds") for s in NOTEBOOK_STAGES[nb]}}
+                      "stage_seconds": {s: state.stage_info(cfg, s).get("seconds") for s in nb_stages}}
         log.info("notebook %s done in %.1f s, peak %d MB", nb, report[nb]["wall_s"], report[nb]["peak_rss_mb"])
         write_provenance(cfg, {k: v for k, v in report.items() if not v.get("skipped")}, params_path, overrides)
     if not cfg.paths.provenance.exists():
         write_provenance(cfg, {}, params_path, overrides)
     if state.is_done(cfg, "report") and any(not v.get("skipped") for v in report.values()):
-        from mvc.report import write_index
+        from mvc.report import write_index  # deferred: the report's plotting stack is needed only here
 
         write_index(cfg)  # again, now that every executed notebook and the provenance are final
     return report

@@ -30,10 +30,10 @@ def smoke(tmp_path):
 @pytest.fixture(scope="session")
 def smoke_generated(tmp_path_factory):
     """The smoke study run through `generate` once per session (shared, read-only for the tests)."""
-    from mvc import captioning, data, finetune, generate, models, text
+    from mvc import backbone, captioning, data, embed, finetune, generate
 
     cfg = smoke_config(tmp_path_factory.mktemp("smoke"))
-    for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone,
+    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone,
                   finetune.finetune, generate.generate_all):
         stage(cfg, show_progress=False)
     return cfg
@@ -53,7 +53,7 @@ def tiny_blip2(tmp_path_factory):
     from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
                               CLIPTokenizer, OPTConfig)
 
-    from mvc.models import clip_tokenizer
+    from mvc.surrogate import clip_tokenizer
 
     folder = tmp_path_factory.mktemp("blip2")
     clip_tokenizer(77).save_pretrained(folder / "tok")
@@ -82,8 +82,8 @@ def tiny_sd(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
 
     from mvc.config import SurrogateConfig
-    from mvc.models import (build_surrogate_text_encoder, build_surrogate_unet, build_surrogate_vae, clip_tokenizer,
-                            noise_scheduler)
+    from mvc.surrogate import (build_surrogate_text_encoder, build_surrogate_unet, build_surrogate_vae, clip_tokenizer,
+                               noise_scheduler)
 
     s = SurrogateConfig(vae_channels=[8, 16], unet_channels=[8, 16], text_hidden_size=16, text_layers=1, text_heads=2)
     folder = tmp_path_factory.mktemp("tiny-sd")

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mvc import classify
-from mvc.classify import RunSpec, method_transform, train_classifier
+from mvc import artifacts, classifiers, classify
+from mvc.classifiers import RunSpec, method_transform, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_none_only_crops_and_flips(smoke, batch):
 @pytest.mark.parametrize("method", ["mixup", "cutmix"])
 def test_mixup_and_cutmix_mix_labels(smoke, batch, method):
     torch.manual_seed(0)
-    tf = classify.batch_transform(method, smoke.classify, 4)
+    tf = classifiers.batch_transform(method, smoke.classify, 4)
     x, y = tf(batch.float() / 255, torch.arange(16) % 4)
     assert y.shape == (16, 4) and torch.allclose(y.sum(1), torch.ones(16))
     assert (y.max(1).values < 1).any()
@@ -52,7 +52,7 @@ def test_mixup_and_cutmix_mix_labels(smoke, batch, method):
 
 def _data(n_train=12, classes=3, with_synthetic=True):
     rng = np.random.default_rng(0)
-    d = classify.ClassificationData(torch.from_numpy(rng.integers(0, 255, (n_train, 3, 16, 16), dtype=np.uint8)),
+    d = classifiers.ClassificationData(torch.from_numpy(rng.integers(0, 255, (n_train, 3, 16, 16), dtype=np.uint8)),
                                     torch.arange(n_train) % classes,
                                     torch.from_numpy(rng.integers(0, 255, (9, 3, 16, 16), dtype=np.uint8)),
                                     torch.arange(9) % classes, classes)
@@ -69,7 +69,7 @@ def test_phase_two_sees_no_synthetic_image_and_budgets_match(smoke):
     for method in ("none", "autoaugment", "mixup", "mvc", "mvc_two_phase"):
         log = []
         gens = ("mvc_coarse",) if method.startswith("mvc") else ()
-        train_classifier(_data(), RunSpec(method, 0, generators=gens, p_synthetic=1.0), c, 16,
+        train_classifier(_data(), RunSpec(method, 0, synthetic_sets=gens, p_synthetic=1.0), c, 16,
                          on_batch=lambda phase, x, used: log.append((phase, used.copy(), x)))
         seen[method] = log
         assert len(log) == c.steps  # the same number of optimizer steps for every method
@@ -84,11 +84,11 @@ def test_phase_two_sees_no_synthetic_image_and_budgets_match(smoke):
 def test_a_run_is_reproducible_per_seed(smoke):
     c = _cfg(smoke, steps=5, batch_size=6)
     d = _data()
-    spec = RunSpec("mvc", 1, generators=("mvc_coarse",), p_synthetic=0.5)
+    spec = RunSpec("mvc", 1, synthetic_sets=("mvc_coarse",), p_synthetic=0.5)
     a, b = train_classifier(d, spec, c, 16), train_classifier(d, spec, c, 16)
     for p, q in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(p, q)
-    other = train_classifier(d, RunSpec("mvc", 2, generators=("mvc_coarse",), p_synthetic=0.5), c, 16)
+    other = train_classifier(d, RunSpec("mvc", 2, synthetic_sets=("mvc_coarse",), p_synthetic=0.5), c, 16)
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), other.state_dict().values()))
 
 
@@ -103,11 +103,12 @@ def test_grid_resumes_without_repeating_rows_and_ignores_old_hashes(smoke_genera
     (cfg.paths.stages / "classify.json").unlink(missing_ok=True)
     cfg.paths.results.unlink(missing_ok=True)
     # a row written under other params is in the file from the start
-    old = pd.DataFrame([{c: 0 for c in classify.RESULT_COLUMNS} | {"method": "none", "seed": 0, "variant": "main",
+    old = pd.DataFrame([{c: 0 for c in artifacts.RESULT_COLUMNS} | {"method": "none", "seed": 0, "variant": "main",
                                                                    "top1": 0.99, "params_hash": "oldhash"}])
     old.to_csv(cfg.paths.results, index=False)
     partial = classify.classify_all(cfg, show_progress=False, max_runs=3)
-    assert len(partial) == 3
+    assert partial is None  # stopped early: not marked done
+    assert len(artifacts.load_results(cfg, require_done=False)) == 3
     with open(cfg.paths.results, "a") as fh:
         fh.write("digits,mvc,1,4,small_cnn,main,0.5")  # a kill in the middle of a row
     full = classify.classify_all(cfg, show_progress=False)
@@ -118,5 +119,5 @@ def test_grid_resumes_without_repeating_rows_and_ignores_old_hashes(smoke_genera
 
 def test_pretrained_weights_offline_give_a_clear_error():
     with pytest.raises((RuntimeError, ValueError)) as err:
-        classify.build_classifier("small_cnn", 3, pretrained=True)
+        classifiers.build_classifier("small_cnn", 3, pretrained=True)
     assert "pretrained" in str(err.value)

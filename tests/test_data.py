@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvc.data import DataNotFound, load_images, load_splits, prepare_dataset, read_skipped
+from mvc.artifacts import load_images, load_splits, read_skipped
+from mvc.data import prepare_dataset
+from mvc.datasets import DataNotFound
 from tests.conftest import smoke_config, write_png
 
 
@@ -108,7 +110,8 @@ def test_splits_deterministic_disjoint_and_pool_unlabelled_in_training(tmp_path)
     # the classifier's training data is exactly the train split: no pool image (or label) reaches it
     import torch
 
-    from mvc.classify import load_classification_data, to_chw
+    from mvc.classify import load_classification_data
+    from mvc.imaging import to_chw
 
     cfg = smoke_config(tmp_path / "a")
     data = load_classification_data(cfg)

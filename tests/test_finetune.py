@@ -9,28 +9,28 @@ import pandas as pd
 import pytest
 import torch
 
-from mvc import captioning, data, finetune, models, state, text
+from mvc import artifacts, backbone, captioning, components, data, embed, finetune, state
 from tests.conftest import REPO, smoke_config
 
 
 @pytest.fixture
 def prepared(tmp_path):
     cfg = smoke_config(tmp_path, "finetune.steps=6", "finetune.checkpoint_every=2")
-    for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone):
+    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
         stage(cfg, show_progress=False)
     return cfg
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared):
-    bb = models.load_backbone(prepared.paths.backbone)
+    bb = components.load_backbone(prepared.paths.backbone)
     batch = finetune.training_data(prepared, bb.vae)
-    unet = models.widen_conv_in(bb.unet).train()
+    unet = components.widen_conv_in(bb.unet).train()
     rng = np.random.default_rng(0)
     latents, cond, emb = finetune.make_batch(batch, prepared, rng, 12)
     opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
 
     def loss():
-        return models.diffusion_loss(unet, bb.scheduler, latents, emb, cond, torch.Generator().manual_seed(0))
+        return components.diffusion_loss(unet, bb.scheduler, latents, emb, cond, torch.Generator().manual_seed(0))
 
     first = loss().item()
     for _ in range(15):
@@ -42,7 +42,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared):
 
 def test_resume_continues_step_optimizer_and_scheduler(prepared):
     finetune.finetune(prepared, show_progress=False, max_steps=4)  # "killed" after step 4
-    ckpts = finetune.list_checkpoints(prepared.paths.finetune_work / "checkpoints")
+    ckpts = artifacts.list_checkpoints(prepared.paths.finetune_work / "checkpoints")
     assert [p.name for p in ckpts] == ["checkpoint-2", "checkpoint-4"]
     opt_state = torch.load(ckpts[-1] / "optimizer.bin", weights_only=False)
     sched_state = torch.load(ckpts[-1] / "scheduler.bin", weights_only=False)
@@ -50,12 +50,12 @@ def test_resume_continues_step_optimizer_and_scheduler(prepared):
     finetune.finetune(prepared, show_progress=False)
     info = state.stage_info(prepared, "finetune")
     assert info["steps"] == 6
-    loss = finetune.load_loss(prepared)
+    loss = artifacts.load_loss(prepared)
     assert loss["step"].tolist() == list(range(6))  # no step lost or logged twice
     # the resumed run started from the saved optimizer and scheduler state: step counts carried on
     assert sched_state["last_epoch"] == 4
     assert all(s["step"] == 4 for s in opt_state["state"].values())
-    final = torch.load(finetune.list_checkpoints(prepared.paths.finetune_work / "checkpoints")[-1] / "scheduler.bin",
+    final = torch.load(artifacts.list_checkpoints(prepared.paths.finetune_work / "checkpoints")[-1] / "scheduler.bin",
                        weights_only=False)
     assert final["last_epoch"] == 6
 
@@ -64,17 +64,17 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     a = smoke_config(tmp_path / "a", "finetune.steps=4", "finetune.checkpoint_every=2")
     b = smoke_config(tmp_path / "b", "finetune.steps=4", "finetune.checkpoint_every=2")
     for cfg in (a, b):
-        for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone):
+        for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
             stage(cfg, show_progress=False)
     finetune.finetune(a, show_progress=False)
     finetune.finetune(b, show_progress=False, max_steps=2)
     finetune.finetune(b, show_progress=False)
-    np.testing.assert_allclose(finetune.load_loss(a)["loss"], finetune.load_loss(b)["loss"], rtol=1e-4)
+    np.testing.assert_allclose(artifacts.load_loss(a)["loss"], artifacts.load_loss(b)["loss"], rtol=1e-4)
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(prepared):
     finetune.finetune(prepared, show_progress=False, max_steps=2)
-    ckpt = finetune.list_checkpoints(prepared.paths.finetune_work / "checkpoints")[-1]
+    ckpt = artifacts.list_checkpoints(prepared.paths.finetune_work / "checkpoints")[-1]
     (ckpt / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(finetune.CheckpointError) as err:
         finetune.finetune(prepared, show_progress=False)
@@ -94,7 +94,7 @@ def test_saved_model_loads_in_instruct_pix2pix_pipeline_and_generates(smoke_gene
 
 def test_two_processes_over_gloo(tmp_path):
     cfg = smoke_config(tmp_path, "finetune.steps=3")
-    for stage in (data.prepare_dataset, captioning.caption_dataset, text.embed_captions, models.prepare_backbone):
+    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
         stage(cfg, show_progress=False)
     overrides = [f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}", "--set=device=cpu",
                  "--set=finetune.steps=3"]

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mvc import generate, state
-from mvc.generate import WorkItem, guided_eps, shard
+from mvc import artifacts, generate, state
+from mvc.generate import WorkItem, shard
+from mvc.sampling import guided_eps
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -23,8 +24,9 @@ def test_sharding_covers_every_item_exactly_once(world):
 
 
 def test_guidance_with_both_scales_one_is_the_conditional_prediction():
-    from mvc.models import build_surrogate_unet, widen_conv_in
+    from mvc.components import widen_conv_in
     from mvc.config import SurrogateConfig
+    from mvc.surrogate import build_surrogate_unet
 
     s = SurrogateConfig(unet_channels=[8, 16], text_hidden_size=16, text_heads=2)
     torch.manual_seed(0)
@@ -48,7 +50,7 @@ def _pngs(cfg, name):
 
 def test_resume_after_a_kill_mid_batch_gives_exactly_the_expected_set(smoke_generated, tmp_path):
     cfg = smoke_generated
-    expected = {n: pd.read_csv(cfg.paths.synthetic / n / "manifest.csv") for n in generate.generators(cfg.generate)}
+    expected = {n: pd.read_csv(cfg.paths.synthetic / n / "manifest.csv") for n in artifacts.synthetic_set_names(cfg.generate)}
     # a second copy of the study, generation "killed" after one batch of one shard
     from tests.conftest import smoke_config
 
@@ -85,7 +87,7 @@ def test_manifest_labels_and_counts(smoke_generated):
     cfg = smoke_generated
     splits = pd.read_csv(cfg.paths.splits)
     train = splits[splits["split"] == "train"]
-    for name in generate.generators(cfg.generate):
+    for name in artifacts.synthetic_set_names(cfg.generate):
         m = pd.read_csv(cfg.paths.synthetic / name / "manifest.csv")
         assert len(m) == len(train) * cfg.generate.images_per_source
         label = dict(zip(train["image_id"], train["label"]))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mvc.metrics import FeatureModule, diversity, fid_kid
+from mvc.image_measures import FeatureModule, diversity, fid_kid
 
 
 def _features():
@@ -36,7 +36,7 @@ def test_diversity_is_zero_for_copies_and_grows_with_spread():
 
 
 def test_efficientnet_lite0_weights_load_offline():
-    from mvc.metrics import efficientnet_lite0_features
+    from mvc.image_measures import efficientnet_lite0_features
 
     feats = efficientnet_lite0_features()
     out = feats(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
@@ -47,5 +47,5 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     from mvc.metrics import image_metrics
 
     table = image_metrics(smoke_generated, show_progress=False)
-    assert set(table["generator"]) == {"real_train", "mvc_coarse", "mvc_fine", "naive"}
+    assert set(table["synthetic_set"]) == {"real_train", "mvc_coarse", "mvc_fine", "naive"}
     assert table["label_fidelity"].between(0, 1).all() and (table["fid"] >= -1e-6).all()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvc import models
+from mvc import components, surrogate as surrogate_parts
 from tests.conftest import REPO
 
 
@@ -16,11 +16,11 @@ def surrogate():
 
 def test_widened_unet_equals_original_when_extra_channels_are_zero(surrogate):
     torch.manual_seed(0)
-    unet = models.build_surrogate_unet(surrogate, 8).eval()
+    unet = surrogate_parts.build_surrogate_unet(surrogate, 8).eval()
     z, t, e = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 7, surrogate.text_hidden_size)
     with torch.no_grad():
         before = unet(z, t, encoder_hidden_states=e).sample
-        wide = models.widen_conv_in(unet)
+        wide = components.widen_conv_in(unet)
         assert wide.config.in_channels == 8 and wide.conv_in.in_channels == 8
         after_zero = wide(torch.cat([z, torch.zeros_like(z)], 1), t, encoder_hidden_states=e).sample
         after_any = wide(torch.cat([z, torch.randn_like(z)], 1), t, encoder_hidden_states=e).sample
@@ -29,7 +29,7 @@ def test_widened_unet_equals_original_when_extra_channels_are_zero(surrogate):
 
 
 def test_surrogate_text_encoder_is_deterministic(surrogate):
-    a, b = models.build_surrogate_text_encoder(surrogate), models.build_surrogate_text_encoder(surrogate)
+    a, b = surrogate_parts.build_surrogate_text_encoder(surrogate), surrogate_parts.build_surrogate_text_encoder(surrogate)
     for (_, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q)
 
@@ -45,16 +45,16 @@ def test_backbone_folder_loads_in_stable_diffusion_pipeline(smoke_generated):
 
 
 def test_missing_or_broken_model_folder_is_named(tmp_path):
-    with pytest.raises(models.ModelFolderError, match="does not exist"):
-        models.load_backbone(tmp_path / "nothing")
+    with pytest.raises(components.ModelFolderError, match="does not exist"):
+        components.load_backbone(tmp_path / "nothing")
     (tmp_path / "half" / "unet").mkdir(parents=True)
-    with pytest.raises(models.ModelFolderError) as err:
-        models.load_backbone(tmp_path / "half")
+    with pytest.raises(components.ModelFolderError) as err:
+        components.load_backbone(tmp_path / "half")
     assert "vae" in str(err.value) and "text_encoder" in str(err.value)
 
 
 def test_uncached_hub_id_offline_says_how_to_fetch(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(models.ModelFolderError) as err:
-        models.load_backbone("someone/not-a-cached-model")
+    with pytest.raises(components.ModelFolderError) as err:
+        components.load_backbone("someone/not-a-cached-model")
     assert "huggingface-cli download someone/not-a-cached-model" in str(err.value)

@@ -10,14 +10,13 @@ from mvc.config import load_config
 from tests.conftest import REPO
 from tests.test_data import FIXTURES
 
-STAGES = ["data", "caption", "embed", "backbone", "finetune", "generate", "metrics", "classify", "report"]
 
 
 @pytest.mark.parametrize("profile, extractor", [("cifar10", "classifier"), ("cifar100", "classifier"),
                                                  ("tiny_imagenet", "efficientnet_lite0"), ("caltech101", "classifier"),
                                                  ("brain_tumor_mri", "classifier")])
 def test_paper_profile_end_to_end(tmp_path, tiny_sd, tiny_blip2, profile, extractor):
-    from mvc.cli import _stage
+    from mvc.stages import STAGES
 
     make, flag = FIXTURES[profile]
     root = tmp_path / "data"
@@ -38,7 +37,7 @@ def test_paper_profile_end_to_end(tmp_path, tiny_sd, tiny_blip2, profile, extrac
     assert cfg.backbone.kind == "pretrained" and cfg.caption.backend == "blip2"  # the profile's own models
     assert cfg.finetune.mixed_precision == "bf16" and cfg.finetune.use_ema and cfg.finetune.gradient_checkpointing
     for stage in STAGES:
-        _stage(stage)(cfg, show_progress=False)
+        stage.function(cfg, show_progress=False)
     results = pd.read_csv(cfg.paths.results)
     assert set(results["method"]) == set(cfg.classify.methods) and results["seed"].nunique() == 2
     assert (cfg.paths.report / "index.html").exists()

@@ -6,23 +6,29 @@ import shutil
 import subprocess
 import sys
 
+import jupytext
 import nbformat
 import pytest
 
-from mvc.study import NOTEBOOKS, parse_stages
+from mvc.paths import REPO_ROOT
+from mvc.stages import NOTEBOOKS
+from mvc.study import parse_stages
 from tests.conftest import REPO
 
 
-def test_every_notebook_has_no_outputs_and_a_parameters_cell():
-    found = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
-    assert found == sorted(NOTEBOOKS.values())
-    for name in found:
-        nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1 and "params =" in tagged[0].source, name
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, name
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS.values()))
+def test_notebook_is_paired_clean_and_thin(name):
+    ipynb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    script = jupytext.read(REPO / "notebooks" / name.replace(".ipynb", ".py"))
+    pair = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in script.cells]
+    assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in ipynb.cells] == pair, \
+        f"{name} and its .py differ: run `jupytext --sync notebooks/*.ipynb`"
+    tagged = [c for c in ipynb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and "params =" in tagged[0].source, name
+    for cell in ipynb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, name
+            assert not re.search(r"^\s*(def|class) ", cell.source, re.M), f"{name}: logic belongs in mvc, not a cell"
 
 
 def test_parse_stages():
@@ -30,6 +36,8 @@ def test_parse_stages():
     assert parse_stages(None) == list(NOTEBOOKS)
     with pytest.raises(ValueError, match="07"):
         parse_stages("05-07")
+    with pytest.raises(ValueError, match="reversed"):
+        parse_stages("05-03")
 
 
 def _study(tmp_path, *args):
@@ -38,14 +46,20 @@ def _study(tmp_path, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_smoke_study_end_to_end_through_papermill(tmp_path):
-    out = _study(tmp_path)
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """The smoke study run once through `mvc study` (papermill), for the tests of what it leaves behind."""
+    tmp = tmp_path_factory.mktemp("study")
+    out = _study(tmp)
     assert out.returncode == 0, out.stderr[-4000:]
+    return tmp, out
+
+
+def test_smoke_study_end_to_end_through_papermill(smoke_study):
+    tmp_path, out = smoke_study
     report = tmp_path / "reports" / "smoke"
-    for name in NOTEBOOKS.values():
-        assert (report / "notebooks" / name).exists()
     for fig in ("samples", "figure1_real_naive_mvc", "figure2_coarse_fine", "figure3_training_pipeline",
-                "figure4_generation_pipeline", "figure5_real_mvc_naive", "classification_bars"):
+                "figure4_generation_pipeline", "figure5_real_mvc_naive", "classification_bars", "finetune_loss"):
         assert (report / "figures" / f"{fig}.png").exists() and (report / "figures" / f"{fig}.pdf").exists()
     for table in ("classification", "ablation", "image_metrics", "paired_difference"):
         for ext in ("csv", "md", "tex"):
@@ -54,21 +68,48 @@ def test_smoke_study_end_to_end_through_papermill(tmp_path):
     assert set(prov["stages"]) == set(NOTEBOOKS)
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in prov["stages"].values())
     assert prov["packages"]["torch"] and prov["params"]["study"] == "smoke" and prov["git_revision"]
+    assert "Unable to parse" not in out.stderr and "unknown parameter" not in out.stderr  # papermill's warnings
 
-    # a second run skips every notebook whose stages are up to date
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS.values()))
+def test_executed_notebooks_show_figures_and_no_noise(smoke_study, name):
+    tmp_path, _ = smoke_study
+    path = tmp_path / "reports" / "smoke" / "notebooks" / name
+    text = path.read_text()
+    nb = nbformat.reads(text, as_version=4)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if not name.startswith("06"):
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: no inline figure"
+    streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "\r" not in streams, f"{name}: progress-bar output in the executed notebook"
+    assert str(REPO_ROOT) not in text, f"{name}: the machine's absolute repository path"
+
+
+def test_rerun_skips_up_to_date_notebooks(smoke_study):
+    tmp_path, _ = smoke_study
     again = _study(tmp_path, "--stages", "01-02")
     assert again.returncode == 0 and "up to date" in again.stderr
 
-    # the page renders in headless Chromium with every image decoded
+
+def test_report_reads_in_order_in_headless_chromium(smoke_study):
+    tmp_path, _ = smoke_study
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("Debian's chromium is not installed (the CI script installs it)")
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", (report / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    index = tmp_path / "reports" / "smoke" / "index.html"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000",
+                          "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120)
     total = re.search(r'data-images="(\d+)"', dom.stdout)
     loaded = re.search(r'data-images-loaded="(\d+)"', dom.stdout)
     assert total and loaded, dom.stderr[-2000:]
-    assert int(total.group(1)) >= 7 and loaded.group(1) == total.group(1)
+    assert int(total.group(1)) >= 10 and loaded.group(1) == total.group(1)
+    headings = re.findall(r"<h2>(.*?)</h2>", dom.stdout)
+    assert headings == ["Main result", "What the method generates", "Ablations and tests", "Image metrics",
+                        "Diagnostics", "Executed notebooks", "Resolved params", "Provenance"]
+    main = dom.stdout.split("<h2>Main result</h2>")[1].split("<h2>")[0]
+    assert "Table 1." in main and "Figure 1." in main and "figure1_real_naive_mvc" in main
     assert "notebooks/05_classification.html" in dom.stdout
 
 

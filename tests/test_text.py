@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from mvc.models import build_surrogate_text_encoder, clip_tokenizer
-from mvc.text import EmbeddingCache, TextEncoder, apply_mix, draw_mix, mix
+from mvc.embedding_cache import EmbeddingCache
+from mvc.encoders import TextEncoder
+from mvc.mixing import apply_mix, draw_mix, mix
+from mvc.surrogate import build_surrogate_text_encoder, clip_tokenizer
 from tests.conftest import REPO
 
 

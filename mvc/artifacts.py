@@ -1,0 +1,206 @@
+"""Readers of what the stages leave in `runs/<study>/`: the one way a stage reads another stage's outputs.
+
+Each reader first checks that the stage that writes the artifact finished with the current params, and
+otherwise raises `MissingStageOutput` naming the stage (and notebook) to run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from mvc.config import GenerateConfig, StudyConfig
+from mvc.embedding_cache import EMPTY_PROMPT, EmbeddingCache, caption_key
+from mvc.imaging import images_to_tensor, to_array
+from mvc.io import read_rows
+from mvc.state import require, stage_info
+
+SPLITS = ("train", "pool", "val", "test")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+
+def load_splits(cfg: StudyConfig) -> pd.DataFrame:
+    """`splits.csv`: image_id, label, class_name, class_dir, split, source."""
+    require(cfg, "data")
+    return pd.read_csv(cfg.paths.splits, keep_default_na=False)
+
+
+def load_images(cfg: StudyConfig) -> np.ndarray:
+    """All prepared images, uint8 (N, H, W, C), memory-mapped; row = image_id."""
+    require(cfg, "data")
+    return np.load(cfg.paths.images, mmap_mode="r")
+
+
+def read_skipped(cfg: StudyConfig) -> pd.DataFrame:
+    """Images that could not be read, with the error (empty when none)."""
+    require(cfg, "data")
+    return pd.read_csv(cfg.paths.skipped, keep_default_na=False)
+
+
+def class_names(splits: pd.DataFrame) -> list[str]:
+    """Readable class names indexed by label."""
+    return splits.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+
+
+def diffusion_images(cfg: StudyConfig, image_ids) -> torch.Tensor:
+    """The study's prepared images `image_ids` as the diffusion model sees them: (N, 3, R, R) in [-1, 1]."""
+    return images_to_tensor(np.asarray(load_images(cfg)[np.asarray(image_ids)]), cfg.backbone.resolution)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# caption, embed
+
+
+def load_captions(cfg: StudyConfig) -> pd.DataFrame:
+    """`captions.csv`: image_id, split, label, caption, text (= prompt(y) + ", " + caption)."""
+    require(cfg, "caption")
+    return pd.read_csv(cfg.paths.captions, keep_default_na=False)
+
+
+@dataclass
+class CaptionEmbeddings:
+    """The embedded captions of the labelled training images, in the order of `frame`."""
+
+    frame: pd.DataFrame  # image_id, label, text (train split)
+    embeddings: torch.Tensor  # (N, L, d)
+    empty: torch.Tensor  # (L, d): the empty prompt, for classifier-free guidance
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.frame["label"].to_numpy()
+
+    def row_of(self, image_ids: np.ndarray) -> np.ndarray:
+        pos = pd.Series(np.arange(len(self.frame)), index=self.frame["image_id"].to_numpy())
+        return np.array(pos.loc[image_ids].to_numpy())
+
+
+def training_captions(captions: pd.DataFrame) -> pd.DataFrame:
+    """The captions of the labelled training images, by image id."""
+    return captions[captions["split"] == "train"].sort_values("image_id").reset_index(drop=True)
+
+
+def load_caption_embeddings(cfg: StudyConfig) -> CaptionEmbeddings:
+    require(cfg, "embed")
+    name = stage_info(cfg, "embed")["encoder"]
+    train = training_captions(load_captions(cfg))
+    cache = EmbeddingCache(cfg.paths.embeddings)
+    keys = [caption_key(name, t, cfg.text.max_length) for t in [EMPTY_PROMPT] + train["text"].tolist()]
+    emb = cache.get(keys)
+    return CaptionEmbeddings(train[["image_id", "label", "text"]], emb[1:], emb[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# backbone, finetune
+
+
+def backbone_source(cfg: StudyConfig) -> str:
+    """Where the backbone lives: the study's surrogate folder, or the hub id / folder of the params."""
+    if cfg.backbone.kind == "surrogate":
+        require(cfg, "backbone")
+        return str(cfg.paths.backbone)
+    return cfg.backbone.model
+
+
+def mvc_model_path(cfg: StudyConfig) -> Path:
+    """The fine-tuned MVC model (a `StableDiffusionInstructPix2PixPipeline` folder)."""
+    require(cfg, "finetune")
+    return cfg.paths.mvc_model
+
+
+def load_backbone_loss(cfg: StudyConfig) -> pd.DataFrame | None:
+    """The surrogate's pretraining losses (part: vae or unet), or None for a pretrained backbone."""
+    require(cfg, "backbone")
+    return pd.read_csv(cfg.paths.backbone_loss) if cfg.paths.backbone_loss.exists() else None
+
+
+def load_loss(cfg: StudyConfig) -> pd.DataFrame:
+    """MVC fine-tuning loss per step."""
+    return pd.read_csv(cfg.paths.finetune_loss)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete accelerate checkpoints `checkpoint-<step>` in `folder`, oldest first."""
+    found = [p for p in Path(folder).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# generate
+
+
+def synthetic_set_names(g: GenerateConfig) -> list[str]:
+    """The synthetic sets a study generates: `mvc_<mode>` per MVC mode, and `naive` (the backbone, text only)."""
+    return [f"mvc_{m.replace('+', '_')}" for m in g.modes] + (["naive"] if g.naive else [])
+
+
+def set_mode(g: GenerateConfig, name: str) -> str:
+    """The mixing mode of a synthetic set (the naive set uses the first MVC mode's prompts)."""
+    if name == "naive":
+        return g.modes[0]
+    return next(m for m in g.modes if f"mvc_{m.replace('+', '_')}" == name)
+
+
+def load_manifest(cfg: StudyConfig, name: str) -> pd.DataFrame:
+    """`synthetic/<set>/manifest.csv`: image_id, source_image_id, index, label, mode, seed, path."""
+    require(cfg, "generate")
+    return pd.read_csv(cfg.paths.synthetic / name / "manifest.csv")
+
+
+def load_manifests(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
+    return {n: load_manifest(cfg, n) for n in synthetic_set_names(cfg.generate)}
+
+
+def load_synthetic(cfg: StudyConfig, name: str, resolution: int | None = None,
+                   sources: list[int] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """A synthetic set's images as uint8 (N, H, W, C) at the data resolution and channels, with the manifest
+    (only those made from `sources`, when given)."""
+    rows = load_manifest(cfg, name)
+    if sources is not None:
+        rows = rows[rows["source_image_id"].isin(sources)].reset_index(drop=True)
+    folder = cfg.paths.synthetic / name
+    res = resolution or cfg.data.resolution
+    imgs = []
+    for p in rows["path"]:
+        with Image.open(folder / p) as im:
+            imgs.append(to_array(im, res, cfg.data.channels))
+    return (np.stack(imgs) if imgs else np.zeros((0, res, res, cfg.data.channels), np.uint8)), rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics, classify, report
+
+
+def load_image_metrics(cfg: StudyConfig) -> pd.DataFrame:
+    require(cfg, "metrics")
+    return pd.read_csv(cfg.paths.image_metrics)
+
+
+RESULT_COLUMNS = ["dataset", "method", "seed", "shots", "backbone", "variant", "top1", "top5", "steps",
+                  "synthetic_share", "params_hash"]
+RESULT_KEY = ["variant", "method", "seed"]  # one classifier run
+
+
+def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
+    """results.csv rows made with the current classify params (rows of an older params hash are left out,
+    and a run recorded twice counts once)."""
+    if require_done:
+        require(cfg, "classify")
+    rows = read_rows(cfg.paths.results)
+    if rows is None:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    rows = rows[rows["params_hash"].astype(str) == cfg.stage_hash("classify")]
+    return rows.drop_duplicates(RESULT_KEY, keep="first").reset_index(drop=True)
+
+
+def report_index(cfg: StudyConfig) -> Path:
+    require(cfg, "report")
+    return cfg.paths.index

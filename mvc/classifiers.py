@@ -1,0 +1,223 @@
+"""Classifiers and their training: the backbones, the augmentation of every method (torchvision transforms v2),
+synthetic replacement, one- and two-phase schedules, evaluation. Tensors in, models out; no files.
+
+Every method trains the same backbone for the same number of optimizer steps. Augmentations apply per image
+(`mixup`/`cutmix` per batch). For the synthetic methods, each real image of a batch is replaced by one of its
+synthetic images with probability `p_synthetic`. `mvc_two_phase` spends the last `two_phase_fraction` of its steps
+on real images only, at `two_phase_lr_scale` times the learning rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+from mvc.config import ClassifyConfig
+from mvc.runtime import seed_everything
+
+SYNTHETIC_METHODS = {"sd_naive", "mvc", "mvc_two_phase", "mvc_randaugment"}
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks and a linear head, for small images (the digits profile's 16x16)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32):
+        super().__init__()
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(block(in_channels, width), nn.MaxPool2d(2), block(width, 2 * width),
+                                      nn.MaxPool2d(2), block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
+                     width: int = 32) -> nn.Module:
+    """`small_cnn`, `resnet18` / `resnet50` (torchvision; small-image stem for resnet18), or `timm:<name>`."""
+    import torchvision
+
+    try:
+        if name == "small_cnn":
+            if pretrained:
+                raise ValueError("classify.pretrained: small_cnn has no pretrained weights; use resnet18/50 or timm:<name>")
+            return SmallCNN(num_classes, in_channels, width)
+        if name in ("resnet18", "resnet50"):
+            weights = "DEFAULT" if pretrained else None
+            model = getattr(torchvision.models, name)(weights=weights)
+            if name == "resnet18":  # CIFAR-style stem: 3x3 stride-1 conv, no max-pool
+                model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+                model.maxpool = nn.Identity()
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+            return model
+        if name.startswith("timm:"):
+            import timm
+
+            return timm.create_model(name[5:], pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
+    except (OSError, RuntimeError) as err:
+        if pretrained:
+            raise RuntimeError(f"classify.pretrained: ImageNet weights for {name} are not available offline ({err}); "
+                               "put them in the torch hub / HF cache on a connected machine, or set "
+                               "classify.pretrained: false") from err
+        raise
+    raise ValueError(f"classify.backbone: {name!r} is not one of small_cnn, resnet18, resnet50, timm:<name>")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transforms
+
+
+def base_transform(c: ClassifyConfig, resolution: int) -> list:
+    """Crop (with padding) and, where the profile allows it, horizontal flip: what every method gets."""
+    out = [v2.RandomCrop(resolution, padding=c.crop_padding)] if c.crop_padding > 0 else []
+    return out + ([v2.RandomHorizontalFlip()] if c.hflip else [])
+
+
+def method_transform(method: str, c: ClassifyConfig, resolution: int) -> v2.Compose:
+    """The per-image transform of a method (uint8 CHW tensor in, uint8 CHW tensor out)."""
+    policy = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2.AutoAugmentPolicy.CIFAR10,
+              "svhn": v2.AutoAugmentPolicy.SVHN}[c.autoaugment_policy]
+    extra = {
+        "autoaugment": [v2.AutoAugment(policy)],
+        "randaugment": [v2.RandAugment(c.randaugment_num_ops, c.randaugment_magnitude)],
+        "mvc_randaugment": [v2.RandAugment(c.randaugment_num_ops, c.randaugment_magnitude)],
+        "trivialaugment": [v2.TrivialAugmentWide()],
+    }.get(method, [])
+    return v2.Compose(extra + base_transform(c, resolution) or [v2.Identity()])
+
+
+def batch_transform(method: str, c: ClassifyConfig, num_classes: int):
+    """MixUp or CutMix, applied to whole batches; None for the other methods."""
+    if method == "mixup":
+        return v2.MixUp(alpha=c.mixup_alpha, num_classes=num_classes)
+    if method == "cutmix":
+        return v2.CutMix(alpha=c.cutmix_alpha, num_classes=num_classes)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class ClassificationData:
+    """Real training and test images (uint8, NCHW) with labels, and the synthetic sets a grid uses."""
+
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    synthetic: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # synthetic set -> (uint8 images, source row in train_x, index j)
+
+
+class SyntheticSampler:
+    """Replaces each real image of a batch by one of its synthetic images with probability `p`."""
+
+    def __init__(self, data: ClassificationData, sets: list[str], max_per_source: int | None = None):
+        parts = [data.synthetic[g] for g in sets]
+        self.images = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, dtype=torch.uint8)
+        sources = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, int)
+        index = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, int)
+        keep = index < max_per_source if max_per_source else np.ones(len(index), bool)
+        self.of_source = [np.flatnonzero(keep & (sources == s)) for s in range(len(data.train_y))]
+
+    def __call__(self, rows: np.ndarray, p: float, rng: np.random.Generator, real: torch.Tensor):
+        out, used = real.clone(), np.zeros(len(rows), bool)
+        for i, r in enumerate(rows):
+            cands = self.of_source[r]
+            if len(cands) and rng.random() < p:
+                out[i] = self.images[cands[rng.integers(len(cands))]]
+                used[i] = True
+        return out, used
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid: a method under a variant of the classify params (ablations)."""
+
+    method: str
+    seed: int
+    variant: str = "main"
+    synthetic_sets: tuple[str, ...] = ()
+    p_synthetic: float = 0.5
+    max_per_source: int | None = None
+
+
+def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool]]:
+    """[(steps, lr scale, synthetic allowed)] per phase; every method totals `c.steps`."""
+    if method == "mvc_two_phase":
+        second = max(1, round(c.two_phase_fraction * c.steps))
+        return [(c.steps - second, 1.0, True), (second, c.two_phase_lr_scale, False)]
+    return [(c.steps, 1.0, method in SYNTHETIC_METHODS)]
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1]."""
+    return (x.float() / 255 - 0.5) / 0.5
+
+
+def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig, resolution: int,
+                     device: str = "cpu", on_batch=None) -> nn.Module:
+    """Train one classifier; `on_batch(phase, images, used_synthetic)` sees every batch (tests use it)."""
+    seed_everything(spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    model = build_classifier(c.backbone, data.num_classes, data.train_x.shape[1], c.pretrained,
+                             c.small_cnn_width).to(device)
+    per_image = method_transform(spec.method, c, resolution)
+    per_batch = batch_transform(spec.method, c, data.num_classes)
+    sampler = SyntheticSampler(data, list(spec.synthetic_sets), spec.max_per_source) if spec.synthetic_sets else None
+    if c.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    model.train()
+    for phase, (steps, lr_scale, synthetic_ok) in enumerate(phase_schedule(spec.method, c)):
+        for group in opt.param_groups:
+            group["lr"] = c.lr * lr_scale
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+        for _ in range(steps):
+            rows = rng.integers(0, len(data.train_y), c.batch_size)
+            x, y = data.train_x[rows], data.train_y[rows]
+            used = np.zeros(len(rows), bool)
+            if sampler is not None and synthetic_ok:
+                x, used = sampler(rows, spec.p_synthetic, rng, x)
+            x = torch.stack([per_image(img) for img in x])
+            if on_batch is not None:
+                on_batch(phase, x, used)
+            x = normalize(x)
+            if per_batch is not None:
+                x, y = per_batch(x, y)
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu",
+             batch_size: int = 512) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (top-k with k = min(5, classes))."""
+    logits = torch.cat([model(normalize(x[i: i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)])
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return (top[:, 0] == y).float().mean().item(), (top == y[:, None]).any(1).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The grid

@@ -1,0 +1,142 @@
+"""Diffusion components and the training loss: loading a Stable Diffusion folder (hub id or local), the
+backbone's text encoder alone, widening `conv_in` for image conditioning, VAE latents, the diffusion loss.
+
+A backbone is the five parts a diffusers Stable Diffusion folder holds: `vae` (AutoencoderKL), `unet`
+(UNet2DConditionModel), `text_encoder` (CLIPTextModel), `tokenizer` (CLIPTokenizer) and `scheduler`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mvc.config import StudyConfig
+from mvc.paths import resolve_path
+from mvc.progress import quiet_library_bars
+from mvc.surrogate import build_surrogate_text_encoder, clip_tokenizer
+
+SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelFolderError(FileNotFoundError):
+    """A model folder that is missing, incomplete or unreadable; the message names what is wrong."""
+
+
+def hub_error(model: str, field: str, err: Exception) -> Exception:
+    """A clear error for a model that could not be loaded from a folder or the hub."""
+    path = resolve_path(model)
+    if path.exists() or model.startswith((".", "/", "~")):
+        return ModelFolderError(f"{field}: could not load the model folder {path}: {err}. "
+                                "Point it at a folder written by `save_pretrained`.")
+    return ModelFolderError(
+        f"{field}: '{model}' is not a local folder and could not be loaded from the Hugging Face Hub "
+        f"(offline or not cached): {str(err).splitlines()[0]}. Fetch it on a connected machine with "
+        f"`huggingface-cli download {model}` (it lands in the HF cache), then run with HF_HUB_OFFLINE=1, "
+        f"or set {field} to a local folder.")
+
+
+@dataclass
+class Backbone:
+    """The five parts of a Stable Diffusion folder."""
+
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+
+
+def _check_folder(path: Path, needed: tuple[str, ...], field: str) -> None:
+    if not path.is_dir():
+        raise ModelFolderError(f"{field}: model folder {path} does not exist")
+    missing = [s for s in needed if not (path / s).is_dir()]
+    if missing:
+        raise ModelFolderError(f"{field}: model folder {path} lacks {missing}; a diffusers Stable Diffusion folder "
+                               f"has {list(SUBFOLDERS)} (write one with `pipeline.save_pretrained`)")
+
+
+def load_backbone(source: str | Path, revision: str | None = None, field: str = "backbone.model",
+                  dtype: torch.dtype = torch.float32) -> Backbone:
+    """Load the five parts from a local diffusers folder or a hub id (cached, or online)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = resolve_path(source)
+    where = str(local) if local.exists() or str(source).startswith((".", "/", "~")) else str(source)
+    if where == str(local):
+        _check_folder(local, SUBFOLDERS, field)
+    kw = {"revision": revision} if revision and where != str(local) else {}
+    quiet_library_bars()
+    try:
+        return Backbone(
+            vae=AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=dtype, **kw),
+            unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=dtype, **kw),
+            text_encoder=CLIPTextModel.from_pretrained(where, subfolder="text_encoder", dtype=dtype, **kw),
+            tokenizer=CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **kw),
+            scheduler=DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kw),
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise hub_error(str(source), field, err) from err
+
+
+def text_components(cfg: StudyConfig):
+    """(tokenizer, text encoder, source) of the backbone, without loading its UNet or VAE."""
+    if cfg.backbone.kind == "surrogate":
+        s = cfg.backbone.surrogate
+        return clip_tokenizer(cfg.text.max_length), build_surrogate_text_encoder(s, cfg.text.max_length), "surrogate"
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model, kw = cfg.backbone.model, ({"revision": cfg.backbone.revision} if cfg.backbone.revision else {})
+    quiet_library_bars()
+    try:
+        tok = CLIPTokenizer.from_pretrained(str(resolve_path(model)) if resolve_path(model).exists() else model,
+                                            subfolder="tokenizer", **kw)
+        enc = CLIPTextModel.from_pretrained(str(resolve_path(model)) if resolve_path(model).exists() else model,
+                                            subfolder="text_encoder", **kw)
+    except (OSError, ValueError) as err:
+        raise hub_error(model, "backbone.model", err) from err
+    return tok, enc, model
+
+
+def widen_conv_in(unet: torch.nn.Module, factor: int = 2) -> torch.nn.Module:
+    """Give `conv_in` `factor` times its input channels; the new weights are zero (InstructPix2Pix).
+
+    With the extra channels at zero, or any input on them, the output at step 0 equals the original model's
+    output on the first channels.
+    """
+    old = unet.conv_in
+    c = old.in_channels
+    new = torch.nn.Conv2d(c * factor, old.out_channels, old.kernel_size, old.stride, old.padding,
+                          dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :c] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=c * factor)
+    return unet
+
+
+def diffusion_loss(unet, scheduler, latents: torch.Tensor, text: torch.Tensor, cond: torch.Tensor | None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """`|| target - eps_theta(z_t (+) cond, t, text) ||^2`, target eps or v as the scheduler predicts."""
+    # drawn where the generator lives (a seeded CPU generator serves every device), then moved
+    where = generator.device if generator is not None else latents.device
+    noise = torch.randn(latents.shape, generator=generator, device=where, dtype=latents.dtype).to(latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator,
+                      device=where).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    inp = noisy if cond is None else torch.cat([noisy, cond], dim=1)
+    pred = unet(inp, t, encoder_hidden_states=text).sample
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+    return F.mse_loss(pred.float(), target.float())
+
+
+def encode_latents(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Latent modes (unscaled) of images in [-1, 1], in batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat([vae.encode(images[i: i + batch_size].to(vae.device, vae.dtype)).latent_dist.mode().float().cpu()
+                          for i in range(0, len(images), batch_size)])

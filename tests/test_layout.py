@@ -1,0 +1,139 @@
+"""The package's shape: no import cycle, one stage registry whose declared reads match what the stages read."""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from mvc import stages
+from mvc.config import load_config
+from mvc.stages import LOCATION_FIELDS, STAGES, downstream, reads_field, stage_hash, upstream
+from tests.conftest import REPO, smoke_config
+
+PACKAGE = REPO / "mvc"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every mvc module `path` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mvc":
+            if node.module == "mvc":
+                found.update(f"mvc.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").exists())
+            else:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("mvc."))
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    graph = {f"mvc.{p.stem}": _imports(p) - {f"mvc.{p.stem}"} for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    graph = {k: {m for m in v if m in graph} for k, v in graph.items()}
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_registry_entries_resolve_and_notebooks_exist():
+    for s in STAGES:
+        assert callable(s.function) and callable(stages._resolve(s.reader)), s.name
+        assert (REPO / "notebooks" / stages.NOTEBOOKS[s.notebook]).exists()
+        assert all(a in [t.name for t in STAGES[: STAGES.index(s)]] for a in s.after), f"{s.name}: run order"
+
+
+def _leaves(model: BaseModel, prefix: str = "") -> list[str]:
+    out = []
+    for name in type(model).model_fields:
+        value, path = getattr(model, name), f"{prefix}{name}"
+        out += _leaves(value, path + ".") if isinstance(value, BaseModel) else [path]
+    return out
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return value + value[:1] if value else ["x"]
+    if isinstance(value, dict):
+        return {**value, "x": "y"}
+    return "x" if value is None else None
+
+
+def test_every_field_changes_exactly_the_stages_that_read_it_and_those_after():
+    cfg = load_config(REPO / "params/digits.yaml")
+    base = cfg.model_dump(mode="json")
+    before = {s.name: stage_hash(base, s.name) for s in STAGES}
+    for field in _leaves(cfg):
+        dump = copy.deepcopy(base)
+        node = dump
+        *parents, last = field.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = _changed(node[last])
+        changed = {s.name for s in STAGES if stage_hash(dump, s.name) != before[s.name]}
+        readers = {s.name for s in STAGES if reads_field(s, field)}
+        expected = readers | {d for r in readers for d in downstream(r)}
+        if field in LOCATION_FIELDS:
+            assert not changed, f"{field} says where a study runs; it must be in no hash"
+            continue
+        assert readers, f"params field {field} is read by no stage: declare it in mvc/stages.py or remove it"
+        assert changed == expected, f"{field}: changed {sorted(changed)}, expected {sorted(expected)}"
+
+
+class _Recorder:
+    """Stands in for a StudyConfig and notes every params field the code reads through it."""
+
+    ROOT_ALLOWED = {"paths", "stage_hash"}
+
+    def __init__(self, obj, prefix: str, seen: set[str]):
+        self._obj, self._prefix, self._seen = obj, prefix, seen
+
+    def __getattr__(self, name):
+        value = getattr(self._obj, name)
+        path = f"{self._prefix}{name}"
+        if name in type(self._obj).model_fields:
+            if isinstance(value, BaseModel):
+                return _Recorder(value, path + ".", self._seen)
+            self._seen.add(path)
+        elif not (self._prefix == "" and name in self.ROOT_ALLOWED):
+            self._seen.add(self._prefix.rstrip(".") or "*")  # a whole section used (model_copy, model_dump)
+        return value
+
+
+def test_each_stage_reads_only_what_it_declares(smoke_generated, tmp_path):
+    """Every stage, rerun on the smoke study through a recording stand-in of its config: each field it reads is
+    declared by it or by a stage before it (whose hash it includes)."""
+    import shutil
+
+    cfg = smoke_config(tmp_path)
+    shutil.copytree(smoke_generated.paths.run, cfg.paths.run)
+    for spec in STAGES:
+        (cfg.paths.stages / f"{spec.name}.json").unlink(missing_ok=True)
+        seen: set[str] = set()
+        spec.function(_Recorder(cfg, "", seen), show_progress=False)
+        covering = [spec] + [s for s in STAGES if s.name in upstream(spec.name)]
+        if "*" in seen:  # the whole config was read (the report prints it): all of it must be covered
+            seen = (seen - {"*"}) | set(_leaves(cfg))
+        undeclared = sorted(f for f in seen if f not in LOCATION_FIELDS and not any(reads_field(s, f) for s in covering))
+        assert not undeclared, f"stage {spec.name} reads {undeclared} without declaring it in mvc/stages.py"
