@@ -2,7 +2,7 @@
 
 Reads `reports/digits/provenance.json` (wall time and peak memory per notebook, seconds per stage) and the
 study's outputs, adds an independent check of label fidelity (an RBF SVM trained on every real digit outside
-the test split, as DESIGN.md's probe used, applied to the generated images), and writes
+the test split, as the first CPU probe used, applied to the generated images), and writes
 `benchmarks/digits_budget.md` and `.json`.
 
     python benchmarks/digits_budget.py [--run]   (--run: run the study first, from scratch)
@@ -35,8 +35,7 @@ def _main_share(cfg) -> float:
 def svm_fidelity(cfg) -> dict[str, float]:
     from sklearn.svm import SVC
 
-    from mvc.data import load_images, load_splits
-    from mvc.generate import generators, load_synthetic
+    from mvc.artifacts import load_images, load_splits, load_synthetic, synthetic_set_names
 
     splits, images = load_splits(cfg), load_images(cfg)
     real = splits[splits["split"] != "test"]
@@ -47,7 +46,7 @@ def svm_fidelity(cfg) -> dict[str, float]:
 
     svm = SVC(gamma="scale").fit(feats(images[real["image_id"].to_numpy()]), real["label"])
     out = {"real_test": float((svm.predict(feats(images[test["image_id"].to_numpy()])) == test["label"]).mean())}
-    for name in generators(cfg.generate):
+    for name in synthetic_set_names(cfg.generate):
         x, manifest = load_synthetic(cfg, name)
         out[name] = float((svm.predict(feats(x)) == manifest["label"].to_numpy()).mean())
     return out
@@ -59,13 +58,14 @@ def main() -> None:
     args = p.parse_args()
     from mvc import state
     from mvc.config import load_config
+    from mvc.stages import STAGES
 
     cfg = load_config(ROOT / "params/digits.yaml")
     if args.run:
         shutil.rmtree(cfg.paths.run, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "mvc", "study", str(ROOT / "params/digits.yaml"), "--force"], check=True)
     prov = json.loads(cfg.paths.provenance.read_text())
-    sec = {s: state.stage_info(cfg, s).get("seconds", float("nan")) for s in state.STAGES}
+    sec = {s: state.stage_info(cfg, s).get("seconds", float("nan")) for s in [t.name for t in STAGES]}
     nb = prov["stages"]
     measured = {
         "backbone+finetune": sec["backbone"] + sec["finetune"],
@@ -81,7 +81,7 @@ def main() -> None:
         "device": prov["device"], "budgets_s": BUDGETS, "measured_s": measured, "stage_s": sec,
         "notebooks": {k: {"wall_s": v["wall_s"], "peak_rss_mb": v["peak_rss_mb"]} for k, v in nb.items()},
         "peak_rss_mb": max(v["peak_rss_mb"] for v in nb.values()),
-        "label_fidelity_judge_cnn": dict(zip(metrics["generator"], metrics["label_fidelity"].round(4))),
+        "label_fidelity_judge_cnn": dict(zip(metrics["synthetic_set"], metrics["label_fidelity"].round(4))),
         "label_fidelity_svm": svm_fidelity(cfg),
     }
     (ROOT / "benchmarks/digits_budget.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -95,7 +95,7 @@ def main() -> None:
               "| notebook | wall (s) | peak RSS (MB) |", "|---|---|---|"]
     lines += [f"| {k} | {v['wall_s']} | {v['peak_rss_mb']} |" for k, v in sorted(nb.items())]
     lines += ["", "Label fidelity (share of generated images a classifier trained on real digits labels as intended):", "",
-              "| generator | judge CNN (metrics stage) | RBF SVM (probe's check) |", "|---|---|---|"]
+              "| synthetic set | judge CNN (metrics stage) | RBF SVM (probe's check) |", "|---|---|---|"]
     for g, v in result["label_fidelity_svm"].items():
         lines.append(f"| {g} | {result['label_fidelity_judge_cnn'].get(g, float('nan'))} | {v:.4f} |")
     (ROOT / "benchmarks/digits_budget.md").write_text("\n".join(lines) + "\n")

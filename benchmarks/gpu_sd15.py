@@ -78,7 +78,8 @@ def reset_peak(device: str) -> None:
 
 
 def bench_train(args, device: str) -> dict:
-    from mvc.models import clip_tokenizer, diffusion_loss, widen_conv_in
+    from mvc.components import diffusion_loss, widen_conv_in
+    from mvc.surrogate import clip_tokenizer
 
     res = 16 if args.tiny else 512
     unet, vae, text, sched = sd15_parts(args.tiny, device)
@@ -177,8 +178,9 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
     from PIL import Image
 
-    from mvc.generate import initial_noise, make_scheduler, sample
-    from mvc.models import clip_tokenizer, widen_conv_in
+    from mvc.components import widen_conv_in
+    from mvc.sampling import initial_noise, make_scheduler, sample
+    from mvc.surrogate import clip_tokenizer
 
     res, steps, b = (16 if args.tiny else 512), args.gen_steps, args.gen_batch
     unet, vae, text, sched = sd15_parts(args.tiny, device)

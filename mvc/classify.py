@@ -1,5 +1,5 @@
 """Stage `classify`: every method of `classify.methods` x every seed (and the ablation grid), each run appended to
-`results.csv` as it finishes, so an interrupted grid resumes where it stopped (DESIGN, "Classification")."""
+`results.csv` as it finishes, so an interrupted grid resumes where it stopped (docs/method.md, section 5)."""
 
 from __future__ import annotations
 

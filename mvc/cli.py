@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -26,12 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = with_params(sub.add_parser("study", help="run the notebooks through papermill into reports/<study>/"))
     study.add_argument("--stages", help="notebooks to run, e.g. 01,03-05 (default: all)")
-    study.add_argument("--force", action="store_true", help="re-execute notebooks even when up to date")
+    study.add_argument("--force", action="store_true",
+                       help="re-execute the notebooks and recompute their stages from scratch, even when up to date")
     study.add_argument("--no-progress", action="store_true", help="no progress bars in the terminal")
     with_params(sub.add_parser("check", help="validate a params file and print the resolved configuration"))
     for spec in STAGES:
         p = with_params(sub.add_parser(spec.name, help=f"stage {spec.name} (notebook {spec.notebook}): {spec.summary}"),
                         optional=spec.name == "report")
+        p.add_argument("--force", action="store_true",
+                       help="recompute the stage from scratch (deleting its outputs), even when up to date")
         if spec.name == "report":
             p.add_argument("--all", action="store_true", help="collect every reports/*/ into cross-dataset tables")
     return parser
@@ -59,12 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             print(config_to_yaml(cfg), end="")
         else:
             cfg = load_config(args.params, args.overrides)
-            next(s for s in STAGES if s.name == args.command).function(cfg)
+            next(s for s in STAGES if s.name == args.command).function(cfg, force=args.force)
     except KeyboardInterrupt:
         print(f"mvc {args.command}: interrupted; run the same command again to resume (finished work is kept)",
               file=sys.stderr)
         return 130
     except (ConfigError, ValueError, OSError, RuntimeError) as err:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            err = f"disk full while writing {err.filename or 'a file'}: free space or point runs_root / reports_root " \
+                  "at another disk, then run again (finished work is kept; nothing is left half-written)"
         print(f"mvc {args.command}: error: {err}", file=sys.stderr)
         if args.verbose:
             raise

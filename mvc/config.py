@@ -6,11 +6,12 @@ Every choice that the paper leaves open is a field here, with its default and a 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mvc.paths import StudyPaths, resolve_path
 from mvc.stages import stage_hash
@@ -28,14 +29,15 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `true` is not a count, "3" is not a number; unknown keys are errors; frozen once loaded
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataConfig(Section):
     dataset: DatasetName = "digits"
     root: str | None = None  # data root for on-disk datasets (relative paths from the repo root)
     download: bool = False  # let torchvision download CIFAR when it is missing (opt-in)
-    classes: list[str] | None = None  # keep only these class names (None: all)
+    classes: list[str] | None = Field(None, min_length=2)  # keep only these class folders (None: all)
     class_names: dict[str, str] = {}  # folder name -> readable name used in prompts (e.g. a Tiny ImageNet wnid)
     resolution: int = Field(16, ge=8, le=1024)  # side of the square images stored and classified
     channels: Literal[1, 3] = 3
@@ -44,9 +46,13 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)  # where the dataset has no official test split
     test_per_class: int | None = Field(None, ge=1)  # cap on test images per class (None: all)
     pool_per_class: int | None = Field(None, ge=0)  # unlabelled surrogate-pretraining pool (None: the rest)
-    prompt_template: str = "a photo of a {name}"  # prompt(y) of DESIGN.md
+    prompt_template: str = "a photo of a {name}"  # prompt(y) of docs/method.md
     generic_prompt: str = "a photo"  # class-free prompt for surrogate pretraining on the pool
     max_images_per_class: int | None = Field(None, ge=1)  # read at most this many per class (fixtures, quick runs)
+    # a class with fewer images than test + val + shots is an error; with allow_fewer it keeps what it has and the
+    # real counts go into the stage record and the report
+    allow_fewer: bool = False
+    alpha_background: Literal["white", "black"] = "white"  # transparent images are flattened onto this colour
 
     @model_validator(mode="after")
     def _template_has_name(self) -> DataConfig:
@@ -61,11 +67,11 @@ class CaptionConfig(Section):
     question: str | None = None  # BLIP-2 text prompt, e.g. "Question: what is in the picture? Answer:"
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(30, ge=1)
-    splits: list[Literal["train", "pool", "val", "test"]] = ["train", "pool"]
+    splits: list[Literal["train", "pool", "val", "test"]] = Field(["train", "pool"], min_length=1)
 
 
 class MixingConfig(Section):
-    """How captions of one class are mixed (DESIGN: coarse = Dirichlet over k captions, fine = a small step)."""
+    """How captions of one class are mixed (coarse: Dirichlet over k captions; fine: a small step)."""
 
     k: int = Field(3, ge=1)  # captions per coarse mix
     alpha: float = Field(1.0, gt=0)  # Dirichlet concentration of coarse weights
@@ -93,13 +99,13 @@ class TextConfig(Section):
 
 
 class SurrogateConfig(Section):
-    """The small latent diffusion model that stands in for Stable Diffusion offline (DESIGN.md)."""
+    """The small latent diffusion model that stands in for Stable Diffusion offline (docs/method.md)."""
 
     vae_channels: list[int] = [32, 64]
     latent_channels: int = 4
     vae_steps: int = Field(400, ge=1)
     vae_batch_size: int = 64
-    vae_lr: float = 2e-3
+    vae_lr: float = Field(2e-3, gt=0)
     vae_kl_weight: float = 1e-6
     vae_mid_attention: bool = False  # self-attention in the VAE's mid block (costly at small sizes, little gain)
     unet_channels: list[int] = [32, 64]
@@ -113,7 +119,7 @@ class SurrogateConfig(Section):
     text_heads: int = 4
     unet_steps: int = Field(1000, ge=1)
     unet_batch_size: int = 64
-    unet_lr: float = 2e-3
+    unet_lr: float = Field(2e-3, gt=0)
     num_train_timesteps: int = 1000
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
@@ -139,8 +145,8 @@ class FinetuneConfig(Section):
     steps: int = Field(700, ge=1)
     batch_size: int = Field(64, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = 1e-3
-    lr_warmup_steps: int = 50
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_warmup_steps: int = Field(50, ge=0)
     lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
     cond_image: Literal["other", "same"] = "other"  # conditioning image: another of the class, or the target
     mixing: TrainingMixingConfig = TrainingMixingConfig()  # text conditioning while training
@@ -152,10 +158,10 @@ class FinetuneConfig(Section):
     channels_last: bool = False  # UNet weights and activations in channels-last layout (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the UNet (minutes of compilation; pays off over thousands of GPU steps)
     use_ema: bool = False
-    ema_decay: float = 0.999
+    ema_decay: float = Field(0.999, gt=0, lt=1)
     checkpoint_every: int = Field(250, ge=1)
     checkpoints_total_limit: int = Field(2, ge=1)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
 
 
@@ -165,7 +171,7 @@ class GenerateConfig(Section):
     guidance_text: float = Field(3.0, ge=0)  # s_T
     guidance_image: float = Field(1.5, ge=0)  # s_I
     images_per_source: int = Field(5, ge=1)  # M
-    modes: list[MixMode] = ["coarse", "fine"]
+    modes: list[MixMode] = Field(["coarse", "fine"], min_length=1)
     mixing: GenerationMixingConfig = GenerationMixingConfig()  # k, alpha, beta_max, include_anchor
     naive: bool = True  # also generate the naive baseline (backbone before fine-tuning, text only)
     naive_guidance: float = Field(3.0, ge=0)
@@ -177,32 +183,45 @@ class GenerateConfig(Section):
 
 class MetricsConfig(Section):
     # features for FID/KID/diversity: a small CNN trained on real images (the "judge"), EfficientNet-Lite0
-    # ImageNet weights (installed from the registry, offline), or Inception (torchmetrics; weights must be cached)
+    # ImageNet weights (installed from the registry, offline), or torchmetrics' FID Inception (weights below)
     feature_extractor: Literal["classifier", "efficientnet_lite0", "inception"] = "classifier"
+    # local file of the FID Inception weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth);
+    # None: the copy in the torch hub cache (checkpoints/), which must be there (it cannot be fetched offline)
+    inception_weights: str | None = None
     # real images the judge is trained on (label fidelity = its accuracy on generated images). The judge is an
-    # evaluation instrument only: no compared classifier ever sees the pool's labels.
-    judge_splits: list[Literal["train", "pool", "val"]] = ["train", "val", "pool"]
+    # evaluation instrument only: no compared classifier ever sees the pool's labels. Never `train`: those are the
+    # images MVC generates from. With pool_per_class 0 (the paper profiles) the judge learns from `val` alone.
+    judge_splits: list[Literal["train", "pool", "val"]] = Field(["val", "pool"], min_length=1)
     judge_steps: int = Field(400, ge=1)
     reference_split: Literal["test", "val"] = "test"  # the real domain the distances are measured against
-    kid_subset_size: int = Field(50, ge=2)
-    max_images: int = Field(1000, ge=10)
+    kid_subsets: int = Field(100, ge=1)  # random subsets KID is estimated on (mean, std, 95 % percentile interval)
+    kid_subset_size: int = Field(50, ge=2)  # images per KID subset (capped by the set size)
+    max_images: int = Field(1000, ge=10)  # at most this many images per set (the same number of every class)
+
+    @model_validator(mode="after")
+    def _judge_not_on_sources(self) -> MetricsConfig:
+        if "train" in self.judge_splits:
+            raise ValueError(f"metrics.judge_splits must not contain 'train' (got {self.judge_splits}): the train split "
+                             "holds the images MVC generates from, so a judge trained on them would score label "
+                             "fidelity on its own training sources; use 'val' and/or 'pool'")
+        return self
 
 
 class ClassifyConfig(Section):
-    methods: list[Method] = [
+    methods: list[Method] = Field([
         "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "sd_naive", "mvc", "mvc_two_phase",
-    ]
-    seeds: list[int] = [0, 1, 2]
+    ], min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
     backbone: str = "small_cnn"  # small_cnn | resnet18 | resnet50 | timm:<name>
     small_cnn_width: int = Field(32, ge=4)  # channels of small_cnn's first block (x2, x4 after)
     pretrained: bool = False  # ImageNet weights (must be cached locally)
     steps: int = Field(300, ge=1)  # optimizer steps, the same for every method
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, nesterov
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
     p_synthetic: float = Field(0.5, ge=0, le=1)  # a synthetic image replaces its real source with this chance
-    mvc_modes: list[MixMode] = ["coarse", "fine"]  # which MVC synthetic sets the mvc methods draw from
+    mvc_modes: list[MixMode] = Field(["coarse", "fine"], min_length=1)  # which MVC synthetic sets the mvc methods draw from
     two_phase_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps in phase 2 (real only)
     two_phase_lr_scale: float = Field(0.1, gt=0, le=1)
     autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = "cifar10"
@@ -220,8 +239,11 @@ class ReportConfig(Section):
     classes_in_figures: int = Field(10, ge=1)
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 class StudyConfig(Section):
-    study: str = "digits"
+    study: str = "digits"  # names runs/<study>/ and reports/<study>/: letters, digits, '.', '_', '-'
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runs_root: str | None = None  # default <repo>/runs
@@ -235,6 +257,14 @@ class StudyConfig(Section):
     metrics: MetricsConfig = MetricsConfig()
     classify: ClassifyConfig = ClassifyConfig()
     report: ReportConfig = ReportConfig()
+
+    @field_validator("study")
+    @classmethod
+    def _safe_study_name(cls, name: str) -> str:
+        if not STUDY_NAME.fullmatch(name) or name in (".", "..") or ".." in name:
+            raise ValueError(f"study name {name!r} must be letters, digits, '.', '_' or '-', start with a letter or "
+                             f"digit and hold no '..' (it names the folders runs/<study>/ and reports/<study>/)")
+        return name
 
     @property
     def paths(self) -> StudyPaths:
@@ -258,13 +288,24 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: `1e-4` is a float (PyYAML alone reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"params file not found: {path} (give a path to a YAML file, e.g. params/digits.yaml)")
     if path in seen:
         raise ConfigError(f"{path}: `extends` forms a cycle: {' -> '.join(map(str, seen + (path,)))}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
@@ -280,7 +321,15 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set classify.steps=100")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    if not value.strip():
+        return key.strip().split("."), None
+    try:
+        return key.strip().split("."), yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value {value!r} is not valid YAML ({problem}). Lists are written "
+                          f"[0, 1, 2]; quote a string that holds brackets or braces, e.g. --set '{key}=\"{value}\"'"
+                          ) from None
 
 
 def _apply_override(tree: dict, keys: list[str], value: Any) -> None:

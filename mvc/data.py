@@ -7,6 +7,7 @@ N x H x W x C at the profile's resolution; row = image_id) and `skipped.csv` (un
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,37 @@ log = logging.getLogger(__name__)
 def readable_name(class_dir: str, mapping: dict[str, str]) -> str:
     """The class name used in prompts: the mapping's, else the folder name with separators as spaces."""
     return mapping.get(class_dir, class_dir.replace("_", " ").replace("-", " ").strip().lower())
+
+
+class DataError(ValueError):
+    """The data cannot make the study asked for (too few classes or images, clashing class names)."""
+
+
+def check_classes(class_dirs: list[str], names: dict[str, str], dataset: str) -> None:
+    """At least two classes, and no two class folders that would share one prompt name."""
+    if len(class_dirs) < 2:
+        raise DataError(f"{dataset}: found {len(class_dirs)} class ({class_dirs}); a classification study needs at "
+                        f"least two classes (check data.root and data.classes)")
+    seen: dict[str, str] = {}
+    for cls in sorted(class_dirs):
+        key = re.sub(r"[^a-z0-9]+", " ", readable_name(cls, names).lower()).strip()
+        if key in seen:
+            raise DataError(f"{dataset}: class folders {seen[key]!r} and {cls!r} both become the class name "
+                            f"{readable_name(cls, names)!r}; merge or rename one of them, or give them distinct "
+                            f"names in data.class_names")
+        seen[key] = cls
+
+
+def check_counts(taken: dict[str, dict[str, int]], wanted: dict[str, dict[str, int]], allow_fewer: bool) -> list[str]:
+    """The classes whose test, val or train split came out short; an error unless `data.allow_fewer`."""
+    short = [f"{cls}: {split} {taken[cls].get(split, 0)} of {n}" for cls in wanted for split, n in wanted[cls].items()
+             if taken[cls].get(split, 0) < n]
+    if short and not allow_fewer:
+        raise DataError("too few readable images for the splits asked for (class: split got of wanted): "
+                        + "; ".join(short[:10]) + (f"; and {len(short) - 10} more" if len(short) > 10 else "")
+                        + ". Lower data.shots or data.val_per_class, add images, or set data.allow_fewer: true "
+                          "(the real counts are then recorded and reported)")
+    return short
 
 
 Quota = tuple[str, "int | None", "list[int] | None"]  # (split, how many (None: all left), own candidates)
@@ -72,9 +104,12 @@ def prepare_dataset(cfg: StudyConfig, show_progress: bool = True) -> dict:
                              f"available: {sorted({it.class_dir for it in items})[:20]}")
         items = [it for it in items if it.class_dir in cfg.data.classes]
     names = {**getattr(reader, "class_names", dict)(), **cfg.data.class_names}
+    check_classes(sorted({it.class_dir for it in items}), names, cfg.data.dataset)
     plan = assign_splits(items, cfg.data, cfg.seed)
     classes = reader.class_order(list(plan))
     rows, arrays, skipped = [], [], []
+    taken_per: dict[str, dict[str, int]] = {}
+    wanted: dict[str, dict[str, int]] = {}
     bar = progress(total=sum(len(r) + sum(len(o or []) for _, _, o in q) for q, r in plan.values()),
                    desc="data: reading images", disable=not show_progress)
     for label, cls in enumerate(classes):
@@ -83,11 +118,14 @@ def prepare_dataset(cfg: StudyConfig, show_progress: bool = True) -> dict:
         for split, quota, own in quotas:
             source = list(own) if own is not None else queue
             taken = 0
+            if quota is not None and split != "pool":
+                wanted.setdefault(cls, {})[split] = quota
             while source and (quota is None or taken < quota):
                 i = source.pop(0)
                 bar.update(1)
                 try:
-                    arr = to_array(reader.read(items[i]), cfg.data.resolution, cfg.data.channels)
+                    arr = to_array(reader.read(items[i]), cfg.data.resolution, cfg.data.channels,
+                                   cfg.data.alpha_background)
                 except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
                     skipped.append({"source": items[i].source, "error": f"{type(err).__name__}: {err}"})
                     continue
@@ -95,17 +133,20 @@ def prepare_dataset(cfg: StudyConfig, show_progress: bool = True) -> dict:
                              "class_dir": cls, "split": split, "source": items[i].source})
                 arrays.append(arr)
                 taken += 1
+            taken_per.setdefault(cls, {})[split] = taken
     bar.close()
     if skipped:
         log.warning("data: skipped %d unreadable image(s); listed in %s", len(skipped), paths.skipped)
     if not rows:
         raise DataNotFound(f"{cfg.data.dataset}: no readable images found under {cfg.data.root}")
+    short = check_counts(taken_per, wanted, cfg.data.allow_fewer)
     frame = pd.DataFrame(rows)
     with atomic_path(paths.images, suffix=".npy") as tmp:
         np.save(tmp, np.stack(arrays))
     write_csv(paths.skipped, pd.DataFrame(skipped, columns=["source", "error"]))
     write_csv(paths.splits, frame)
-    return {"images": len(frame), "skipped": len(skipped)}
+    facts = {"images": len(frame), "skipped": len(skipped), "classes": len(classes)}
+    return {**facts, "short_classes": short} if short else facts
 
 
 def split_summary(splits: pd.DataFrame) -> pd.DataFrame:

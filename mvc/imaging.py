@@ -8,9 +8,29 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
+def to_8bit(img: Image.Image, background: str = "white") -> Image.Image:
+    """An image in an 8-bit mode (L or RGB): 16- and 32-bit greys rescaled to 0..255 (not clipped), float images
+    scaled by their range, and transparency (RGBA, LA, P with a transparent colour) flattened onto `background`."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if arr.max() <= 1.0 else arr.max()
+        else:
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else arr.max()
+        top = 255.0 if img.mode == "I" and arr.max() <= 255 else top
+        return Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, background)
+        return Image.alpha_composite(flat, rgba).convert("RGB")
+    if img.mode not in ("L", "RGB"):
+        return img.convert("RGB")
+    return img
+
+
+def to_array(img: Image.Image, resolution: int, channels: int, background: str = "white") -> np.ndarray:
     """Centre-crop to a square, resize to `resolution` (bicubic), convert to `channels`: uint8 (H, W, C)."""
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = to_8bit(img, background).convert("L" if channels == 1 else "RGB")
     w, h = img.size
     side = min(w, h)
     if w != h:

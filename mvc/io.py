@@ -5,12 +5,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class StudyPathError(RuntimeError):
+    """A study folder that cannot be written; the message names it and the fix."""
+
+
+def ensure_writable(folder: Path, field: str) -> Path:
+    """Create `folder` if needed and check that a file can be written in it, before any work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise StudyPathError(f"cannot write to {folder} ({err.strerror or err}); make it writable or free space there, "
+                             f"or point {field} at another folder (params file or --set {field}=PATH)") from None
+    return folder
 
 
 @contextlib.contextmanager
@@ -23,6 +45,7 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the target the usual permissions
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -70,8 +93,6 @@ def read_rows(target: Path) -> pd.DataFrame | None:
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `target`; it replaces `target` only if the block succeeds."""
-    import shutil
-
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -1,16 +1,25 @@
 """Stage `metrics`: per synthetic set, distance to the real domain (FID, KID), label fidelity, diversity.
 
-Fréchet distance and KID come from torchmetrics, on the feature extractor `metrics.feature_extractor` names:
-- `classifier`: the penultimate layer of a small CNN (the "judge") trained on real images of the
-  `metrics.judge_splits`; its accuracy on generated images is the label fidelity;
-- `efficientnet_lite0`: ImageNet-pretrained EfficientNet-Lite0 (timm), weights from the registry package;
-- `inception`: torchmetrics' Inception (its weights must be cached; they cannot be fetched offline).
-Diversity is the mean pairwise feature distance within a class, averaged over classes.
+Every set (the real `metrics.reference_split`, the real training images `real_train`, each synthetic set) is
+cut to the same class-stratified sample: `images_per_class` images of every class, the most every set can give,
+capped by `metrics.max_images` / classes, drawn by a numpy Generator seeded with `seed`. On those samples:
+- FID (torchmetrics) and KID against the reference sample, on the features `metrics.feature_extractor` names:
+  - `classifier`: the penultimate layer of a small CNN (the "judge", below);
+  - `efficientnet_lite0`: ImageNet-pretrained EfficientNet-Lite0 (timm), weights from the registry package;
+  - `inception`: torchmetrics' FID Inception fed uint8 images, weights from `metrics.inception_weights` (or the
+    torch hub cache); they cannot be fetched offline.
+  KID is estimated on `metrics.kid_subsets` random subsets of `metrics.kid_subset_size` images: mean, std and the
+  2.5 / 97.5 percentiles of the per-subset estimates;
+- label fidelity: the accuracy on the set of the judge, a small CNN trained on real images of
+  `metrics.judge_splits` (never `train`, the images MVC generates from); its accuracy on the real test split is
+  recorded as `judge_accuracy_on_real`;
+- diversity: the mean pairwise feature distance within a class, averaged over classes.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,7 +29,8 @@ from torch import nn
 from mvc.artifacts import load_images, load_splits, load_synthetic, set_mode, synthetic_set_names
 from mvc.classifiers import ClassificationData, RunSpec, evaluate, train_classifier
 from mvc.config import StudyConfig
-from mvc.image_measures import FeatureModule, diversity, efficientnet_lite0_features, fid_kid
+from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extract_features, feature_diversity,
+                                frechet_distance, inception_features, kid_subset_scores, kid_summary, stratified_sample)
 from mvc.imaging import to_chw
 from mvc.io import write_csv
 from mvc.runtime import seed_everything
@@ -28,63 +38,111 @@ from mvc.state import stage
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["synthetic_set", "mode", "images", "fid", "kid_mean", "kid_std", "label_fidelity", "diversity",
-                  "feature_extractor"]
+METRIC_COLUMNS = ["synthetic_set", "mode", "images", "images_per_class", "fid", "kid_mean", "kid_std", "kid_ci95_low",
+                  "kid_ci95_high", "label_fidelity", "diversity", "judge_accuracy_on_real", "feature_extractor"]
+
+ImageSet = tuple[torch.Tensor, np.ndarray, str]  # uint8 NCHW images, labels, mode
 
 
-def train_judge(cfg: StudyConfig, device: str = "cpu"):
-    """The small CNN trained on real images of the judge splits (crop augmentation only)."""
+@dataclass
+class Instruments:
+    """What every set is measured with: the judge, the feature extractor, the reference sample's features."""
+
+    judge: nn.Module
+    features: nn.Module
+    reference: torch.Tensor  # features of the reference sample, float64 (N, d)
+    judge_accuracy: float  # the judge's accuracy on the real test split
+
+
+def split_images(splits: pd.DataFrame, images: np.ndarray, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NCHW images and labels of the real images in the splits `names`."""
+    rows = splits[splits["split"].isin(names)]
+    return to_chw(images[rows["image_id"].to_numpy()]), torch.tensor(rows["label"].to_numpy())
+
+
+def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, ClassificationData]:
+    """The small CNN trained on real images of the judge splits (crop augmentation only); test data: the test split."""
     splits, images = load_splits(cfg), load_images(cfg)
-    rows = splits[splits["split"].isin(cfg.metrics.judge_splits)]
-    ref = splits[splits["split"] == cfg.metrics.reference_split]
-    data = ClassificationData(to_chw(images[rows["image_id"].to_numpy()]), torch.tensor(rows["label"].to_numpy()),
-                              to_chw(images[ref["image_id"].to_numpy()]), torch.tensor(ref["label"].to_numpy()),
-                              int(splits["label"].max()) + 1)
+    train_x, train_y = split_images(splits, images, list(cfg.metrics.judge_splits))
+    if len(train_y) == 0:
+        raise ValueError(f"metrics.judge_splits {list(cfg.metrics.judge_splits)} hold no images in study "
+                         f"{cfg.study!r} (data.val_per_class={cfg.data.val_per_class}, data.pool_per_class="
+                         f"{cfg.data.pool_per_class}); give the judge a split with images (never 'train')")
+    test_x, test_y = split_images(splits, images, ["test"])
+    data = ClassificationData(train_x, train_y, test_x, test_y, int(splits["label"].max()) + 1)
     c = cfg.classify.model_copy(update={"steps": cfg.metrics.judge_steps, "backbone": "small_cnn",
                                         "pretrained": False, "small_cnn_width": 32})
     return train_classifier(data, RunSpec("none", cfg.seed), c, cfg.data.resolution, device), data
 
 
-def feature_extractor(cfg: StudyConfig, judge: nn.Module) -> FeatureModule:
+def feature_extractor(cfg: StudyConfig, judge: nn.Module) -> nn.Module:
     """The features FID, KID and diversity are computed on (`metrics.feature_extractor`)."""
     name = cfg.metrics.feature_extractor
     if name == "classifier":
         return FeatureModule(judge.features)
     if name == "efficientnet_lite0":
         return efficientnet_lite0_features()
-    try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
+    return inception_features(cfg.metrics.inception_weights)
 
-        return FeatureModule(NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]), resize=299,
-                             mean=(0.0,) * 3, std=(1 / 255,) * 3)
-    except (ImportError, ModuleNotFoundError, OSError, RuntimeError) as err:
-        raise RuntimeError(f"metrics.feature_extractor: inception needs torch-fidelity and its cached weights ({err}); "
-                           "use classifier or efficientnet_lite0 offline") from err
+
+def image_sets(cfg: StudyConfig) -> tuple[ImageSet, dict[str, ImageSet]]:
+    """The real reference split, and the sets measured against it: `real_train` and every synthetic set."""
+    splits, images = load_splits(cfg), load_images(cfg)
+    ref_x, ref_y = split_images(splits, images, [cfg.metrics.reference_split])
+    train_x, train_y = split_images(splits, images, ["train"])
+    sets = {"real_train": (train_x, train_y.numpy(), "real")}
+    for name in synthetic_set_names(cfg.generate):
+        imgs, manifest = load_synthetic(cfg, name)
+        mode = "naive" if name == "naive" else set_mode(cfg.generate, name)
+        sets[name] = (to_chw(imgs), manifest["label"].to_numpy(), mode)
+    return (ref_x, ref_y.numpy(), "real"), sets
+
+
+def images_per_class(labels: dict[str, np.ndarray], num_classes: int, max_images: int) -> int:
+    """The most images of every class every set can give, capped by `max_images` / classes."""
+    cap = max_images // num_classes
+    if cap < 1:
+        raise ValueError(f"metrics.max_images={max_images} is fewer than the {num_classes} classes: raise it")
+    for name, y in labels.items():
+        counts = np.bincount(np.asarray(y, dtype=int), minlength=num_classes)
+        if counts.min() == 0:
+            raise ValueError(f"set {name!r} has no image of class {int(counts.argmin())}: the sets cannot be "
+                             "sampled class by class")
+        cap = min(cap, int(counts.min()))
+    return cap
+
+
+def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, cfg: StudyConfig, tools: Instruments,
+            rng: np.random.Generator) -> dict:
+    """The row of one (already sampled) set: FID, KID with its interval, label fidelity, diversity."""
+    feats = extract_features(tools.features, imgs)
+    m = cfg.metrics
+    kid = kid_summary(kid_subset_scores(tools.reference, feats, m.kid_subsets, m.kid_subset_size, rng))
+    return {"synthetic_set": name, "images": len(imgs), "fid": frechet_distance(tools.reference, feats), **kid,
+            "label_fidelity": evaluate(tools.judge, imgs, torch.as_tensor(labels))[0],
+            "diversity": feature_diversity(feats, labels), "judge_accuracy_on_real": tools.judge_accuracy,
+            "feature_extractor": m.feature_extractor}
 
 
 @stage("metrics")
 def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """One row per synthetic set (and the real training images as a reference) in `image_metrics.csv`."""
-    paths = cfg.paths
     seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     judge, judge_data = train_judge(cfg)
-    features = feature_extractor(cfg, judge)
-    real = judge_data.test_x[: cfg.metrics.max_images]
-    splits, images = load_splits(cfg), load_images(cfg)
-    train = splits[splits["split"] == "train"]
-    sets = {"real_train": (to_chw(images[train["image_id"].to_numpy()]), train["label"].to_numpy(), "real")}
-    for name in synthetic_set_names(cfg.generate):
-        imgs, manifest = load_synthetic(cfg, name)
-        sets[name] = (to_chw(imgs), manifest["label"].to_numpy(), "naive" if name == "naive" else set_mode(cfg.generate, name))
-    rows = []
     judge_acc = evaluate(judge, judge_data.test_x, judge_data.test_y)[0]
+    (ref_x, ref_y, _), sets = image_sets(cfg)
+    n = images_per_class({cfg.metrics.reference_split: ref_y, **{k: s[1] for k, s in sets.items()}},
+                         judge_data.num_classes, cfg.metrics.max_images)
+    log.info("metrics: %d images per class in every set, judge accuracy on real test images %.4f", n, judge_acc)
+    features = feature_extractor(cfg, judge)
+    ref = stratified_sample(ref_y, n, rng)
+    tools = Instruments(judge, features, extract_features(features, ref_x[ref]), judge_acc)
+    rows = []
     for name, (x, y, mode) in sets.items():
-        x, y = x[: cfg.metrics.max_images], y[: cfg.metrics.max_images]
-        fid, kid_m, kid_s = fid_kid(features, real, x, cfg.metrics.kid_subset_size, cfg.data.resolution)
-        rows.append({"synthetic_set": name, "mode": mode, "images": len(x), "fid": fid, "kid_mean": kid_m, "kid_std": kid_s,
-                     "label_fidelity": evaluate(judge, x, torch.tensor(np.array(y)))[0], "diversity": diversity(features, x, y),
-                     "feature_extractor": cfg.metrics.feature_extractor})
+        keep = stratified_sample(y, n, rng)
+        rows.append({**measure(name, x[keep], y[keep], cfg, tools, rng), "mode": mode, "images_per_class": n})
         log.info("metrics %s: %s", name, rows[-1])
-    frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    write_csv(paths.image_metrics, frame)
-    return {"judge_accuracy_on_real": judge_acc}
+    write_csv(cfg.paths.image_metrics, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+    return {"judge_accuracy_on_real": judge_acc, "judge_splits": list(cfg.metrics.judge_splits),
+            "judge_images": len(judge_data.train_y), "images_per_class": n}

@@ -1,4 +1,4 @@
-"""MVC mixing of caption embeddings (DESIGN, "The method"). Every mode is a convex combination of caption
+"""MVC mixing of caption embeddings (docs/method.md, section 2). Every mode is a convex combination of caption
 embeddings of one class:
 
 - `none`: the anchor caption alone, `e_T = E_a`;

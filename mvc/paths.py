@@ -33,7 +33,13 @@ class StudyPaths:
 
     @classmethod
     def for_study(cls, name: str, runs_root: Path | None = None, reports_root: Path | None = None) -> StudyPaths:
-        return cls(run=(runs_root or REPO_ROOT / "runs") / name, report=(reports_root or REPO_ROOT / "reports") / name)
+        """The folders of study `name`; each must lie inside its root (a name cannot point elsewhere)."""
+        runs, reports = runs_root or REPO_ROOT / "runs", reports_root or REPO_ROOT / "reports"
+        paths = cls(run=runs / name, report=reports / name)
+        for folder, root in ((paths.run, runs), (paths.report, reports)):
+            if folder.resolve().parent != root.resolve():
+                raise ValueError(f"study name {name!r} resolves to {folder.resolve()}, outside {root}; use a plain name")
+        return paths
 
     # runs/<study>/
     @property

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
+import os
 import logging
 import shutil
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mvc.config import StudyConfig
-from mvc.io import write_json
+from mvc.io import ensure_writable, write_json
 from mvc.lock import study_lock
 from mvc.runtime import set_threads
 from mvc.stages import STAGE, upstream
@@ -44,32 +46,97 @@ def stage_info(cfg: StudyConfig, stage: str) -> dict:
     return json.loads(record.read_text()) if record.exists() else {}
 
 
+class DamagedOutput(RuntimeError):
+    """A finished stage's output changed or vanished afterwards; the message names it and the fix."""
+
+
+FORCE_ENV = "MVC_FORCE"  # set by `mvc study --force` for its notebooks: recompute their stages from scratch
+_verified: set[tuple[str, str]] = set()  # (record path, finished) checked in this process
+
+
+def fingerprint(path: Path) -> dict:
+    """What a finished output looked like: size, time and checksum of a file (row count of a CSV); file count,
+    bytes and a digest of the listing of a folder."""
+    if path.is_file():
+        st = path.stat()
+        out = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+        if path.suffix == ".csv":
+            out["rows"] = max(0, path.read_bytes().count(b"\n") - 1)
+        return out
+    listing = sorted((str(f.relative_to(path)), f.stat().st_size) for f in path.rglob("*") if f.is_file())
+    return {"files": len(listing), "bytes": sum(n for _, n in listing),
+            "digest": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def output_problems(cfg: StudyConfig, stage: str, info: dict) -> list[str]:
+    """How the outputs of a finished stage differ from what its record says it left."""
+    problems = []
+    for rel, was in info.get("checks", {}).items():
+        path = cfg.paths.run / rel
+        if not path.exists():
+            problems.append(f"{path} is missing")
+            continue
+        if path.is_file() and path.stat().st_size == was.get("size") and path.stat().st_mtime_ns == was.get("mtime_ns"):
+            continue  # untouched since the stage finished
+        now = fingerprint(path)
+        keys = ("sha256",) if path.is_file() else ("digest",)
+        if any(now.get(k) != was.get(k) for k in keys):
+            detail = (f"{now.get('rows')} rows, recorded {was.get('rows')}" if "rows" in was else
+                      f"{now.get('files', now.get('size'))} now, recorded {was.get('files', was.get('size'))}")
+            problems.append(f"{path} changed after the stage finished ({detail})")
+    return problems
+
+
 def is_done(cfg: StudyConfig, stage: str) -> bool:
-    """True when `stage` finished with the current params hash and its declared outputs are in place."""
+    """True when `stage` finished with the current params hash and its outputs are as it left them; a damaged
+    output raises `DamagedOutput` naming it and the fix."""
+    record = _record(cfg, stage)
     info = stage_info(cfg, stage)
     if info.get("hash") != cfg.stage_hash(stage):
         return False
-    present = info.get("outputs", [])  # the outputs that existed when the stage finished
-    return all((cfg.paths.run / rel).exists() for rel in present)
+    key = (str(record), info.get("finished", ""))
+    if key in _verified:
+        return True
+    problems = output_problems(cfg, stage, info)
+    if problems:
+        nb = STAGE[stage].notebook
+        raise DamagedOutput(f"stage '{stage}' finished, but " + "; ".join(problems) + ". Recompute it from scratch "
+                            f"with `mvc {stage} PARAMS --force` (or `mvc study PARAMS --stages {nb} --force`)")
+    _verified.add(key)
+    return True
 
 
 def mark_done(cfg: StudyConfig, stage: str, seconds: float, extra: dict | None = None) -> None:
-    outputs = [str(p.relative_to(cfg.paths.run)) for p in output_paths(cfg, stage) if p.exists()]
+    outputs = [p for p in output_paths(cfg, stage) if p.exists()]
+    checks = {str(p.relative_to(cfg.paths.run)): fingerprint(p) for p in outputs}
     write_json(_record(cfg, stage), {"stage": stage, "hash": cfg.stage_hash(stage), "seconds": round(seconds, 2),
-                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs,
+                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checks": checks,
                                      **(extra or {})})
     (cfg.paths.stages / f"{stage}.started").unlink(missing_ok=True)
 
 
-def delete_stale_outputs(cfg: StudyConfig, stage: str) -> None:
-    """Before running `stage`: delete the outputs that other params made; keep those of an interrupted run
-    with the current params, so that it resumes."""
+def delete_stale_outputs(cfg: StudyConfig, stage: str, force: bool = False) -> None:
+    """Before running `stage`: delete the outputs that other params made (all of them with `force`), and the
+    temporary files an interrupted write left; keep those of an interrupted run with the current params, so
+    that it resumes."""
     current = cfg.stage_hash(stage)
     started = cfg.paths.stages / f"{stage}.started"
     started_with = started.read_text().strip() if started.exists() else None
     finished_with = stage_info(cfg, stage).get("hash")
-    if (started_with not in (None, current)) or (finished_with not in (None, current)):
-        log.info("stage %s: params changed, deleting its old outputs and recomputing", stage)
+    for out in output_paths(cfg, stage):
+        for tmp in out.parent.glob(f".{out.name}.*"):  # atomic_path / atomic_dir temporaries
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    if force or (started_with not in (None, current)) or (finished_with not in (None, current)):
+        log.info("stage %s: %s, deleting its old outputs and recomputing", stage,
+                 "--force" if force else "params changed")
         for out in output_paths(cfg, stage):
             if out.is_dir():
                 shutil.rmtree(out)
@@ -110,18 +177,21 @@ def stage(name: str, distributed: bool = False) -> Callable:
 
     def wrap(body: Callable[..., dict | None]) -> Callable[..., Any]:
         @functools.wraps(body)
-        def run(cfg: StudyConfig, *args, **kwargs) -> Any:
+        def run(cfg: StudyConfig, *args, force: bool = False, **kwargs) -> Any:
+            force = force or bool(os.environ.get(FORCE_ENV))
             dist = _process_state(cfg) if distributed else None
             main = dist is None or dist.is_main_process
+            if main:
+                ensure_writable(cfg.paths.run, "runs_root")
             with study_lock(cfg.paths.run) if main else contextlib.nullcontext():
-                return _run(cfg, dist, main, args, kwargs)
+                return _run(cfg, dist, main, force, args, kwargs)
 
-        def _run(cfg: StudyConfig, dist, main: bool, args: tuple, kwargs: dict) -> Any:
-            if is_done(cfg, name):
+        def _run(cfg: StudyConfig, dist, main: bool, force: bool, args: tuple, kwargs: dict) -> Any:
+            if not force and is_done(cfg, name):
                 log.info("stage %s: up to date (params hash %s), skipping", name, cfg.stage_hash(name))
                 return spec.load(cfg)
             if main:
-                delete_stale_outputs(cfg, name)
+                delete_stale_outputs(cfg, name, force)
             if dist is not None:
                 dist.wait_for_everyone()
             for before in spec.after:

@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 
 from mvc import state
 from mvc.config import StudyConfig, load_config
-from mvc.io import atomic_path, write_json
+from mvc.io import atomic_path, ensure_writable, write_json
 from mvc.lock import LOCK_ENV, study_lock
 from mvc.paths import NOTEBOOKS_DIR, REPO_ROOT, resolve_path, shown
 from mvc.progress import PROGRESS_ENV
 from mvc.stages import NOTEBOOKS, STAGES, notebook_stages
+from mvc.state import FORCE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -192,25 +193,40 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def _kernel_died_message(nb: str, peak_mb: int) -> str:
+def _kernel_died_message(nb: str, peak_mb: int, log_file: Path) -> str:
     total = psutil.virtual_memory().total / 2**20
     return (f"notebook {NOTEBOOKS[nb]}: the kernel died, most likely killed by the operating system for lack of "
             f"memory (peak seen: {peak_mb} MB of {total:.0f} MB). Lower what the stage holds in memory, e.g. "
             f"finetune.batch_size, generate.batch_size, classify.batch_size, backbone.resolution or "
-            f"data.resolution, and run again: finished stages are kept.")
+            f"data.resolution, and run again: finished stages are kept. The kernel's own log: {log_file}")
+
+
+def _kernel_manager(log_file: Path) -> type:
+    """A jupyter kernel manager whose kernel writes its own messages (its warnings, a traceback when it is
+    interrupted) to `log_file` instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager  # deferred with papermill, below
+
+    async def start_kernel(self, **kw):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        kw.setdefault("stderr", open(log_file, "ab"))  # noqa: SIM115 - the kernel process owns it
+        return await AsyncKernelManager.start_kernel(self, **kw)
+
+    return type("LoggedKernelManager", (AsyncKernelManager,), {"start_kernel": start_kernel})
 
 
 def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path, progress_file: Path,
-                 memory: PeakMemory | None = None) -> None:
+                 memory: PeakMemory | None = None, force: bool = False) -> None:
     """Execute one numbered notebook with papermill, writing the executed copy atomically."""
     import papermill as pm  # deferred: papermill is slow to import and only `mvc study` needs it
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     failed = output.with_name(output.stem + ".failed.ipynb")
-    env = {PROGRESS_ENV: str(progress_file), "MPLBACKEND": None}  # None: unset, so the kernel plots inline
+    kernel_log = output.parent / f".kernel-{nb}.log"
+    # None: unset (MPLBACKEND, so that the kernel plots inline); the kernel inherits the runner's environment
+    env = {PROGRESS_ENV: str(progress_file), "MPLBACKEND": None, FORCE_ENV: "1" if force else None}
     saved = {k: os.environ.get(k) for k in env}
-    for k, v in env.items():  # the kernel inherits the runner's environment
+    for k, v in env.items():
         if v is None:
             os.environ.pop(k, None)
         else:
@@ -222,6 +238,7 @@ def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path,
                     str(NOTEBOOKS_DIR / NOTEBOOKS[nb]), str(tmp),
                     parameters={"params": shown(params_path), "overrides": list(overrides)},
                     kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+                    kernel_manager_class=_kernel_manager(kernel_log),
                 )
             except PapermillExecutionError as err:
                 scrub_paths(tmp)
@@ -229,7 +246,8 @@ def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path,
                 raise NotebookFailed(f"notebook {NOTEBOOKS[nb]} failed: {err.ename}: {err.evalue} "
                                      f"(executed copy with the traceback: {failed})") from None
             except DeadKernelError:
-                raise NotebookFailed(_kernel_died_message(nb, round((memory.peak if memory else 0) / 2**20))) from None
+                raise NotebookFailed(_kernel_died_message(nb, round((memory.peak if memory else 0) / 2**20),
+                                                          kernel_log)) from None
             scrub_paths(tmp)
     finally:
         for k, v in saved.items():
@@ -247,6 +265,8 @@ def run_study(params: str | Path, stages: str | None = None, overrides: list[str
     params_path = resolve_path(params).resolve()
     cfg = load_config(params_path, overrides)
     chosen = parse_stages(stages)
+    ensure_writable(cfg.paths.run, "runs_root")
+    ensure_writable(cfg.paths.report, "reports_root")
     with study_lock(cfg.paths.run):
         lock_file = cfg.paths.run / ".lock"
         os.environ[LOCK_ENV] = f"{lock_file}:{lock_file.read_text().strip()}"
@@ -274,7 +294,7 @@ def _run_notebooks(cfg: StudyConfig, chosen: list[str], params_path: Path, overr
         with tempfile.TemporaryDirectory() as tmp:
             progress_file = Path(tmp) / "progress.json"
             with PeakMemory() as mem, StageProgress(progress_file, nb, enabled=show_progress):
-                run_notebook(nb, params_path, overrides, output, progress_file, mem)
+                run_notebook(nb, params_path, overrides, output, progress_file, mem, force)
         report[nb] = {"notebook": NOTEBOOKS[nb], "wall_s": round(time.time() - start, 1),
                       "peak_rss_mb": round(mem.peak / 2**20), "skipped": False,
                       "stage_seconds": {s: state.stage_info(cfg, s).get("seconds") for s in nb_stages}}

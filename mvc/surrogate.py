@@ -76,7 +76,7 @@ def build_surrogate_unet(s: SurrogateConfig, latent_size: int):
 
 def noise_scheduler(s: SurrogateConfig):
     """DDPM training schedule as Stable Diffusion's: note `clip_sample=False` (the diffusers default clips
-    the predicted clean latent to [-1, 1], which ruins latent sampling; see DESIGN.md)."""
+    the predicted clean latent to [-1, 1], which ruins latent sampling; see docs/method.md)."""
     from diffusers import DDPMScheduler
 
     beta_end = 0.012 if s.beta_schedule == "scaled_linear" else 0.02

@@ -117,7 +117,18 @@ def test_grid_resumes_without_repeating_rows_and_ignores_old_hashes(smoke_genera
     assert sorted(set(full["method"])) == ["mixup", "mvc", "mvc_two_phase", "none", "sd_naive"]
 
 
-def test_pretrained_weights_offline_give_a_clear_error():
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "timm:resnet18"])
+def test_pretrained_weights_offline_give_a_clear_error(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: nothing to load offline
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    if name == "resnet18":  # torchvision downloads from a URL: make that fail as it does offline
+        import torch.hub
+
+        def offline(*args, **kwargs):
+            raise OSError("network unreachable")
+
+        monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises((RuntimeError, ValueError)) as err:
-        classifiers.build_classifier("small_cnn", 3, pretrained=True)
-    assert "pretrained" in str(err.value)
+        classifiers.build_classifier(name, 3, pretrained=True)
+    assert "classify.pretrained" in str(err.value)

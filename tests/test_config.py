@@ -29,6 +29,22 @@ def test_extends_and_overrides_are_typed():
     ("classify.steps=many", ["classify.steps", "many"]),
     ("generate.scheduler=plms", ["generate.scheduler", "plms", "ddim"]),
     ("finetune.mixing.mode=medium", ["finetune.mixing.mode", "coarse+fine"]),
+    ("classify.seeds=[0,1", ["--set 'classify.seeds=[0,1'", "not valid YAML"]),
+    ("data.prompt_template={name", ["data.prompt_template={name", "not valid YAML", "quote"]),
+    ("data.shots=true", ["data.shots", "valid integer"]),
+    ("classify.steps=3.5", ["classify.steps", "valid integer"]),
+    ("finetune.learning_rate=-1e-4", ["finetune.learning_rate", "greater than 0"]),
+    ("classify.lr=0", ["classify.lr", "greater than 0"]),
+    ("finetune.lr_warmup_steps=-1", ["finetune.lr_warmup_steps", "greater than or equal to 0"]),
+    ("classify.seeds=[]", ["classify.seeds", "at least 1"]),
+    ("classify.methods=[]", ["classify.methods", "at least 1"]),
+    ("generate.modes=[]", ["generate.modes", "at least 1"]),
+    ("data.classes=[]", ["data.classes", "at least 2"]),
+    ("study=..", ["study", "letters, digits"]),
+    ("study=.", ["study", "letters, digits"]),
+    ("study=a/b", ["study", "letters, digits"]),
+    ("finetune.mixing.include_anchor=false", ["finetune.mixing.include_anchor", "unknown key"]),
+    ("generate.mixing.mode=fine", ["generate.mixing.mode", "unknown key"]),
 ])
 def test_config_errors_name_the_field(override, names):
     with pytest.raises(ConfigError) as err:
@@ -58,3 +74,16 @@ def test_stage_hashes_are_stable_and_flow_downstream():
     only_classify = load_config(REPO / "params/smoke.yaml", ["classify.lr=0.01"])
     assert only_classify.stage_hash("generate") == base.stage_hash("generate")
     assert only_classify.stage_hash("classify") != base.stage_hash("classify")
+
+
+def test_numbers_in_exponent_form_are_floats():
+    cfg = load_config(REPO / "params/smoke.yaml", ["finetune.learning_rate=1e-4", "classify.lr=3E-3"])
+    assert cfg.finetune.learning_rate == 1e-4 and cfg.classify.lr == 3e-3
+
+
+def test_a_bad_study_name_touches_nothing(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mvc", "study", str(REPO / "params/smoke.yaml"), "--set=study=..",
+                          f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "study name '..'" in out.stderr
+    assert not list(tmp_path.iterdir())

@@ -41,7 +41,7 @@ def test_backbone_folder_loads_in_stable_diffusion_pipeline(smoke_generated):
     out = pipe("a photo of a handwritten digit", num_inference_steps=2, height=16, width=16, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 16, 16, 3)
-    assert pipe.scheduler.config.clip_sample is False  # the trap of DESIGN.md
+    assert pipe.scheduler.config.clip_sample is False  # the trap of docs/method.md (surrogate backbone)
 
 
 def test_missing_or_broken_model_folder_is_named(tmp_path):

@@ -116,4 +116,4 @@ def test_report_reads_in_order_in_headless_chromium(smoke_study):
 def test_a_failing_stage_exits_non_zero_with_the_notebook_named(tmp_path):
     out = _study(tmp_path, "--stages", "03")
     assert out.returncode != 0
-    assert "data" in out.stderr and "01" in out.stderr
+    assert "the first stage to run is 'data'" in out.stderr and "--stages 01-06" in out.stderr

@@ -1,0 +1,169 @@
+"""Kill each long stage at random points (SIGKILL, as the operating system or a lost machine would), run it again,
+and check that what it leaves equals an uninterrupted run: the same files, the same rows, no duplicates, no
+truncated images, the same numbers.
+
+    python scripts/kill_and_rerun.py [--kills 4] [--seed 0] [--stages caption,finetune,generate,classify]
+
+Runs on the smoke profile, sized up so that each stage lasts a few seconds; captioning uses the BLIP-2 path on a
+tiny random BLIP-2 saved to disk. Prints one line per stage and exits non-zero if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ORDER = ["data", "caption", "embed", "backbone", "finetune", "generate", "metrics", "classify"]
+SIZES = ["finetune.steps=24", "finetune.checkpoint_every=4", "generate.images_per_source=4", "generate.batch_size=4",
+         "classify.seeds=[0,1,2]", "classify.steps=30", "caption.batch_size=8", "device=cpu"]
+
+
+def overrides(work: Path, blip2: Path) -> list[str]:
+    return [f"runs_root={work / 'runs'}", f"reports_root={work / 'reports'}", "caption.backend=blip2",
+            f"caption.model={blip2}", "caption.max_new_tokens=4", *SIZES]
+
+
+def run_stage(stage: str, over: list[str], kill_after: float | None = None) -> bool:
+    """Run `mvc <stage>`; with `kill_after`, SIGKILL it after that many seconds. True if it finished."""
+    cmd = [sys.executable, "-m", "mvc", stage, str(ROOT / "params/smoke.yaml"), *[f"--set={o}" for o in over]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if kill_after is None:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"mvc {stage} failed:\n{err[-3000:]}")
+        return True
+    try:
+        proc.wait(timeout=kill_after)
+        return proc.returncode == 0
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return False
+
+
+def snapshot(run: Path, stage: str) -> dict:
+    """What a stage leaves, as comparable values."""
+    if stage == "caption":
+        return {"captions": pd.read_csv(run / "captions.csv", keep_default_na=False).sort_values("image_id")}
+    if stage == "finetune":
+        from safetensors.torch import load_file
+
+        return {"loss": pd.read_csv(run / "finetune" / "loss.csv"),
+                "unet": load_file(str(run / "mvc" / "unet" / "diffusion_pytorch_model.safetensors"))}
+    if stage == "generate":
+        out = {}
+        for manifest in sorted((run / "synthetic").glob("*/manifest.csv")):
+            frame = pd.read_csv(manifest)
+            images = {}
+            for p in frame["path"]:
+                with Image.open(manifest.parent / p) as im:
+                    im.load()  # a truncated PNG fails here
+                    images[p] = np.asarray(im).astype(int)
+            out[manifest.parent.name] = (frame, images, sorted(f.name for f in manifest.parent.rglob("*") if f.is_file()))
+        return out
+    if stage == "classify":
+        return {"results": pd.read_csv(run / "results.csv")}
+    raise ValueError(stage)
+
+
+def compare(stage: str, a: dict, b: dict) -> list[str]:
+    """The differences between an uninterrupted and an interrupted-and-resumed run."""
+    bad = []
+    if stage == "caption":
+        x, y = a["captions"].reset_index(drop=True), b["captions"].reset_index(drop=True)
+        if not y["image_id"].is_unique:
+            bad.append("duplicate captions")
+        if not x.equals(y):
+            bad.append(f"captions differ ({len(x)} vs {len(y)} rows)")
+    elif stage == "finetune":
+        if b["loss"]["step"].tolist() != list(range(len(a["loss"]))):
+            bad.append("loss steps not contiguous")
+        elif not np.allclose(a["loss"]["loss"], b["loss"]["loss"], rtol=1e-4, atol=1e-6):
+            bad.append("losses differ")
+        worst = max(float((a["unet"][k] - b["unet"][k]).abs().max()) for k in a["unet"])
+        if worst > 1e-4:
+            bad.append(f"final weights differ by {worst:.2e}")
+    elif stage == "generate":
+        for name, (frame, images, files) in a.items():
+            other = b.get(name)
+            if other is None:
+                bad.append(f"{name} missing")
+                continue
+            f2, im2, files2 = other
+            if not f2["image_id"].is_unique or sorted(f2["image_id"]) != sorted(frame["image_id"]):
+                bad.append(f"{name}: manifest differs")
+            if files2 != files:
+                bad.append(f"{name}: files differ ({len(files)} vs {len(files2)})")
+            if any(np.abs(images[p] - im2[p]).max() > 1 for p in images if p in im2):
+                bad.append(f"{name}: images differ")
+    elif stage == "classify":
+        x, y = a["results"], b["results"]
+        key = ["variant", "method", "seed"]
+        if y.duplicated(key).any():
+            bad.append("duplicate result rows")
+        merged = x.merge(y, on=key, suffixes=("", "_b"))
+        if len(merged) != len(x) or len(y) != len(x) or not np.allclose(merged["top1"], merged["top1_b"]):
+            bad.append("results differ")
+    return bad
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kills", type=int, default=4, help="kill points per stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stages", default="caption,finetune,generate,classify")
+    args = p.parse_args()
+    from tests.tiny_models import save_tiny_blip2
+
+    rng = random.Random(args.seed)
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        blip2 = save_tiny_blip2(tmp / "blip2")
+        ref = tmp / "reference"
+        times = {}
+        startup = {}
+        for stage in ORDER:  # the uninterrupted reference, timing each stage
+            start = time.time()
+            run_stage(stage, overrides(ref, blip2))
+            times[stage] = time.time() - start
+            start = time.time()
+            run_stage(stage, overrides(ref, blip2))  # up to date: what starting up and skipping costs
+            startup[stage] = time.time() - start
+        for stage in args.stages.split(","):
+            work = tmp / f"killed-{stage}"
+            before = ORDER[: ORDER.index(stage)]
+            for s in before:  # the stages before it, uninterrupted
+                run_stage(s, overrides(work, blip2))
+            points = sorted(rng.uniform(startup[stage], max(startup[stage] + 0.5, times[stage]))
+                            for _ in range(args.kills))
+            killed = 0
+            for t in points:
+                if not run_stage(stage, overrides(work, blip2), kill_after=t):
+                    killed += 1
+            run_stage(stage, overrides(work, blip2))
+            bad = compare(stage, snapshot(ref / "runs" / "smoke", stage), snapshot(work / "runs" / "smoke", stage))
+            failures += bool(bad)
+            print(f"{stage}: uninterrupted {times[stage]:.1f} s (start-up {startup[stage]:.1f} s); killed at {', '.join(f'{t:.1f}' for t in points)} s "
+                  f"({killed} of {len(points)} runs were still going when killed); after the rerun: "
+                  + ("identical to the uninterrupted run" if not bad else "; ".join(bad)), flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
