@@ -194,9 +194,11 @@ def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
     and a run recorded twice counts once)."""
     if require_done:
         require(cfg, "classify")
-    rows = read_rows(cfg.paths.results)
-    if rows is None:
+    parts = [] if require_done else sorted(cfg.paths.run.glob(".results-part-*.csv"))  # a grid in progress
+    frames = [r for f in [cfg.paths.results, *parts] if (r := read_rows(f)) is not None]
+    if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)
+    rows = pd.concat(frames)
     rows = rows[rows["params_hash"].astype(str) == cfg.stage_hash("classify")]
     return rows.drop_duplicates(RESULT_KEY, keep="first").reset_index(drop=True)
 

@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import PartialState
 
-from mvc.artifacts import RESULT_COLUMNS, load_results, load_images, load_splits, load_synthetic
+from mvc.artifacts import RESULT_COLUMNS, RESULT_KEY, load_images, load_results, load_splits, load_synthetic
 from mvc.classifiers import (SYNTHETIC_METHODS, ClassificationData, RunSpec, SyntheticSampler, evaluate,
                              train_classifier)
 from mvc.config import ClassifyConfig, StudyConfig
 from mvc.imaging import to_chw
-from mvc.io import append_rows
+from mvc.io import append_rows, read_rows, write_csv
 from mvc.progress import progress
 from mvc.runtime import pick_device
 from mvc.state import stage
@@ -61,31 +66,107 @@ def grid(cfg: StudyConfig) -> list[RunSpec]:
     return specs
 
 
-@stage("classify")
-def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | None = None) -> dict | None:
-    """Run the grid, appending a row to results.csv as each run finishes; resumable (`max_runs` stops early)."""
-    paths = cfg.paths
-    device = pick_device(cfg.device)
-    specs = grid(cfg)
-    h = cfg.stage_hash("classify")
-    done = load_results(cfg, require_done=False)
-    finished = set(zip(done["variant"], done["method"], done["seed"])) if len(done) else set()
-    todo = [s for s in specs if (s.variant, s.method, s.seed) not in finished]
-    data = load_classification_data(cfg, sorted({g for s in specs for g in s.synthetic_sets}))
+def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:
+    """One row of results.csv."""
     c = cfg.classify
-    for n, spec in enumerate(progress(todo, desc="classify", unit="run", disable=not show_progress)):
-        if max_runs is not None and n >= max_runs:
-            return None
-        model = train_classifier(data, spec, c, cfg.data.resolution, device)
-        top1, top5 = evaluate(model, data.test_x, data.test_y, device)
-        share = spec.p_synthetic * (1 - (c.two_phase_fraction if spec.method == "mvc_two_phase" else 0)) \
-            if spec.synthetic_sets else 0.0
-        append_rows(paths.results, pd.DataFrame([{
-            "dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed,
+    share = spec.p_synthetic * (1 - (c.two_phase_fraction if spec.method == "mvc_two_phase" else 0)) \
+        if spec.synthetic_sets else 0.0
+    return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed,
             "shots": cfg.data.shots if cfg.data.shots else "all", "backbone": c.backbone, "variant": spec.variant,
             "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),
-            "params_hash": h}], columns=RESULT_COLUMNS))
-    return {"runs": len(load_results(cfg, require_done=False))}
+            "params_hash": cfg.stage_hash("classify")}
+
+
+def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int | None = None,
+              show_progress: bool = False, max_runs: int | None = None) -> int:
+    """Train and test the classifiers of `specs` in order, appending each result to `part` as it finishes."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(cfg.device)
+    data = load_classification_data(cfg, sorted({g for s in specs for g in s.synthetic_sets}))
+    ran = 0
+    for spec in progress(specs, desc="classify", unit="run", disable=not show_progress):
+        if max_runs is not None and ran >= max_runs:
+            break
+        model = train_classifier(data, spec, cfg.classify, cfg.data.resolution, device)
+        top1, top5 = evaluate(model, data.test_x, data.test_y, device)
+        append_rows(part, pd.DataFrame([result_row(cfg, spec, top1, top5)], columns=RESULT_COLUMNS))
+        ran += 1
+    return ran
+
+
+def _worker(job: tuple) -> int:
+    return run_specs(*job)
+
+
+def part_files(cfg: StudyConfig) -> list[Path]:
+    """The per-process result files of a grid in progress (merged into results.csv when it completes)."""
+    return sorted(cfg.paths.run.glob(".results-part-*.csv"))
+
+
+def finished_runs(cfg: StudyConfig) -> set[tuple]:
+    """(variant, method, seed) of every run recorded with the current params, in results.csv or a part file."""
+    h = cfg.stage_hash("classify")
+    found = set()
+    for f in [cfg.paths.results, *part_files(cfg)]:
+        rows = read_rows(f)
+        if rows is not None:
+            rows = rows[rows["params_hash"].astype(str) == h]
+            found |= set(zip(rows["variant"], rows["method"], rows["seed"].astype(int)))
+    return found
+
+
+def merge_parts(cfg: StudyConfig) -> None:
+    """Fold the part files into results.csv (a run recorded twice counts once), then delete them."""
+    frames = [r for f in [cfg.paths.results, *part_files(cfg)] if (r := read_rows(f)) is not None]
+    if frames:
+        merged = pd.concat(frames).drop_duplicates(["params_hash", *RESULT_KEY], keep="first")
+        write_csv(cfg.paths.results, merged[RESULT_COLUMNS])
+    for f in part_files(cfg):
+        f.unlink()
+
+
+def _run_in_workers(cfg: StudyConfig, specs: list[RunSpec], workers: int, show_progress: bool,
+                    max_runs: int | None) -> int:
+    """`specs` spread over `workers` processes of one thread each (the small classifiers are overhead-bound)."""
+    jobs = [(cfg, specs[w::workers], cfg.paths.run / f".results-part-0-{w}.csv", 1, False, max_runs)
+            for w in range(workers)]
+    bar = progress(total=len(specs), desc=f"classify ({workers} workers)", unit="run", disable=not show_progress)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, job) for job in jobs]
+        while not all(f.done() for f in futures):
+            time.sleep(0.5)
+            bar.n = sum(len(r) for job in jobs if (r := read_rows(job[2])) is not None)
+            bar.refresh()
+        ran = sum(f.result() for f in futures)
+    bar.close()
+    return ran
+
+
+@stage("classify", distributed=True)
+def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | None = None) -> dict | None:
+    """Run the grid; resumable (`max_runs` stops each process early). Under accelerate each process takes every
+    n-th run; on one process `classify.workers` processes share the grid. Each run's row is appended to a part
+    file as it finishes; the parts are merged into results.csv when the grid is complete."""
+    dist = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    specs = grid(cfg)
+    done = finished_runs(cfg)
+    todo = [s for s in specs if (s.variant, s.method, s.seed) not in done]
+    mine = todo[dist.process_index::dist.num_processes]
+    workers = min(cfg.classify.workers, len(mine)) if dist.num_processes == 1 else 1
+    show = show_progress and dist.is_main_process
+    if workers > 1:
+        ran = _run_in_workers(cfg, mine, workers, show, max_runs)
+    else:
+        ran = run_specs(cfg, mine, cfg.paths.run / f".results-part-{dist.process_index}-0.csv", None, show, max_runs)
+    dist.wait_for_everyone()
+    if len(finished_runs(cfg)) < len(specs):
+        return None  # stopped early: the parts stay, and the next call runs what is left
+    if not dist.is_main_process:
+        return {}
+    merge_parts(cfg)
+    return {"runs": len(load_results(cfg, require_done=False)), "ran_this_call": ran,
+            "processes": dist.num_processes, "workers": max(1, workers)}
 
 
 def example_batch(cfg: StudyConfig, method: str = "mvc", n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -232,6 +232,9 @@ class ClassifyConfig(Section):
     crop_padding: int = 2
     hflip: bool = True  # a horizontal flip changes a digit's identity: off for digits
     ablation: bool = False  # also run the ablation grid (mode, M, p_synthetic, one vs two phase)
+    # processes (one thread each) that share the grid on one machine without accelerate: the small classifiers
+    # are overhead-bound, so two processes on two cores run about twice the runs of one two-thread process
+    workers: int = Field(1, ge=1)
 
 
 class ReportConfig(Section):

@@ -29,6 +29,7 @@ from mvc.config import StudyConfig
 from mvc.io import append_rows, atomic_dir, read_rows, write_csv
 from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
+from mvc.runtime import maybe_compile
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,7 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     sched = get_scheduler(ft.lr_scheduler, opt, num_warmup_steps=ft.lr_warmup_steps * accelerator.num_processes,
                           num_training_steps=ft.steps * accelerator.num_processes)
     unet, opt, sched = accelerator.prepare(unet, opt, sched)
-    if ft.compile:
-        unet.forward = torch.compile(unet.forward)
+    maybe_compile(unet, ft.compile, accelerator.device, "finetune.compile")
     ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=ft.ema_decay) if ft.use_ema else None
     loop = LoopState(ft.seed, accelerator.process_index)
     accelerator.register_for_checkpointing(loop)
@@ -209,8 +209,9 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
             ema.step(accelerator.unwrap_model(unet).parameters())
         loop.step += 1
         bar.update(1)
-        rows.append({"step": loop.step - 1, "loss": accelerator.gather(loss.detach()[None]).mean().item(),
-                     "lr": sched.get_last_lr()[0]})
+        per_process = accelerator.gather(loss.detach().float()[None]).cpu()  # (processes,)
+        rows.append({"step": loop.step - 1, "loss": per_process.mean().item(), "lr": sched.get_last_lr()[0],
+                     "loss_per_process": " ".join(f"{v:.6f}" for v in per_process.tolist())})
         if loop.step % ft.checkpoint_every == 0 or loop.step == ft.steps:
             if accelerator.is_main_process:
                 append_rows(paths.finetune_loss, pd.DataFrame(rows))

@@ -29,7 +29,7 @@ from mvc.imaging import tensor_to_images
 from mvc.io import append_rows, atomic_path, read_rows, write_csv
 from mvc.mixing import seeded_mixes
 from mvc.progress import progress
-from mvc.runtime import pick_device
+from mvc.runtime import maybe_compile, pick_device
 from mvc.sampling import initial_noise, make_scheduler, sample
 from mvc.state import stage
 
@@ -177,8 +177,7 @@ def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int 
     for unet, *_ in models.values():
         if cfg.generate.channels_last:
             unet.to(memory_format=torch.channels_last)
-        if cfg.generate.compile:
-            unet.forward = torch.compile(unet.forward)
+        maybe_compile(unet, cfg.generate.compile, dist.device, "generate.compile")
     made = {n: generate_set(cfg, n, models, emb, dist.process_index, dist.num_processes,
                             show_progress and dist.is_main_process, max_batches) for n in names}
     dist.wait_for_everyone()

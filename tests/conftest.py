@@ -60,3 +60,19 @@ def tiny_sd(tmp_path_factory):
     from tests.tiny_models import save_tiny_sd
 
     return save_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+def launch_two_processes(*mvc_args: str, timeout: int = 600):
+    """`accelerate launch --multi_gpu --num_processes 2 -m mvc ...` over gloo on the CPU, on a free port."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # two test runs at once must not collide on accelerate's default port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(port), "-m", "mvc", *mvc_args],
+                          capture_output=True, text=True, env=env, timeout=timeout)

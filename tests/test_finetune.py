@@ -1,17 +1,12 @@
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from mvc import artifacts, backbone, captioning, components, data, embed, finetune, state
-from tests.conftest import REPO, smoke_config
+from tests.conftest import REPO, launch_two_processes, smoke_config
 
 
 @pytest.fixture
@@ -99,16 +94,19 @@ def test_two_processes_over_gloo(tmp_path):
         stage(cfg, show_progress=False)
     overrides = [f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}", "--set=device=cpu",
                  "--set=finetune.steps=3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:  # a free port: two test runs at once must not collide on accelerate's default
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "--main_process_port", str(port),
-                          "-m", "mvc", "finetune", str(REPO / "params/smoke.yaml"), *overrides],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = launch_two_processes("finetune", str(REPO / "params/smoke.yaml"), *overrides)
     assert out.returncode == 0, out.stderr[-3000:]
     info = state.stage_info(cfg, "finetune")
     assert info["world_size"] == 2
-    assert pd.read_csv(cfg.paths.finetune_work / "loss.csv")["step"].tolist() == [0, 1, 2]
+    loss = pd.read_csv(cfg.paths.finetune_work / "loss.csv")
+    assert loss["step"].tolist() == [0, 1, 2]
+    per_rank = loss["loss_per_process"].str.split(" ", expand=True).astype(float)
+    assert per_rank.shape[1] == 2 and (per_rank[0] != per_rank[1]).all()  # each rank drew its own batch and noise
+
+
+def test_a_batch_that_cannot_be_split_evenly_over_the_processes_is_refused():
+    assert finetune.per_process_batch(8, 2) == 4
+    with pytest.raises(ValueError, match="finetune.batch_size=3"):
+        finetune.per_process_batch(3, 2)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        finetune.per_process_batch(2, 4)  # would silently become 4

@@ -101,18 +101,9 @@ def test_efficientnet_lite0_weights_load_offline():
 
 def _random_inception_weights(path, monkeypatch) -> dict:
     """A randomly initialised FID Inception's state dict, saved to `path` (nothing is downloaded)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from tests.tiny_models import save_random_inception
 
-    with monkeypatch.context() as m:
-        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
-        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d)):  # keep activations from vanishing
-        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-    state = net.state_dict()
-    torch.save(state, path)
-    return state
+    return save_random_inception(path)
 
 
 def test_inception_features_and_fid_from_a_local_weights_file(tmp_path, monkeypatch):

@@ -69,6 +69,7 @@ def test_smoke_study_end_to_end_through_papermill(smoke_study):
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in prov["stages"].values())
     assert prov["packages"]["torch"] and prov["params"]["study"] == "smoke" and prov["git_revision"]
     assert "Unable to parse" not in out.stderr and "unknown parameter" not in out.stderr  # papermill's warnings
+    assert re.search(r"03 finetune.*\d+/\d+", out.stderr)  # the running stage's progress, in the terminal
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS.values()))

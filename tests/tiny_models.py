@@ -50,3 +50,21 @@ def save_tiny_sd(folder: Path) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return Path(folder)
+
+
+def save_random_inception(path: Path) -> dict:
+    """A randomly initialised FID Inception (torch-fidelity's layout) saved to `path`; nothing is downloaded."""
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d)):  # keep activations from vanishing
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    state = net.state_dict()
+    torch.save(state, path)
+    return state
