@@ -1,24 +1,31 @@
 """Stage `backbone`: pretrain the surrogate backbone (or check that a pretrained Stable Diffusion loads).
 
 The surrogate's VAE and UNet are trained on the unlabelled pool with class-free captions (`data.generic_prompt`
-+ the image's caption), as Stable Diffusion's pretraining knows images but not the target dataset's labels.
++ the image's caption) and, where the profile names one, on a labelled source domain that is not the target (for
+digits: printed digits) captioned with the class prompt: as Stable Diffusion's pretraining knows the classes but
+not the target domain.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mvc.artifacts import diffusion_images, load_captions, load_splits
+from mvc.artifacts import class_names, diffusion_images, load_captions, load_splits
+from mvc.captioners import AttributeCaptioner, caption_text
 from mvc.components import diffusion_loss, load_backbone, text_components
 from mvc.config import StudyConfig
 from mvc.embedding_cache import EMPTY_PROMPT
 from mvc.encoders import TextEncoder
+from mvc.imaging import images_to_tensor
 from mvc.io import atomic_dir, write_csv
 from mvc.progress import progress
+from mvc.resources import check_memory
+from mvc.source_domains import printed_digits
 from mvc.state import stage
 from mvc.surrogate import build_surrogate_unet, build_surrogate_vae, noise_scheduler
 
@@ -28,9 +35,23 @@ def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
         yield torch.randint(0, n, (batch,), generator=gen)
 
 
+def source_domain(cfg: StudyConfig, names: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """The labelled source-domain images at the backbone's resolution, each captioned `prompt(y) + ", " +
+    caption(x)` as the study's own captions are (none when `backbone.surrogate.source_domain` is none)."""
+    s = cfg.backbone.surrogate
+    if s.source_domain == "none":
+        return torch.empty(0), []
+    images, labels = printed_digits(names, s.source_per_class, cfg.data.resolution, s.seed)
+    if cfg.data.channels == 3:
+        images = np.repeat(images, 3, axis=-1)
+    captions = AttributeCaptioner()(images)
+    texts = [caption_text(cfg.data.prompt_template, names[y], c) for y, c in zip(labels, captions)]
+    return images_to_tensor(images, cfg.backbone.resolution), texts
+
+
 def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
-    """Train the surrogate's VAE and UNet on the unlabelled pool with class-free captions; save a diffusers
-    folder that `StableDiffusionPipeline.from_pretrained` loads. Returns the folder."""
+    """Train the surrogate's VAE and UNet on the unlabelled pool with class-free captions, and on the labelled
+    source domain (if any) with class captions; save a diffusers folder that `StableDiffusionPipeline` loads."""
     from diffusers import StableDiffusionPipeline
     from diffusers.optimization import get_scheduler
 
@@ -46,6 +67,10 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     x = diffusion_images(cfg, pool["image_id"].to_numpy())
+    texts = [f"{cfg.data.generic_prompt}, {c}" for c in pool_caps]
+    source_x, source_texts = source_domain(cfg, class_names(splits))
+    if source_texts:  # the labelled source domain: the classes, named, in another domain
+        x, texts = torch.cat([x, source_x]), texts + source_texts
     log_rows = []
 
     vae = build_surrogate_vae(s, res)
@@ -70,7 +95,6 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
 
     tokenizer, text_model, _ = text_components(cfg)
     encoder = TextEncoder(tokenizer, text_model, cfg.text.max_length)
-    texts = [f"{cfg.data.generic_prompt}, {c}" for c in pool_caps]
     uniq = sorted(set(texts))
     table = torch.cat([encoder(uniq[i: i + 256]) for i in range(0, len(uniq), 256)])
     text_idx = torch.tensor([uniq.index(t) for t in texts])
@@ -107,6 +131,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
 def prepare_backbone(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Pretrain the surrogate into `runs/<study>/backbone/`, or load the pretrained backbone once to check it."""
     if cfg.backbone.kind == "surrogate":
+        check_memory(cfg, "backbone")
         pretrain_surrogate(cfg, show_progress)
         return {"source": str(cfg.paths.backbone)}
     load_backbone(cfg.backbone.model, cfg.backbone.revision)

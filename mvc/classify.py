@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def load_classification_data(cfg: StudyConfig, sets: list[str] = ()) -> ClassificationData:
     """The real train and test images and the named synthetic sets, as tensors."""
     splits, images = load_splits(cfg), load_images(cfg)
-    train, test = splits[splits["split"] == "train"], splits[splits["split"] == "test"]
+    train, test = splits[splits["split"] == "train"], splits[splits["split"] == cfg.classify.evaluate_on]
     data = ClassificationData(to_chw(images[train["image_id"].to_numpy()]), torch.tensor(train["label"].to_numpy()),
                               to_chw(images[test["image_id"].to_numpy()]), torch.tensor(test["label"].to_numpy()),
                               int(splits["label"].max()) + 1)

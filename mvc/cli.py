@@ -9,6 +9,7 @@ import os
 import sys
 
 from mvc.config import ConfigError, config_to_yaml, load_config
+from mvc.resources import check_memory
 from mvc.stages import STAGES
 
 log = logging.getLogger("mvc")
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             run_study(args.params, args.stages, args.overrides, force=args.force, show_progress=not args.no_progress)
         elif args.command == "check":
             cfg = load_config(args.params, args.overrides)
+            need = check_memory(cfg)
             print(config_to_yaml(cfg), end="")
+            if need:
+                print("# estimated peak memory (GB): " + ", ".join(f"{k} {v:.1f}" for k, v in need.items()))
         else:
             cfg = load_config(args.params, args.overrides)
             next(s for s in STAGES if s.name == args.command).function(cfg, force=args.force)

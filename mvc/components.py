@@ -135,8 +135,11 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor, text: torch.Tensor, c
     return F.mse_loss(pred.float(), target.float())
 
 
-def encode_latents(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Latent modes (unscaled) of images in [-1, 1], in batches, without gradients."""
+def encode_latents(vae, images: torch.Tensor, batch_size: int = 64, part: str = "mode") -> torch.Tensor:
+    """The VAE posterior's mode (or `part="std"`: its standard deviation), unscaled, of images in [-1, 1]."""
+    def one(x: torch.Tensor) -> torch.Tensor:
+        dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+        return (dist.mode() if part == "mode" else dist.std).float().cpu()
+
     with torch.no_grad():
-        return torch.cat([vae.encode(images[i: i + batch_size].to(vae.device, vae.dtype)).latent_dist.mode().float().cpu()
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat([one(images[i: i + batch_size]) for i in range(0, len(images), batch_size)])

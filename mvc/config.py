@@ -124,6 +124,10 @@ class SurrogateConfig(Section):
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     seed: int = 0
+    # a labelled source domain pretrained beside the pool, with class captions: the classes in another domain
+    # (printed_digits: digits rendered from matplotlib's fonts; none: the surrogate never sees a class name)
+    source_domain: Literal["none", "printed_digits"] = "none"
+    source_per_class: int = Field(100, ge=1)  # source-domain images per class
 
     @model_validator(mode="after")
     def _levels(self) -> SurrogateConfig:
@@ -149,6 +153,9 @@ class FinetuneConfig(Section):
     lr_warmup_steps: int = Field(50, ge=0)
     lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
     cond_image: Literal["other", "same"] = "other"  # conditioning image: another of the class, or the target
+    # the diffusion target z_0: the VAE posterior's mode (as InstructPix2Pix), or a fresh draw from the posterior
+    # at every step (an augmentation of the targets that makes exact replay of a training latent less likely)
+    target_latents: Literal["mode", "sample"] = "mode"
     mixing: TrainingMixingConfig = TrainingMixingConfig()  # text conditioning while training
     drop_text: float = Field(0.05, ge=0, le=1)  # classifier-free guidance dropout, each per sample
     drop_image: float = Field(0.05, ge=0, le=1)
@@ -221,6 +228,7 @@ class ClassifyConfig(Section):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     p_synthetic: float = Field(0.5, ge=0, le=1)  # a synthetic image replaces its real source with this chance
+    evaluate_on: Literal["test", "val"] = "test"  # val: choose a recipe without looking at test accuracy
     mvc_modes: list[MixMode] = Field(["coarse", "fine"], min_length=1)  # which MVC synthetic sets the mvc methods draw from
     two_phase_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps in phase 2 (real only)
     two_phase_lr_scale: float = Field(0.1, gt=0, le=1)
@@ -268,6 +276,18 @@ class StudyConfig(Section):
             raise ValueError(f"study name {name!r} must be letters, digits, '.', '_' or '-', start with a letter or "
                              f"digit and hold no '..' (it names the folders runs/<study>/ and reports/<study>/)")
         return name
+
+    @model_validator(mode="after")
+    def _surrogate_needs_a_captioned_pool(self) -> StudyConfig:
+        if self.backbone.kind == "surrogate":
+            if self.data.pool_per_class == 0:
+                raise ValueError("backbone.kind: surrogate pretrains on the unlabelled pool split, but "
+                                 "data.pool_per_class is 0: set it to a count, or null for every image left over "
+                                 "(or use backbone.kind: pretrained)")
+            if "pool" not in self.caption.splits:
+                raise ValueError("backbone.kind: surrogate pretrains on the pool's captions: add 'pool' to "
+                                 "caption.splits")
+        return self
 
     @property
     def paths(self) -> StudyPaths:
@@ -368,7 +388,8 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
             allowed = ""
             if e["type"] == "literal_error":
                 allowed = f" (allowed: {e['ctx']['expected']})"
-            lines.append(f"field '{name}': {e['msg']}; got {e.get('input')!r}{allowed}")
+            got = f"; got {e.get('input')!r}" if loc else ""  # a whole-config check: its message says it all
+            lines.append(f"field '{name}': {e['msg']}{got}{allowed}")
     return ConfigError(f"{source}:\n  " + "\n  ".join(lines))
 
 

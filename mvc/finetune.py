@@ -29,6 +29,7 @@ from mvc.config import StudyConfig
 from mvc.io import append_rows, atomic_dir, read_rows, write_csv
 from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
+from mvc.resources import check_memory
 from mvc.runtime import maybe_compile
 from mvc.state import stage
 
@@ -48,6 +49,7 @@ class TrainingData:
     labels: np.ndarray  # (N,)
     embeddings: torch.Tensor  # (N, L, d): caption embedding of each image
     empty: torch.Tensor  # (L, d)
+    latent_std: torch.Tensor | None = None  # (N, C, h, w), scaled: with `target_latents: sample`, z_0 ~ N(mode, std)
 
     def same_class_partner(self, idx: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
         """The conditioning image of each target: itself (`same`) or another image of its class (`other`)."""
@@ -60,9 +62,12 @@ def training_data(cfg: StudyConfig, vae) -> TrainingData:
     """Latents of the labelled images (targets and conditioning) and their caption embeddings, computed once."""
     emb = load_caption_embeddings(cfg)
     ids = emb.frame["image_id"].to_numpy()
-    modes = encode_latents(vae, diffusion_images(cfg, ids))
-    return TrainingData(latents=modes * vae.config.scaling_factor, cond_latents=modes, labels=emb.labels,
-                        embeddings=emb.embeddings, empty=emb.empty)
+    images = diffusion_images(cfg, ids)
+    modes = encode_latents(vae, images)
+    scale = vae.config.scaling_factor
+    std = encode_latents(vae, images, part="std") * scale if cfg.finetune.target_latents == "sample" else None
+    return TrainingData(latents=modes * scale, cond_latents=modes, labels=emb.labels, embeddings=emb.embeddings,
+                        empty=emb.empty, latent_std=std)
 
 
 class LoopState:
@@ -113,7 +118,10 @@ def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, b
     drop_image = ((r >= ft.drop_text) & (r < ft.drop_text + ft.drop_image)) | both
     text[torch.from_numpy(drop_text)] = data.empty
     cond[torch.from_numpy(drop_image)] = 0
-    return Batch(idx, partner, plan, drop_text, drop_image, data.latents[idx], cond, text)
+    latents = data.latents[idx]
+    if data.latent_std is not None:  # a fresh draw from the VAE posterior instead of its mode (augments targets)
+        latents = latents + data.latent_std[idx] * torch.from_numpy(rng.standard_normal(latents.shape)).float()
+    return Batch(idx, partner, plan, drop_text, drop_image, latents, cond, text)
 
 
 def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int):
@@ -158,6 +166,8 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     saving the final model (tests use it to simulate an interruption).
     """
     ft, paths = cfg.finetune, cfg.paths
+    if cfg.backbone.kind == "surrogate" and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        check_memory(cfg, "finetune")
     accelerator = _accelerator(cfg)
     per_device = per_process_batch(ft.batch_size, accelerator.num_processes)
     torch.manual_seed(ft.seed)

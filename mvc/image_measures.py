@@ -186,3 +186,30 @@ def feature_diversity(feats: torch.Tensor, labels: np.ndarray) -> float:
 def diversity(features: nn.Module, images: torch.Tensor, labels: np.ndarray) -> float:
     """`feature_diversity` of a uint8 image set under `features`."""
     return feature_diversity(extract_features(features, images), labels)
+
+
+def nearest_two(images: torch.Tensor, bank: torch.Tensor, own: torch.Tensor | None = None,
+                batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel distances (images in [0, 1], flattened) from each image to its nearest and second-nearest image of
+    `bank`, and the nearest's index. `own[i]`: the row of `bank` that image i is (never its own neighbour)."""
+    flat = (bank.float() / 255).flatten(1)
+    d1, d2, idx = [], [], []
+    for lo in range(0, len(images), batch_size):
+        d = torch.cdist((images[lo: lo + batch_size].float() / 255).flatten(1), flat)
+        if own is not None:
+            d[torch.arange(len(d)), own[lo: lo + batch_size]] = float("inf")
+        top = d.topk(2, dim=1, largest=False)
+        d1.append(top.values[:, 0])
+        d2.append(top.values[:, 1])
+        idx.append(top.indices[:, 0])
+    return torch.cat(d1), torch.cat(d2), torch.cat(idx)
+
+
+def memorization(images: torch.Tensor, train: torch.Tensor, real_nearest: float, own: torch.Tensor | None = None,
+                 ratio: float = 1 / 3) -> dict[str, float]:
+    """Copies of the labelled training images: the share of images whose nearest training image is closer than
+    `ratio` times the second nearest, and the median nearest distance, absolute and over real-to-real's."""
+    d1, d2, _ = nearest_two(images, train, own)
+    median = float(d1.median())
+    return {"copies": float((d1 < ratio * d2).float().mean()), "nn_distance": median,
+            "nn_distance_vs_real": median / real_nearest if real_nearest > 0 else float("nan")}

@@ -1,8 +1,9 @@
 """Stage `metrics`: per synthetic set, distance to the real domain (FID, KID), label fidelity, diversity.
 
-Every set (the real `metrics.reference_split`, the real training images `real_train`, each synthetic set) is
-cut to the same class-stratified sample: `images_per_class` images of every class, the most every set can give,
-capped by `metrics.max_images` / classes, drawn by a numpy Generator seeded with `seed`. On those samples:
+For FID, KID and diversity every set (the real `metrics.reference_split`, the real training images `real_train`,
+each synthetic set) is cut to the same class-stratified sample: `images_per_class` images of every class, the most
+every set can give, capped by `metrics.max_images` / classes, drawn by a numpy Generator seeded with `seed`. Label
+fidelity and copies use every image of a set. Measured:
 - FID (torchmetrics) and KID against the reference sample, on the features `metrics.feature_extractor` names:
   - `classifier`: the penultimate layer of a small CNN (the "judge", below);
   - `efficientnet_lite0`: ImageNet-pretrained EfficientNet-Lite0 (timm), weights from the registry package;
@@ -13,7 +14,9 @@ capped by `metrics.max_images` / classes, drawn by a numpy Generator seeded with
 - label fidelity: the accuracy on the set of the judge, a small CNN trained on real images of
   `metrics.judge_splits` (never `train`, the images MVC generates from); its accuracy on the real test split is
   recorded as `judge_accuracy_on_real`;
-- diversity: the mean pairwise feature distance within a class, averaged over classes.
+- diversity: the mean pairwise feature distance within a class, averaged over classes;
+- memorization: `copies`, the share of images whose nearest labelled training image is closer than a third of the
+  second nearest, and their median nearest distance over the real-to-real one (`nn_distance_vs_real`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from mvc.artifacts import load_images, load_splits, load_synthetic, set_mode, sy
 from mvc.classifiers import ClassificationData, RunSpec, evaluate, train_classifier
 from mvc.config import StudyConfig
 from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extract_features, feature_diversity,
-                                frechet_distance, inception_features, kid_subset_scores, kid_summary, stratified_sample)
+                                frechet_distance, inception_features, kid_subset_scores, kid_summary, memorization,
+                                nearest_two, stratified_sample)
 from mvc.imaging import to_chw
 from mvc.io import write_csv
 from mvc.runtime import seed_everything
@@ -39,7 +43,8 @@ from mvc.state import stage
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["synthetic_set", "mode", "images", "images_per_class", "fid", "kid_mean", "kid_std", "kid_ci95_low",
-                  "kid_ci95_high", "label_fidelity", "diversity", "judge_accuracy_on_real", "feature_extractor"]
+                  "kid_ci95_high", "label_fidelity", "diversity", "copies", "nn_distance", "nn_distance_vs_real",
+                  "judge_accuracy_on_real", "feature_extractor"]
 
 ImageSet = tuple[torch.Tensor, np.ndarray, str]  # uint8 NCHW images, labels, mode
 
@@ -52,6 +57,8 @@ class Instruments:
     features: nn.Module
     reference: torch.Tensor  # features of the reference sample, float64 (N, d)
     judge_accuracy: float  # the judge's accuracy on the real test split
+    train: torch.Tensor  # the labelled training images (uint8 NCHW): what a copy would copy
+    real_nearest: float  # median pixel distance from a training image to its nearest other one
 
 
 def split_images(splits: pd.DataFrame, images: np.ndarray, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,16 +119,18 @@ def images_per_class(labels: dict[str, np.ndarray], num_classes: int, max_images
     return cap
 
 
-def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, cfg: StudyConfig, tools: Instruments,
-            rng: np.random.Generator) -> dict:
-    """The row of one (already sampled) set: FID, KID with its interval, label fidelity, diversity."""
-    feats = extract_features(tools.features, imgs)
+def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray, cfg: StudyConfig,
+            tools: Instruments, rng: np.random.Generator, own: torch.Tensor | None = None) -> dict:
+    """The row of one set: FID, KID with its interval and diversity on its stratified sample `keep` (the same size
+    in every row), label fidelity and copies on all its images."""
+    feats = extract_features(tools.features, imgs[keep])
     m = cfg.metrics
     kid = kid_summary(kid_subset_scores(tools.reference, feats, m.kid_subsets, m.kid_subset_size, rng))
+    copies = memorization(imgs, tools.train, tools.real_nearest, own)
     return {"synthetic_set": name, "images": len(imgs), "fid": frechet_distance(tools.reference, feats), **kid,
             "label_fidelity": evaluate(tools.judge, imgs, torch.as_tensor(labels))[0],
-            "diversity": feature_diversity(feats, labels), "judge_accuracy_on_real": tools.judge_accuracy,
-            "feature_extractor": m.feature_extractor}
+            "diversity": feature_diversity(feats, labels[keep]), **copies,
+            "judge_accuracy_on_real": tools.judge_accuracy, "feature_extractor": m.feature_extractor}
 
 
 @stage("metrics")
@@ -137,11 +146,14 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
     log.info("metrics: %d images per class in every set, judge accuracy on real test images %.4f", n, judge_acc)
     features = feature_extractor(cfg, judge)
     ref = stratified_sample(ref_y, n, rng)
-    tools = Instruments(judge, features, extract_features(features, ref_x[ref]), judge_acc)
+    train_x = sets["real_train"][0]
+    real_nearest = float(nearest_two(train_x, train_x, torch.arange(len(train_x)))[0].median())
+    tools = Instruments(judge, features, extract_features(features, ref_x[ref]), judge_acc, train_x, real_nearest)
     rows = []
     for name, (x, y, mode) in sets.items():
         keep = stratified_sample(y, n, rng)
-        rows.append({**measure(name, x[keep], y[keep], cfg, tools, rng), "mode": mode, "images_per_class": n})
+        own = torch.arange(len(x)) if name == "real_train" else None  # a training image is not its own copy
+        rows.append({**measure(name, x, y, keep, cfg, tools, rng, own), "mode": mode, "images_per_class": n})
         log.info("metrics %s: %s", name, rows[-1])
     write_csv(cfg.paths.image_metrics, pd.DataFrame(rows, columns=METRIC_COLUMNS))
     return {"judge_accuracy_on_real": judge_acc, "judge_splits": list(cfg.metrics.judge_splits),

@@ -16,13 +16,15 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
 from mvc import figures
 from mvc.artifacts import (class_names, diffusion_images, load_backbone_loss, load_caption_embeddings,
                            load_image_metrics, load_images, load_loss, load_results, load_splits, load_synthetic,
                            synthetic_set_names)
 from mvc.config import StudyConfig, config_to_yaml
-from mvc.imaging import tensor_to_images
+from mvc.image_measures import nearest_two
+from mvc.imaging import tensor_to_images, to_chw
 from mvc.io import write_text
 from mvc.mixing import mix
 from mvc.paths import REPO_ROOT
@@ -74,7 +76,16 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
     ReportItem("image_metrics", "table", "Image metrics",
                "Per synthetic set: Fréchet distance and KID to real {metrics.reference_split} images on "
                "{metrics.feature_extractor} features, label fidelity (accuracy of a classifier trained on real "
-               "images of {metrics.judge_splits}), diversity (mean pairwise feature distance within a class)."),
+               "images of {metrics.judge_splits}, never the generation sources), diversity (mean pairwise feature "
+               "distance within a class), and copies: the share of images whose nearest labelled training image is "
+               "closer than a third of the second nearest (nn_distance_vs_real: their median nearest distance over "
+               "a real training image's to its nearest other). FID, KID and diversity are computed on an equal, "
+               "class-stratified, seeded sample of every set (images_per_class); fidelity and copies on all its "
+               "images."),
+    ReportItem("memorization_pairs", "figure", "Image metrics",
+               "The MVC images closest to being copies: each generated image (top row) above its nearest labelled "
+               "training image (bottom row), with the ratio of its nearest to its second-nearest training image "
+               "(a copy is below 1/3; the table's `copies` column is the share of such images)."),
     ReportItem("samples", "figure", "Diagnostics", "Labelled training images, a row per class."),
     ReportItem("class_histogram", "figure", "Diagnostics", "Images per class and split."),
     ReportItem("caption_embeddings_pca", "figure", "Diagnostics",
@@ -175,7 +186,22 @@ def _paper_figures(cfg: StudyConfig) -> dict[str, Callable[[], plt.Figure]]:
         "figure3_training_pipeline": lambda: figures.pipeline_diagram(cfg, "training"),
         "figure4_generation_pipeline": lambda: figures.pipeline_diagram(cfg, "generation"),
         "figure5_real_mvc_naive": lambda: figures.figure5(cfg, real, sources, synthetic),
+        "memorization_pairs": lambda: memorization_figure(cfg),
     }
+
+
+def memorization_figure(cfg: StudyConfig, n: int = 8) -> plt.Figure:
+    """The `n` images of the first MVC set nearest to a copy, above their nearest labelled training image."""
+    splits, images = load_splits(cfg), load_images(cfg)
+    train = to_chw(images[splits[splits["split"] == "train"]["image_id"].to_numpy()])
+    name = synthetic_set_names(cfg.generate)[0]
+    imgs, _ = load_synthetic(cfg, name)
+    d1, d2, nearest = nearest_two(to_chw(imgs), train)
+    order = torch.argsort(d1 / d2.clamp_min(1e-8))[:n]
+    top = [imgs[i] for i in order.tolist()]
+    bottom = [train[j].permute(1, 2, 0).numpy() for j in nearest[order].tolist()]
+    titles = [f"{float(d1[i] / d2[i]):.2f}" for i in order.tolist()]
+    return figures.image_grid([(name, top), ("nearest real", bottom)], titles)
 
 
 def diagnostic_figures(cfg: StudyConfig) -> dict[str, Callable[[], plt.Figure]]:
@@ -274,6 +300,18 @@ def _table_html(path: Path, label: str, caption: str) -> str:
     return f"<div class=table><p class=caption><b>{label}.</b> {html.escape(caption)}</p>{body}</div>"
 
 
+def _backbone_sentence(cfg: StudyConfig) -> str:
+    """What the backbone knew before MVC fine-tuning, which is what the naive set shows."""
+    if cfg.backbone.kind == "pretrained":
+        return f"The backbone is the pretrained {cfg.backbone.model}."
+    domain = cfg.backbone.surrogate.source_domain
+    if domain == "none":
+        return ("The surrogate backbone was pretrained on the unlabelled pool only, with no labelled source domain: "
+                "it never saw a class name, so the naive set shows a backbone that does not know the classes.")
+    return (f"The surrogate backbone was pretrained on the unlabelled pool (class-free captions) and on a labelled "
+            f"source domain, {domain}, captioned with the class prompt: it knows the classes, in another domain.")
+
+
 def write_index(cfg: StudyConfig) -> Path:
     """`reports/<study>/index.html`: the report in the registry's order, then notebooks, params, provenance."""
     paths = cfg.paths
@@ -297,7 +335,7 @@ pre{{background:#f6f6f6;padding:0.5em;overflow:auto;font-size:12px}}</style>
 <p>Reproduction of Rahat and Venkateswara, <i>Dataset Augmentation by Mixing Visual Concepts</i> (WACV 2025),
 with the MVC study kit. Dataset <code>{cfg.data.dataset}</code>, backbone <code>{cfg.backbone.kind}</code>
 (<code>{html.escape(cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate")}</code>), classifier
-<code>{cfg.classify.backbone}</code>. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>
+<code>{cfg.classify.backbone}</code>. {html.escape(_backbone_sentence(cfg))} Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>
 {sections}
 <h2>Executed notebooks</h2><ul>{links}</ul>
 <h2>Resolved params</h2><pre>{html.escape(config_to_yaml(cfg))}</pre>

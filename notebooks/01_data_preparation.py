@@ -22,17 +22,11 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-import logging
 
-from IPython.display import Image, Markdown, display
-
-import mvc
-from mvc.paths import shown
-
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-cfg = mvc.load_config(params, overrides)
-print(f"study {cfg.study}: work in {shown(cfg.paths.run)}, report in {shown(cfg.paths.report)}")
 from mvc import artifacts, data, plots, report
+from mvc.notebook import open_study
+
+cfg = open_study(params, overrides)
 
 # %%
 splits = data.prepare_dataset(cfg)

@@ -20,19 +20,14 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-import logging
-
+import pandas as pd
 from IPython.display import Image, Markdown, display
 
-import mvc
+from mvc import report
+from mvc.notebook import open_study
 from mvc.paths import shown
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-cfg = mvc.load_config(params, overrides)
-print(f"study {cfg.study}: work in {shown(cfg.paths.run)}, report in {shown(cfg.paths.report)}")
-import pandas as pd
-
-from mvc import report
+cfg = open_study(params, overrides)
 
 # %%
 index = report.build_report(cfg)

@@ -110,3 +110,17 @@ def test_a_batch_that_cannot_be_split_evenly_over_the_processes_is_refused():
         finetune.per_process_batch(3, 2)
     with pytest.raises(ValueError, match="multiple of 4"):
         finetune.per_process_batch(2, 4)  # would silently become 4
+
+
+def test_sampled_targets_vary_around_the_posterior_mode(prepared):
+    bb = components.load_backbone(prepared.paths.backbone)
+    mode = finetune.training_data(prepared, bb.vae)
+    sampled_cfg = prepared.model_copy(update={"finetune": prepared.finetune.model_copy(update={"target_latents": "sample"})})
+    sampled = finetune.training_data(sampled_cfg, bb.vae)
+    a = finetune.draw_batch(mode, prepared, np.random.default_rng(0), 8)
+    b = finetune.draw_batch(sampled, sampled_cfg, np.random.default_rng(0), 8)
+    c = finetune.draw_batch(sampled, sampled_cfg, np.random.default_rng(0), 8)
+    assert (a.targets == b.targets).all() and torch.equal(a.cond, b.cond)  # the same draw of everything else
+    assert not torch.allclose(a.latents, b.latents) and torch.equal(b.latents, c.latents)  # seeded
+    spread = (b.latents - a.latents).abs() / sampled.latent_std[b.targets]
+    assert float(spread.mean()) < 2.0  # draws within the posterior, not arbitrary noise

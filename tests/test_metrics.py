@@ -175,3 +175,20 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     assert info["judge_images"] == splits["split"].isin(["val", "pool"]).sum()
     assert np.allclose(table["judge_accuracy_on_real"], info["judge_accuracy_on_real"])
     assert pd.read_csv(cfg.paths.image_metrics).equals(table)
+
+
+def test_memorization_finds_exact_and_near_copies_and_not_new_images():
+    from mvc.image_measures import memorization, nearest_two
+
+    rng = np.random.default_rng(0)
+    train = torch.from_numpy(rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8))
+    real = float(nearest_two(train, train, torch.arange(20))[0].median())
+    exact = train[:10].clone()
+    near = (train[10:].int() + torch.from_numpy(rng.integers(-6, 7, (10, 3, 8, 8)))).clamp(0, 255).to(torch.uint8)
+    new = torch.from_numpy(rng.integers(0, 256, (10, 3, 8, 8), dtype=np.uint8))
+    assert memorization(exact, train, real)["copies"] == 1.0 and memorization(exact, train, real)["nn_distance"] == 0
+    assert memorization(near, train, real)["copies"] == 1.0
+    assert memorization(new, train, real)["copies"] == 0.0
+    assert abs(memorization(new, train, real)["nn_distance_vs_real"] - 1.0) < 0.2
+    # the training images against themselves: no image is its own copy
+    assert memorization(train, train, real, torch.arange(20))["copies"] == 0.0

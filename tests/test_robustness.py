@@ -250,3 +250,26 @@ def test_a_killed_kernel_is_explained(tmp_path, monkeypatch):
                            tmp_path / "progress.json")
     assert "kernel died" in str(err.value) and "memory" in str(err.value) and "batch_size" in str(err.value)
     assert not list((tmp_path / "out").glob("*.ipynb"))  # nothing half-written
+
+
+def test_a_surrogate_that_cannot_fit_in_memory_is_refused_up_front(tmp_path):
+    from mvc.resources import check_memory
+
+    from mvc.config import load_config
+
+    big = load_config(REPO / "params/digits.yaml", ["backbone.resolution=512"])
+    with pytest.raises(ValueError, match="backbone.resolution"):
+        check_memory(big, available_gb=24)
+    out = _mvc("check", str(REPO / "params/digits.yaml"), "--set=backbone.resolution=1024")
+    assert out.returncode == 2 and "GB" in out.stderr and "backbone.resolution" in out.stderr
+    ok = _mvc("check", str(REPO / "params/digits.yaml"))
+    assert ok.returncode == 0 and "estimated peak memory" in ok.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.pool_per_class=0", "data.pool_per_class is 0"),
+    ("caption.splits=[train]", "add 'pool' to caption.splits"),
+])
+def test_a_surrogate_without_a_captioned_pool_is_refused_by_check(override, message):
+    out = _mvc("check", str(REPO / "params/digits.yaml"), f"--set={override}")
+    assert out.returncode == 2 and message in out.stderr

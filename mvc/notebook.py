@@ -1,0 +1,16 @@
+"""What the first cell of every numbered notebook does, in one call."""
+
+from __future__ import annotations
+
+import logging
+
+from mvc.config import StudyConfig, load_config
+from mvc.paths import shown
+
+
+def open_study(params: str, overrides: list[str]) -> StudyConfig:
+    """Log to the notebook, load the study's params (with overrides) and say where it works."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    cfg = load_config(params, overrides)
+    print(f"study {cfg.study}: work in {shown(cfg.paths.run)}, report in {shown(cfg.paths.report)}")
+    return cfg
