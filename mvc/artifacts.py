@@ -185,7 +185,7 @@ def load_image_metrics(cfg: StudyConfig) -> pd.DataFrame:
 
 
 RESULT_COLUMNS = ["dataset", "method", "seed", "shots", "backbone", "variant", "top1", "top5", "steps",
-                  "synthetic_share", "params_hash"]
+                  "synthetic_share", "synthetic_per_source", "params_hash"]
 RESULT_KEY = ["variant", "method", "seed"]  # one classifier run
 
 

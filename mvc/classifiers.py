@@ -20,7 +20,8 @@ from torchvision.transforms import v2
 from mvc.config import ClassifyConfig
 from mvc.runtime import seed_everything
 
-SYNTHETIC_METHODS = {"sd_naive", "mvc", "mvc_two_phase", "mvc_randaugment"}
+SYNTHETIC_METHODS = {"sd_naive", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment"}
+TWO_PHASE_METHODS = {"mvc_two_phase", "real_two_phase"}  # real_two_phase: the same schedule on real images only
 
 
 class SmallCNN(nn.Module):
@@ -159,9 +160,9 @@ class RunSpec:
 
 def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool]]:
     """[(steps, lr scale, synthetic allowed)] per phase; every method totals `c.steps`."""
-    if method == "mvc_two_phase":
+    if method in TWO_PHASE_METHODS:  # phase 2: real images only, a fresh cosine schedule at a lower rate
         second = max(1, round(c.two_phase_fraction * c.steps))
-        return [(c.steps - second, 1.0, True), (second, c.two_phase_lr_scale, False)]
+        return [(c.steps - second, 1.0, method in SYNTHETIC_METHODS), (second, c.two_phase_lr_scale, False)]
     return [(c.steps, 1.0, method in SYNTHETIC_METHODS)]
 
 

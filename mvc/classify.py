@@ -52,7 +52,8 @@ def grid(cfg: StudyConfig) -> list[RunSpec]:
     c, g = cfg.classify, cfg.generate
     specs = []
     for method in c.methods:
-        sets = ("naive",) if method == "sd_naive" else mvc_set_names(c) if method in SYNTHETIC_METHODS else ()
+        sets = {"sd_naive": ("naive",), "mvc_nomix": ("mvc_none",)}.get(
+            method, mvc_set_names(c) if method in SYNTHETIC_METHODS else ())
         specs += [RunSpec(method, s, "main", sets, c.p_synthetic) for s in c.seeds]
     if c.ablation:
         ab_seeds = c.seeds[: max(3, len(c.seeds) // 2)]
@@ -71,10 +72,11 @@ def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dic
     c = cfg.classify
     share = spec.p_synthetic * (1 - (c.two_phase_fraction if spec.method == "mvc_two_phase" else 0)) \
         if spec.synthetic_sets else 0.0
+    per_source = (spec.max_per_source or cfg.generate.images_per_source) * len(spec.synthetic_sets)
     return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed,
             "shots": cfg.data.shots if cfg.data.shots else "all", "backbone": c.backbone, "variant": spec.variant,
             "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),
-            "params_hash": cfg.stage_hash("classify")}
+            "synthetic_per_source": per_source, "params_hash": cfg.stage_hash("classify")}
 
 
 def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int | None = None,

@@ -19,8 +19,8 @@ from mvc.stages import stage_hash
 DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
 MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
 Method = Literal[
-    "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix",
-    "sd_naive", "mvc", "mvc_two_phase", "mvc_randaugment",
+    "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "real_two_phase",
+    "sd_naive", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment",
 ]
 
 
@@ -229,7 +229,8 @@ class ClassifyConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     p_synthetic: float = Field(0.5, ge=0, le=1)  # a synthetic image replaces its real source with this chance
     evaluate_on: Literal["test", "val"] = "test"  # val: choose a recipe without looking at test accuracy
-    mvc_modes: list[MixMode] = Field(["coarse", "fine"], min_length=1)  # which MVC synthetic sets the mvc methods draw from
+    # the MVC synthetic sets the mvc methods draw from; one set: as many synthetic images per source as the naive set
+    mvc_modes: list[MixMode] = Field(["coarse"], min_length=1)
     two_phase_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps in phase 2 (real only)
     two_phase_lr_scale: float = Field(0.1, gt=0, le=1)
     autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = "cifar10"
@@ -246,6 +247,9 @@ class ClassifyConfig(Section):
 
 
 class ReportConfig(Section):
+    # the baseline MVC is compared with, fixed before any result is seen (the paper names RandAugment); the
+    # report tests MVC against every baseline too, with Holm's correction
+    comparator: str = "randaugment"
     examples_per_class: int = Field(4, ge=1)
     classes_in_figures: int = Field(10, ge=1)
 
@@ -276,6 +280,19 @@ class StudyConfig(Section):
             raise ValueError(f"study name {name!r} must be letters, digits, '.', '_' or '-', start with a letter or "
                              f"digit and hold no '..' (it names the folders runs/<study>/ and reports/<study>/)")
         return name
+
+    @model_validator(mode="after")
+    def _methods_have_their_synthetic_sets(self) -> StudyConfig:
+        c, g = self.classify, self.generate
+        if "sd_naive" in c.methods and not g.naive:
+            raise ValueError("classify.methods has sd_naive, which trains on the naive set: set generate.naive: true")
+        if "mvc_nomix" in c.methods and "none" not in g.modes:
+            raise ValueError("classify.methods has mvc_nomix, which trains on the MVC model's images from each "
+                             "image's own caption: add none to generate.modes")
+        missing = [m for m in c.mvc_modes if m not in g.modes]
+        if missing and any(m in c.methods for m in ("mvc", "mvc_two_phase", "mvc_randaugment")):
+            raise ValueError(f"classify.mvc_modes {missing} are not generated: add them to generate.modes")
+        return self
 
     @model_validator(mode="after")
     def _surrogate_needs_a_captioned_pool(self) -> StudyConfig:

@@ -18,7 +18,8 @@ def test_every_profile_validates():
 
 
 def test_extends_and_overrides_are_typed():
-    cfg = load_config(REPO / "params/smoke.yaml", ["classify.steps=7", "generate.modes=[fine]"])
+    cfg = load_config(REPO / "params/smoke.yaml", ["classify.steps=7", "generate.modes=[fine]",
+                                                   "classify.mvc_modes=[fine]", "classify.methods=[none,randaugment,mvc]"])
     assert cfg.data.prompt_template == "a photo of the digit {name}"  # from digits.yaml
     assert cfg.data.shots == 4  # smoke's own
     assert cfg.classify.steps == 7 and cfg.generate.modes == ["fine"]
@@ -45,6 +46,8 @@ def test_extends_and_overrides_are_typed():
     ("study=a/b", ["study", "letters, digits"]),
     ("finetune.mixing.include_anchor=false", ["finetune.mixing.include_anchor", "unknown key"]),
     ("generate.mixing.mode=fine", ["generate.mixing.mode", "unknown key"]),
+    ("generate.modes=[fine]", ["classify.methods has mvc_nomix", "add none to generate.modes"]),
+    ("generate.naive=false", ["sd_naive", "generate.naive: true"]),
 ])
 def test_config_errors_name_the_field(override, names):
     with pytest.raises(ConfigError) as err:

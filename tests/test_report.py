@@ -30,16 +30,24 @@ def test_accuracy_table_means_and_intervals(results):
     assert table.loc["mvc", "seeds"] == 3  # ablation rows are not in the main table
 
 
-def test_paired_difference_against_the_best_baseline(results):
-    d = statistics.paired_difference(results, "mvc")
-    assert d["baseline"] == "randaugment"
-    assert d["difference"] == pytest.approx(3.0)
-    assert d["p_value"] == pytest.approx(stats.ttest_rel([0.88, 0.90, 0.89], [0.85, 0.86, 0.87]).pvalue, abs=1e-4)
+def test_paired_tests_against_every_baseline_with_holm(results):
+    t = statistics.paired_tests(results, "mvc", comparator="randaugment").set_index("baseline")
+    assert list(t.index) == ["none", "randaugment"] and t["comparator"].tolist() == [False, True]
+    assert t.loc["randaugment", "difference"] == pytest.approx(3.0)
+    p = stats.ttest_rel([0.88, 0.90, 0.89], [0.85, 0.86, 0.87]).pvalue
+    assert t.loc["randaugment", "p_value"] == pytest.approx(p, abs=1e-4)
+    assert (t["p_holm"] >= t["p_value"] - 1e-9).all()
+
+
+def test_holm_adjustment():
+    # three p-values: the smallest times 3, the next times 2 (kept monotone), the largest as it is
+    assert statistics.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert statistics.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
 
 
 def test_tables_are_written_as_csv_markdown_and_booktabs(results, tmp_path):
     out = report.write_table(statistics.accuracy_table(results), tmp_path, "classification", "a caption")
-    assert pd.read_csv(out["csv"]).shape == (4, 5)
+    assert pd.read_csv(out["csv"]).shape == (4, 6)
     assert "| method" in out["md"].read_text()
     tex = out["tex"].read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex

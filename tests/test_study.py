@@ -61,7 +61,7 @@ def test_smoke_study_end_to_end_through_papermill(smoke_study):
     for fig in ("samples", "figure1_real_naive_mvc", "figure2_coarse_fine", "figure3_training_pipeline",
                 "figure4_generation_pipeline", "figure5_real_mvc_naive", "classification_bars", "finetune_loss"):
         assert (report / "figures" / f"{fig}.png").exists() and (report / "figures" / f"{fig}.pdf").exists()
-    for table in ("classification", "ablation", "image_metrics", "paired_difference"):
+    for table in ("classification", "ablation", "image_metrics", "paired_tests"):
         for ext in ("csv", "md", "tex"):
             assert (report / "tables" / f"{table}.{ext}").exists()
     prov = json.loads((report / "provenance.json").read_text())
