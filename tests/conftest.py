@@ -62,15 +62,21 @@ def tiny_sd(tmp_path_factory):
     return save_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
 
 
+def free_port() -> int:
+    """A free local port: two test runs at once must not collide on accelerate's default one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch_two_processes(*mvc_args: str, timeout: int = 600):
     """`accelerate launch --multi_gpu --num_processes 2 -m mvc ...` over gloo on the CPU, on a free port."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:  # two test runs at once must not collide on accelerate's default port
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,3 +126,43 @@ def test_sampled_targets_vary_around_the_posterior_mode(prepared):
     assert not torch.allclose(a.latents, b.latents) and torch.equal(b.latents, c.latents)  # seeded
     spread = (b.latents - a.latents).abs() / sampled.latent_std[b.targets]
     assert float(spread.mean()) < 2.0  # draws within the posterior, not arbitrary noise
+
+
+def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
+    """Over gloo, 2 processes: SIGKILL after the first checkpoint, run again; the losses equal a run never killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import free_port, launch_two_processes
+
+    base = ["finetune.steps=6", "finetune.checkpoint_every=2"]
+    cfgs = {name: smoke_config(tmp_path / name, *base) for name in ("whole", "killed")}
+    for cfg in cfgs.values():
+        for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
+            stage(cfg, show_progress=False)
+
+    def args(cfg):
+        return ["finetune", str(REPO / "params/smoke.yaml"), f"--set=runs_root={cfg.paths.run.parent}",
+                f"--set=reports_root={cfg.paths.report.parent}", "--set=device=cpu", *[f"--set={o}" for o in base]]
+
+    assert launch_two_processes(*args(cfgs["whole"])).returncode == 0
+    killed = cfgs["killed"]
+    proc = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "--main_process_port", str(free_port()), "-m", "mvc", *args(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (killed.paths.checkpoints / "checkpoint-2").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, as a lost machine would end them
+    proc.wait()
+    assert not killed.paths.mvc_model.exists()
+    assert launch_two_processes(*args(killed)).returncode == 0
+    a, b = (pd.read_csv(c.paths.finetune_loss) for c in (cfgs["whole"], killed))
+    assert b["step"].tolist() == list(range(6))
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    assert a["loss_per_process"].tolist() == b["loss_per_process"].tolist() or \
+        np.allclose(a["loss_per_process"].str.split(" ", expand=True).astype(float),
+                    b["loss_per_process"].str.split(" ", expand=True).astype(float), rtol=1e-4)
