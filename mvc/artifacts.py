@@ -138,12 +138,17 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def synthetic_set_names(g: GenerateConfig) -> list[str]:
-    """The synthetic sets a study generates: `mvc_<mode>` per MVC mode, and `naive` (the backbone, text only)."""
-    return [f"mvc_{m.replace('+', '_')}" for m in g.modes] + (["naive"] if g.naive else [])
+    """The synthetic sets a study generates: `mvc_<mode>` per MVC mode, `naive` (the backbone, text only) and
+    `img2img` (the backbone's SDEdit of each real image)."""
+    return ([f"mvc_{m.replace('+', '_')}" for m in g.modes] + (["naive"] if g.naive else [])
+            + (["img2img"] if g.img2img else []))
 
 
 def set_mode(g: GenerateConfig, name: str) -> str:
-    """The mixing mode of a synthetic set (the naive set uses the first MVC mode's prompts)."""
+    """The mixing mode of a synthetic set (the naive set uses the first MVC mode's prompts; img2img, the class
+    prompt alone)."""
+    if name == "img2img":
+        return "img2img"
     if name == "naive":
         return g.modes[0]
     return next(m for m in g.modes if f"mvc_{m.replace('+', '_')}" == name)

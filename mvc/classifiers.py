@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from mvc.config import ClassifyConfig
 from mvc.runtime import seed_everything
 
-SYNTHETIC_METHODS = {"sd_naive", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment"}
+SYNTHETIC_METHODS = {"sd_naive", "sd_img2img", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment"}
 TWO_PHASE_METHODS = {"mvc_two_phase", "real_two_phase"}  # real_two_phase: the same schedule on real images only
 
 

@@ -52,7 +52,7 @@ def grid(cfg: StudyConfig) -> list[RunSpec]:
     c, g = cfg.classify, cfg.generate
     specs = []
     for method in c.methods:
-        sets = {"sd_naive": ("naive",), "mvc_nomix": ("mvc_none",)}.get(
+        sets = {"sd_naive": ("naive",), "sd_img2img": ("img2img",), "mvc_nomix": ("mvc_none",)}.get(
             method, mvc_set_names(c) if method in SYNTHETIC_METHODS else ())
         specs += [RunSpec(method, s, "main", sets, c.p_synthetic) for s in c.seeds]
     if c.ablation:

@@ -20,7 +20,7 @@ DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech
 MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
 Method = Literal[
     "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "real_two_phase",
-    "sd_naive", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment",
+    "sd_naive", "sd_img2img", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment",
 ]
 
 
@@ -182,6 +182,10 @@ class GenerateConfig(Section):
     mixing: GenerationMixingConfig = GenerationMixingConfig()  # k, alpha, beta_max, include_anchor
     naive: bool = True  # also generate the naive baseline (backbone before fine-tuning, text only)
     naive_guidance: float = Field(3.0, ge=0)
+    # the sd_img2img set: the backbone's image-to-image (SDEdit) of each real image with its class prompt, through
+    # diffusers' StableDiffusionImg2ImgPipeline, no fine-tuning (the augmentation DA-Fusion builds on)
+    img2img: bool = False
+    img2img_strength: float = Field(0.5, gt=0, le=1)  # t0: the share of the noise schedule the real image is noised
     batch_size: int = Field(100, ge=1)
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
     compile: bool = False
@@ -286,6 +290,9 @@ class StudyConfig(Section):
         c, g = self.classify, self.generate
         if "sd_naive" in c.methods and not g.naive:
             raise ValueError("classify.methods has sd_naive, which trains on the naive set: set generate.naive: true")
+        if "sd_img2img" in c.methods and not g.img2img:
+            raise ValueError("classify.methods has sd_img2img, which trains on the img2img set: set generate.img2img: "
+                             "true")
         if "mvc_nomix" in c.methods and "none" not in g.modes:
             raise ValueError("classify.methods has mvc_nomix, which trains on the MVC model's images from each "
                              "image's own caption: add none to generate.modes")

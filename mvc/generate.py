@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import PartialState
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -92,7 +93,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     if not todo:
         return 0
     mode = set_mode(g, name)
-    is_mvc = name != "naive"
+    is_mvc = name.startswith("mvc_")
     unet, vae, sched_cfg, cond_latents = models["mvc" if is_mvc else "naive"]
     scheduler = make_scheduler(g.scheduler, sched_cfg)
     latent_shape = (unet.config.out_channels, unet.config.sample_size, unet.config.sample_size)
@@ -106,22 +107,28 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             break
         batch = todo[lo: lo + g.batch_size]
         rows = emb.row_of(np.array([it.source_image_id for it in batch]))
-        text = seeded_mixes(emb.embeddings, emb.labels, rows, [it.seed for it in batch], mode, g.mixing.k,
-                            g.mixing.alpha, g.mixing.beta_max, g.mixing.include_anchor)
-        noise = initial_noise([it.seed for it in batch], latent_shape)
-        if is_mvc:
-            x = sample(unet, vae, scheduler, noise, text, emb.empty, cond_latents[rows], g.steps,
-                       g.guidance_text, g.guidance_image)
+        if name == "img2img":
+            sources = tensor_to_images(diffusion_images(cfg, [it.source_image_id for it in batch]))
+            prompts = [cfg.data.prompt_template.format(name=class_of[label_of[it.source_image_id]]) for it in batch]
+            images = sdedit(models["img2img"], sources, prompts, [it.seed for it in batch], g)
         else:
-            x = sample(unet, vae, scheduler, noise, text, emb.empty, None, g.steps, g.naive_guidance)
+            text = seeded_mixes(emb.embeddings, emb.labels, rows, [it.seed for it in batch], mode, g.mixing.k,
+                                g.mixing.alpha, g.mixing.beta_max, g.mixing.include_anchor)
+            noise = initial_noise([it.seed for it in batch], latent_shape)
+            if is_mvc:
+                x = sample(unet, vae, scheduler, noise, text, emb.empty, cond_latents[rows], g.steps,
+                           g.guidance_text, g.guidance_image)
+            else:
+                x = sample(unet, vae, scheduler, noise, text, emb.empty, None, g.steps, g.naive_guidance)
+            images = tensor_to_images(x)
         records = []
-        for it, img in zip(batch, tensor_to_images(x)):
+        for it, img in zip(batch, images):
             rel = f"{class_of[label_of[it.source_image_id]]}/{it.image_id}.png"
             target = folder / rel
             with atomic_path(target) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
             records.append({"image_id": it.image_id, "source_image_id": it.source_image_id, "index": it.index,
-                            "label": label_of[it.source_image_id], "mode": "naive" if not is_mvc else mode,
+                            "label": label_of[it.source_image_id], "mode": mode if is_mvc else name,
                             "seed": it.seed, "path": rel})
         append_rows(manifest, pd.DataFrame(records, columns=MANIFEST_COLUMNS))
         made += len(batch)
@@ -158,10 +165,30 @@ def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtyp
     vae = mvc.vae.to(device).eval()
     cond = encode_latents(vae, diffusion_images(cfg, emb.frame["image_id"].to_numpy()))
     out["mvc"] = (mvc.unet.to(device).eval(), vae, mvc.scheduler.config, cond)
-    if cfg.generate.naive if naive is None else naive:
+    want_naive = cfg.generate.naive if naive is None else naive
+    if want_naive or (naive is None and cfg.generate.img2img):
         bb = load_backbone(backbone_source(cfg), cfg.backbone.revision, dtype=dtype)
         out["naive"] = (bb.unet.to(device).eval(), bb.vae.to(device).eval(), bb.scheduler.config, None)
+        if naive is None and cfg.generate.img2img:
+            out["img2img"] = img2img_pipeline(bb, cfg.generate.scheduler, device)
     return out
+
+
+def img2img_pipeline(bb, scheduler: str, device):
+    """diffusers' StableDiffusionImg2ImgPipeline over the backbone's five parts (no fine-tuning)."""
+    pipe = StableDiffusionImg2ImgPipeline(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer,
+                                          unet=bb.unet, scheduler=make_scheduler(scheduler, bb.scheduler.config),
+                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], g) -> np.ndarray:
+    """The backbone's image-to-image (SDEdit) of uint8 source images at strength `t0`, one seed per image."""
+    out = pipe(prompt=prompts, image=[Image.fromarray(x) for x in sources], strength=g.img2img_strength,
+               num_inference_steps=g.steps, guidance_scale=g.naive_guidance, output_type="np",
+               generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
 @stage("generate", distributed=True)
@@ -174,7 +201,7 @@ def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int 
     emb.frame["class_name"] = splits.loc[emb.frame["image_id"], "class_name"].to_numpy()
     dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
     models = load_generation_models(cfg, emb, dist.device, dtype)
-    for unet, *_ in models.values():
+    for unet, *_ in (v for k, v in models.items() if k != "img2img"):  # the pipeline shares the naive UNet
         if cfg.generate.channels_last:
             unet.to(memory_format=torch.channels_last)
         maybe_compile(unet, cfg.generate.compile, dist.device, "generate.compile")

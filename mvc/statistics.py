@@ -7,7 +7,7 @@ import pandas as pd
 from scipy import stats
 
 METHOD_ORDER = ["none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "real_two_phase", "sd_naive",
-                "mvc_nomix", "mvc", "mvc_two_phase", "mvc_randaugment"]
+                "sd_img2img", "mvc_nomix", "mvc", "mvc_two_phase", "mvc_randaugment"]
 MVC_METHODS = {"mvc", "mvc_two_phase", "mvc_randaugment", "mvc_nomix"}
 
 
