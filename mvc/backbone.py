@@ -97,7 +97,8 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     encoder = TextEncoder(tokenizer, text_model, cfg.text.max_length)
     uniq = sorted(set(texts))
     table = torch.cat([encoder(uniq[i: i + 256]) for i in range(0, len(uniq), 256)])
-    text_idx = torch.tensor([uniq.index(t) for t in texts])
+    row_of = {t: i for i, t in enumerate(uniq)}  # a dict: list.index would be quadratic in the pool size
+    text_idx = torch.tensor([row_of[t] for t in texts])
     empty = encoder([EMPTY_PROMPT])[0]
 
     unet = build_surrogate_unet(s, latents.shape[-1])

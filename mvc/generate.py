@@ -82,6 +82,12 @@ def _done_ids(folder: Path) -> set[str]:
     return done
 
 
+def mixes_of(emb, rows: np.ndarray, seeds: list[int], mode: str, mixing) -> torch.Tensor:
+    """The study's text conditions for caption `rows`, one seeded mix each, with `generate.mixing`'s settings."""
+    return seeded_mixes(emb.embeddings, emb.labels, rows, seeds, mode, mixing.k, mixing.alpha, mixing.beta_max,
+                        mixing.include_anchor)
+
+
 def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, world: int = 1,
                  show_progress: bool = True, max_batches: int | None = None) -> int:
     """Generate this process's missing images of synthetic set `name`; returns how many it made."""
@@ -112,8 +118,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             prompts = [cfg.data.prompt_template.format(name=class_of[label_of[it.source_image_id]]) for it in batch]
             images = sdedit(models["img2img"], sources, prompts, [it.seed for it in batch], g)
         else:
-            text = seeded_mixes(emb.embeddings, emb.labels, rows, [it.seed for it in batch], mode, g.mixing.k,
-                                g.mixing.alpha, g.mixing.beta_max, g.mixing.include_anchor)
+            text = mixes_of(emb, rows, [it.seed for it in batch], mode, g.mixing)
             noise = initial_noise([it.seed for it in batch], latent_shape)
             if is_mvc:
                 x = sample(unet, vae, scheduler, noise, text, emb.empty, cond_latents[rows], g.steps,
@@ -231,8 +236,7 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
     states = [(p.name.replace("checkpoint-", "step "), p / "model.safetensors") for p in list_checkpoints(cfg.paths.checkpoints)]
     anchors = np.repeat(rows_of, per_source)
     seeds = [item_seed(g.seed + 7, g.modes[0], int(a), j) for a in rows_of for j in range(per_source)]
-    text = seeded_mixes(emb.embeddings, emb.labels, anchors, seeds, g.modes[0], g.mixing.k, g.mixing.alpha,
-                        g.mixing.beta_max, g.mixing.include_anchor)
+    text = mixes_of(emb, anchors, seeds, g.modes[0], g.mixing)
     out = []
     for label, weights in states + [("final", None)]:
         try:
@@ -259,8 +263,7 @@ def guidance_grid(cfg: StudyConfig, text_scales=(1.0, 2.0, 4.0, 7.0), image_scal
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype, naive=False)["mvc"]
     rows = np.array([source_row])
-    text = seeded_mixes(emb.embeddings, emb.labels, rows, [seed], g.modes[0], g.mixing.k, g.mixing.alpha,
-                        g.mixing.beta_max, g.mixing.include_anchor)
+    text = mixes_of(emb, rows, [seed], g.modes[0], g.mixing)
     noise = initial_noise([seed], tuple(cond.shape[1:]))
     source = tensor_to_images(diffusion_images(cfg, emb.frame["image_id"].to_numpy()[rows]))[0]
     grid = []
