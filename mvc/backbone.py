@@ -21,6 +21,7 @@ from mvc.components import diffusion_loss, load_backbone, text_components
 from mvc.config import StudyConfig
 from mvc.embedding_cache import EMPTY_PROMPT
 from mvc.encoders import TextEncoder
+from mvc.runtime import adamw
 from mvc.imaging import images_to_tensor
 from mvc.io import atomic_dir, write_csv
 from mvc.progress import progress
@@ -74,7 +75,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     log_rows = []
 
     vae = build_surrogate_vae(s, res)
-    opt = torch.optim.AdamW(vae.parameters(), lr=s.vae_lr)
+    opt = adamw(vae.parameters(), "cpu", lr=s.vae_lr)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(20, s.vae_steps // 10), num_training_steps=s.vae_steps)
     for step, idx in enumerate(progress(_batches(len(x), s.vae_batch_size, s.vae_steps, gen), total=s.vae_steps,
                                     desc="backbone: VAE", disable=not show_progress)):
@@ -103,7 +104,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
 
     unet = build_surrogate_unet(s, latents.shape[-1])
     scheduler = noise_scheduler(s)
-    opt = torch.optim.AdamW(unet.parameters(), lr=s.unet_lr, weight_decay=1e-2)
+    opt = adamw(unet.parameters(), "cpu", lr=s.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, s.unet_steps // 10), num_training_steps=s.unet_steps)
     for step, idx in enumerate(progress(_batches(len(latents), s.unet_batch_size, s.unet_steps, gen), total=s.unet_steps,
                                     desc="backbone: UNet", disable=not show_progress)):

@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from mvc.config import ClassifyConfig
-from mvc.runtime import seed_everything
+from mvc.runtime import adamw, seed_everything
 
 SYNTHETIC_METHODS = {"sd_naive", "sd_img2img", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment"}
 TWO_PHASE_METHODS = {"mvc_two_phase", "real_two_phase"}  # real_two_phase: the same schedule on real images only
@@ -178,13 +178,15 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
     rng = np.random.default_rng(spec.seed)
     model = build_classifier(c.backbone, data.num_classes, data.train_x.shape[1], c.pretrained,
                              c.small_cnn_width).to(device)
+    layout = torch.channels_last if c.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     per_image = method_transform(spec.method, c, resolution)
     per_batch = batch_transform(spec.method, c, data.num_classes)
     sampler = SyntheticSampler(data, list(spec.synthetic_sets), spec.max_per_source) if spec.synthetic_sets else None
     if c.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        opt = adamw(model.parameters(), device, lr=c.lr, weight_decay=c.weight_decay)
     model.train()
     for phase, (steps, lr_scale, synthetic_ok) in enumerate(phase_schedule(spec.method, c)):
         for group in opt.param_groups:
@@ -202,7 +204,7 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
             x = normalize(x)
             if per_batch is not None:
                 x, y = per_batch(x, y)
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            loss = F.cross_entropy(model(x.to(device, memory_format=layout)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

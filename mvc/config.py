@@ -171,6 +171,12 @@ class FinetuneConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        """YAML reads a bare `no` (as in `--set finetune.mixed_precision=no`) as false: take it as 'no'."""
+        return "no" if v is False else v
+
 
 class GenerateConfig(Section):
     scheduler: Literal["ddim", "dpmsolver++", "euler"] = "ddim"
@@ -248,6 +254,9 @@ class ClassifyConfig(Section):
     # processes (one thread each) that share the grid on one machine without accelerate: the small classifiers
     # are overhead-bound, so two processes on two cores run about twice the runs of one two-thread process
     workers: int = Field(1, ge=1)
+    # weights and batches in channels-last layout: oneDNN's faster convolutions (small_cnn on 2 CPU cores: 21 ->
+    # 14 ms per step; the same arithmetic up to float order), and what mixed precision wants on GPUs
+    channels_last: bool = True
 
 
 class ReportConfig(Section):

@@ -30,7 +30,7 @@ from mvc.io import append_rows, atomic_dir, read_rows, write_csv
 from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
 from mvc.resources import check_memory
-from mvc.runtime import maybe_compile
+from mvc.runtime import adamw, maybe_compile
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     if ft.channels_last:
         unet.to(memory_format=torch.channels_last)
     unet.train()
-    fused = accelerator.device.type == "cuda"  # one fused kernel for the whole AdamW update
-    opt = torch.optim.AdamW(unet.parameters(), lr=ft.learning_rate, weight_decay=1e-2, fused=fused)
+    opt = adamw(unet.parameters(), accelerator.device, lr=ft.learning_rate, weight_decay=1e-2)
     sched = get_scheduler(ft.lr_scheduler, opt, num_warmup_steps=ft.lr_warmup_steps * accelerator.num_processes,
                           num_training_steps=ft.steps * accelerator.num_processes)
     unet, opt, sched = accelerator.prepare(unet, opt, sched)

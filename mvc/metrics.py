@@ -128,7 +128,7 @@ def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray,
     kid = kid_summary(kid_subset_scores(tools.reference, feats, m.kid_subsets, m.kid_subset_size, rng))
     copies = memorization(imgs, tools.train, tools.real_nearest, own)
     return {"synthetic_set": name, "images": len(imgs), "fid": frechet_distance(tools.reference, feats), **kid,
-            "label_fidelity": evaluate(tools.judge, imgs, torch.as_tensor(labels))[0],
+            "label_fidelity": evaluate(tools.judge, imgs, torch.tensor(labels))[0],
             "diversity": feature_diversity(feats, labels[keep]), **copies,
             "judge_accuracy_on_real": tools.judge_accuracy, "feature_extractor": m.feature_extractor}
 

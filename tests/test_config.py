@@ -84,6 +84,13 @@ def test_numbers_in_exponent_form_are_floats():
     assert cfg.finetune.learning_rate == 1e-4 and cfg.classify.lr == 3e-3
 
 
+def test_a_bare_no_is_the_string_no():
+    """YAML reads `no` as false; `--set finetune.mixed_precision=no` means the setting 'no'."""
+    assert load_config(REPO / "params/paper_base.yaml", ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="finetune.mixed_precision"):
+        load_config(REPO / "params/smoke.yaml", ["finetune.mixed_precision=true"])
+
+
 def test_a_bad_study_name_touches_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mvc", "study", str(REPO / "params/smoke.yaml"), "--set=study=..",
                           f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}"],
