@@ -29,9 +29,15 @@ SPLITS = ("train", "pool", "val", "test")
 
 
 def load_splits(cfg: StudyConfig) -> pd.DataFrame:
-    """`splits.csv`: image_id, label, class_name, class_dir, split, source."""
+    """`splits.csv`: image_id, label, class_name, class_dir, split, source. In the view of a smaller shots level
+    (`cfg.unit(shots, r)`), the train images past the first `shots` of each class are in split `unused`."""
     require(cfg, "data")
-    return pd.read_csv(cfg.paths.splits, keep_default_na=False)
+    splits = pd.read_csv(cfg.paths.splits, keep_default_na=False)
+    if cfg.shots_now is not None and cfg.shots_now != cfg.data.max_shots:
+        train = splits["split"] == "train"
+        rank = splits[train].sort_values("image_id").groupby("label").cumcount()
+        splits.loc[rank[rank >= cfg.shots_now].index, "split"] = "unused"
+    return splits
 
 
 def load_images(cfg: StudyConfig) -> np.ndarray:
@@ -92,6 +98,8 @@ def load_caption_embeddings(cfg: StudyConfig) -> CaptionEmbeddings:
     require(cfg, "embed")
     name = stage_info(cfg, "embed")["encoder"]
     train = training_captions(load_captions(cfg))
+    splits = load_splits(cfg)
+    train = train[train["image_id"].isin(splits.loc[splits["split"] == "train", "image_id"])].reset_index(drop=True)
     cache = EmbeddingCache(cfg.paths.embeddings)
     keys = [caption_key(name, t, cfg.text.max_length) for t in [EMPTY_PROMPT] + train["text"].tolist()]
     emb = cache.get(keys)
@@ -116,6 +124,18 @@ def mvc_model_path(cfg: StudyConfig) -> Path:
     return cfg.paths.mvc_model
 
 
+def text_model_path(cfg: StudyConfig) -> Path | None:
+    """The text-only fine-tuned backbone (a `StableDiffusionPipeline` folder), or None when the study has none."""
+    require(cfg, "finetune_text")
+    return cfg.paths.text_model if cfg.generate.finetuned else None
+
+
+def nomix_model_path(cfg: StudyConfig) -> Path | None:
+    """MVC fine-tuned without mixing (an InstructPix2Pix folder), or None when the study has none."""
+    require(cfg, "finetune_nomix")
+    return cfg.paths.nomix_model if cfg.generate.nomix_trained else None
+
+
 def load_backbone_loss(cfg: StudyConfig) -> pd.DataFrame | None:
     """The surrogate's pretraining losses (part: vae or unet), or None for a pretrained backbone."""
     require(cfg, "backbone")
@@ -138,10 +158,54 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def synthetic_set_names(g: GenerateConfig) -> list[str]:
-    """The synthetic sets a study generates: `mvc_<mode>` per MVC mode, `naive` (the backbone, text only) and
-    `img2img` (the backbone's SDEdit of each real image)."""
+    """The synthetic sets a study generates: `mvc_<mode>` per MVC mode, `naive` (the backbone, text only),
+    `img2img` (the backbone's SDEdit of each real image), `finetuned` (the text-only fine-tuned backbone) and
+    `nomix_trained` (MVC fine-tuned without mixing, from each image's own caption)."""
     return ([f"mvc_{m.replace('+', '_')}" for m in g.modes] + (["naive"] if g.naive else [])
-            + (["img2img"] if g.img2img else []))
+            + (["img2img"] if g.img2img else []) + (["finetuned"] if g.finetuned else [])
+            + (["nomix_trained"] if g.nomix_trained else []))
+
+
+# the synthetic sets a classifier method draws from (the MVC methods: those of `classify.mvc_modes`)
+METHOD_SETS = {"sd_naive": ("naive",), "sd_img2img": ("img2img",), "sd_finetuned": ("finetuned",),
+               "mvc_nomix": ("mvc_none",), "mvc_nomix_trained": ("nomix_trained",)}
+MVC_SET_METHODS = ("mvc", "mvc_two_phase", "mvc_randaugment")
+
+
+def mvc_set_names(modes: list[str]) -> tuple[str, ...]:
+    return tuple(f"mvc_{m.replace('+', '_')}" for m in modes)
+
+
+def method_sets(method: str, classify_cfg) -> tuple[str, ...]:
+    """The synthetic sets classifier method `method` draws from (none for the real-only methods)."""
+    if method in MVC_SET_METHODS:
+        return mvc_set_names(classify_cfg.mvc_modes)
+    return METHOD_SETS.get(method, ())
+
+
+def below_top_level(cfg: StudyConfig) -> bool:
+    """True when this view is of a shots level below the largest and `curve_methods` narrows what runs there."""
+    return cfg.curve_methods is not None and cfg.shots_now != cfg.data.max_shots
+
+
+def methods_at_level(cfg: StudyConfig) -> list[str]:
+    """The classifier methods run at this view's shots level: all of `classify.methods` at the largest level,
+    those of `curve_methods` below it."""
+    if below_top_level(cfg):
+        return [m for m in cfg.classify.methods if m in cfg.curve_methods]
+    return list(cfg.classify.methods)
+
+
+def unit_set_names(cfg: StudyConfig) -> list[str]:
+    """The synthetic sets this view of the study makes: all of them at the largest shots level, below it those
+    the `curve_methods` draw from."""
+    names = synthetic_set_names(cfg.generate)
+    return [n for n in names if n in curve_sets(cfg)] if below_top_level(cfg) else names
+
+
+def curve_sets(cfg: StudyConfig) -> set[str]:
+    """The synthetic sets the `curve_methods` draw from."""
+    return {s for m in cfg.curve_methods or () for s in method_sets(m, cfg.classify)}
 
 
 def set_mode(g: GenerateConfig, name: str) -> str:
@@ -149,7 +213,9 @@ def set_mode(g: GenerateConfig, name: str) -> str:
     prompt alone)."""
     if name == "img2img":
         return "img2img"
-    if name == "naive":
+    if name == "nomix_trained":
+        return "none"
+    if name in ("naive", "finetuned"):  # the same prompts and noise as the first MVC set, text-to-image
         return g.modes[0]
     return next(m for m in g.modes if f"mvc_{m.replace('+', '_')}" == name)
 
@@ -189,9 +255,9 @@ def load_image_metrics(cfg: StudyConfig) -> pd.DataFrame:
     return pd.read_csv(cfg.paths.image_metrics)
 
 
-RESULT_COLUMNS = ["dataset", "method", "seed", "shots", "backbone", "variant", "top1", "top5", "steps",
+RESULT_COLUMNS = ["dataset", "method", "seed", "replicate", "shots", "backbone", "variant", "top1", "top5", "steps",
                   "synthetic_share", "synthetic_per_source", "params_hash"]
-RESULT_KEY = ["variant", "method", "seed"]  # one classifier run
+RESULT_KEY = ["shots", "variant", "method", "seed"]  # one classifier run
 
 
 def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from mvc.config import ClassifyConfig
 from mvc.runtime import adamw, seed_everything
 
-SYNTHETIC_METHODS = {"sd_naive", "sd_img2img", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment"}
+SYNTHETIC_METHODS = {"sd_naive", "sd_img2img", "sd_finetuned", "mvc", "mvc_nomix_trained", "mvc_nomix", "mvc_two_phase", "mvc_randaugment"}
 TWO_PHASE_METHODS = {"mvc_two_phase", "real_two_phase"}  # real_two_phase: the same schedule on real images only
 
 
@@ -156,6 +156,8 @@ class RunSpec:
     synthetic_sets: tuple[str, ...] = ()
     p_synthetic: float = 0.5
     max_per_source: int | None = None
+    shots: int | None = None  # the shots level of the unit it trains on (None: the study's one level, or all)
+    replicate: int = 0  # the replicate of the generative pipeline it is paired with
 
 
 def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool]]:

@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
-from mvc.artifacts import RESULT_COLUMNS, RESULT_KEY, load_images, load_results, load_splits, load_synthetic
-from mvc.classifiers import (SYNTHETIC_METHODS, ClassificationData, RunSpec, SyntheticSampler, evaluate,
-                             train_classifier)
-from mvc.config import ClassifyConfig, StudyConfig
+from mvc.artifacts import (RESULT_COLUMNS, RESULT_KEY, load_images, load_results, load_splits, load_synthetic,
+                           method_sets, methods_at_level, mvc_set_names)
+from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, train_classifier
+from mvc.config import StudyConfig
 from mvc.imaging import to_chw
 from mvc.io import append_rows, read_rows, write_csv
 from mvc.progress import progress
@@ -42,29 +42,35 @@ def load_classification_data(cfg: StudyConfig, sets: list[str] = ()) -> Classifi
     return data
 
 
-def mvc_set_names(c: ClassifyConfig, modes: list[str] | None = None) -> tuple[str, ...]:
-    """The MVC synthetic sets the mvc methods draw from."""
-    return tuple(f"mvc_{m.replace('+', '_')}" for m in (modes or c.mvc_modes))
-
-
 def grid(cfg: StudyConfig) -> list[RunSpec]:
-    """The main grid (every method x seed) and, with `classify.ablation`, the ablation grid."""
+    """The main grid (every shots level x method x seed; seed number i paired with replicate i mod R) and, with
+    `classify.ablation`, the ablation grid (on the largest level)."""
     c, g = cfg.classify, cfg.generate
     specs = []
-    for method in c.methods:
-        sets = {"sd_naive": ("naive",), "sd_img2img": ("img2img",), "mvc_nomix": ("mvc_none",)}.get(
-            method, mvc_set_names(c) if method in SYNTHETIC_METHODS else ())
-        specs += [RunSpec(method, s, "main", sets, c.p_synthetic) for s in c.seeds]
+    top = cfg.data.max_shots
+    for shots in reversed(cfg.data.shot_levels):
+        for method in methods_at_level(cfg.unit(shots)):
+            sets = method_sets(method, c)
+            specs += [RunSpec(method, s, "main", sets, c.p_synthetic, shots=shots, replicate=i % cfg.replicates)
+                      for i, s in enumerate(c.seeds)]
     if c.ablation:
-        ab_seeds = c.seeds[: max(3, len(c.seeds) // 2)]
+        ab_seeds = list(enumerate(c.seeds[: max(3, len(c.seeds) // 2)]))
         for mode in g.modes:
             if [mode] != list(c.mvc_modes):
-                specs += [RunSpec("mvc", s, f"mode={mode}", mvc_set_names(c, [mode]), c.p_synthetic) for s in ab_seeds]
+                specs += [RunSpec("mvc", s, f"mode={mode}", mvc_set_names([mode]), c.p_synthetic, shots=top,
+                                  replicate=i % cfg.replicates) for i, s in ab_seeds]
         for m in sorted({1, max(1, g.images_per_source // 2)} - {g.images_per_source}):
-            specs += [RunSpec("mvc", s, f"M={m}", mvc_set_names(c), c.p_synthetic, m) for s in ab_seeds]
+            specs += [RunSpec("mvc", s, f"M={m}", mvc_set_names(c.mvc_modes), c.p_synthetic, m, shots=top,
+                              replicate=i % cfg.replicates) for i, s in ab_seeds]
         for p in sorted({0.25, 0.75, 1.0} - {c.p_synthetic}):
-            specs += [RunSpec("mvc", s, f"p_synthetic={p}", mvc_set_names(c), p) for s in ab_seeds]
+            specs += [RunSpec("mvc", s, f"p_synthetic={p}", mvc_set_names(c.mvc_modes), p, shots=top,
+                              replicate=i % cfg.replicates) for i, s in ab_seeds]
     return specs
+
+
+def run_key(spec: RunSpec) -> tuple:
+    """What identifies a run in results.csv: (shots, variant, method, seed)."""
+    return (str(spec.shots if spec.shots else "all"), spec.variant, spec.method, int(spec.seed))
 
 
 def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:
@@ -73,8 +79,8 @@ def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dic
     share = spec.p_synthetic * (1 - (c.two_phase_fraction if spec.method == "mvc_two_phase" else 0)) \
         if spec.synthetic_sets else 0.0
     per_source = (spec.max_per_source or cfg.generate.images_per_source) * len(spec.synthetic_sets)
-    return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed,
-            "shots": cfg.data.shots if cfg.data.shots else "all", "backbone": c.backbone, "variant": spec.variant,
+    return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed, "replicate": spec.replicate,
+            "shots": spec.shots if spec.shots else "all", "backbone": c.backbone, "variant": spec.variant,
             "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),
             "synthetic_per_source": per_source, "params_hash": cfg.stage_hash("classify")}
 
@@ -85,11 +91,19 @@ def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int |
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.device)
-    data = load_classification_data(cfg, sorted({g for s in specs for g in s.synthetic_sets}))
+    sets_at = {shots: sorted({g for s in specs if s.shots == shots for g in s.synthetic_sets})
+               for shots in {s.shots for s in specs}}
+    loaded: dict[tuple, ClassificationData] = {}  # per unit: its train split and the level's synthetic sets
     ran = 0
     for spec in progress(specs, desc="classify", unit="run", disable=not show_progress):
         if max_runs is not None and ran >= max_runs:
             break
+        unit = (spec.shots, spec.replicate if spec.synthetic_sets else 0, bool(spec.synthetic_sets))
+        if unit not in loaded:
+            if any(shots != spec.shots for shots, _, _ in loaded):
+                loaded.clear()  # the units of one shots level at a time (the grid is ordered by level)
+            loaded[unit] = load_classification_data(cfg.unit(*unit[:2]), sets_at[spec.shots] if unit[2] else [])
+        data = loaded[unit]
         model = train_classifier(data, spec, cfg.classify, cfg.data.resolution, device)
         top1, top5 = evaluate(model, data.test_x, data.test_y, device)
         append_rows(part, pd.DataFrame([result_row(cfg, spec, top1, top5)], columns=RESULT_COLUMNS))
@@ -107,14 +121,14 @@ def part_files(cfg: StudyConfig) -> list[Path]:
 
 
 def finished_runs(cfg: StudyConfig) -> set[tuple]:
-    """(variant, method, seed) of every run recorded with the current params, in results.csv or a part file."""
+    """`run_key` of every run recorded with the current params, in results.csv or a part file."""
     h = cfg.stage_hash("classify")
     found = set()
     for f in [cfg.paths.results, *part_files(cfg)]:
         rows = read_rows(f)
         if rows is not None:
             rows = rows[rows["params_hash"].astype(str) == h]
-            found |= set(zip(rows["variant"], rows["method"], rows["seed"].astype(int)))
+            found |= set(zip(rows["shots"].astype(str), rows["variant"], rows["method"], rows["seed"].astype(int)))
     return found
 
 
@@ -153,7 +167,7 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
     dist = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     specs = grid(cfg)
     done = finished_runs(cfg)
-    todo = [s for s in specs if (s.variant, s.method, s.seed) not in done]
+    todo = [s for s in specs if run_key(s) not in done]
     mine = todo[dist.process_index::dist.num_processes]
     workers = min(cfg.classify.workers, len(mine)) if dist.num_processes == 1 else 1
     show = show_progress and dist.is_main_process

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mvc.paths import StudyPaths, resolve_path
 from mvc.stages import stage_hash
@@ -20,7 +20,8 @@ DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech
 MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
 Method = Literal[
     "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "real_two_phase",
-    "sd_naive", "sd_img2img", "mvc", "mvc_nomix", "mvc_two_phase", "mvc_randaugment",
+    "sd_naive", "sd_img2img", "sd_finetuned", "mvc", "mvc_nomix", "mvc_nomix_trained", "mvc_two_phase",
+    "mvc_randaugment",
 ]
 
 
@@ -41,7 +42,10 @@ class DataConfig(Section):
     class_names: dict[str, str] = {}  # folder name -> readable name used in prompts (e.g. a Tiny ImageNet wnid)
     resolution: int = Field(16, ge=8, le=1024)  # side of the square images stored and classified
     channels: Literal[1, 3] = 3
-    shots: int | None = Field(10, ge=1)  # labelled training images per class (None: all that remain)
+    # labelled training images per class (None: all that remain); a list runs the few-shot curve: the train split
+    # holds the largest level and each smaller level is its first `n` images per class (nested), every level with
+    # its own fine-tuning, generation and classifiers; the pool (and so the backbone) is the same for all levels
+    shots: int | list[int] | None = Field(10)
     val_per_class: int = Field(10, ge=0)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # where the dataset has no official test split
     test_per_class: int | None = Field(None, ge=1)  # cap on test images per class (None: all)
@@ -53,6 +57,26 @@ class DataConfig(Section):
     # real counts go into the stage record and the report
     allow_fewer: bool = False
     alpha_background: Literal["white", "black"] = "white"  # transparent images are flattened onto this colour
+
+    @field_validator("shots")
+    @classmethod
+    def _shot_levels(cls, v):
+        levels = v if isinstance(v, list) else [v] if v is not None else []
+        if isinstance(v, list) and not v:
+            raise ValueError("data.shots is an empty list: give a count, a list of counts such as [1, 2, 5, 10], or null")
+        if any(n < 1 for n in levels) or len(set(levels)) != len(levels):
+            raise ValueError(f"data.shots must be positive and distinct, got {v}")
+        return sorted(v) if isinstance(v, list) and len(v) > 1 else (v[0] if isinstance(v, list) else v)
+
+    @property
+    def shot_levels(self) -> list[int | None]:
+        """The labelled-images-per-class levels, smallest first (one level unless `shots` is a list)."""
+        return list(self.shots) if isinstance(self.shots, list) else [self.shots]
+
+    @property
+    def max_shots(self) -> int | None:
+        """The largest level: what the train split holds."""
+        return self.shot_levels[-1]
 
     @model_validator(mode="after")
     def _template_has_name(self) -> DataConfig:
@@ -192,6 +216,12 @@ class GenerateConfig(Section):
     # diffusers' StableDiffusionImg2ImgPipeline, no fine-tuning (the augmentation DA-Fusion builds on)
     img2img: bool = False
     img2img_strength: float = Field(0.5, gt=0, le=1)  # t0: the share of the noise schedule the real image is noised
+    # the sd_finetuned set: the backbone fine-tuned text-only on the labelled images and their captions (stage
+    # finetune_text, MVC's recipe, no image conditioning), then text-to-image from the naive set's mixed prompts
+    finetuned: bool = False
+    # the mvc_nomix_trained set: MVC's fine-tuning without mixing (each image's own caption; stage finetune_nomix),
+    # generating from each image's own caption: with mvc_nomix it separates mixing at training and at generation
+    nomix_trained: bool = False
     batch_size: int = Field(100, ge=1)
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
     compile: bool = False
@@ -273,6 +303,13 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 class StudyConfig(Section):
     study: str = "digits"  # names runs/<study>/ and reports/<study>/: letters, digits, '.', '_', '-'
     seed: int = 0
+    # R: replicates of the generative pipeline. Replicate r fine-tunes and generates with seeds finetune.seed + r and
+    # generate.seed + r; classifier seed number i is paired with replicate i mod R, and the intervals become t
+    # intervals over the R per-replicate means (they then cover the generative pipeline's variance too)
+    replicates: int = Field(1, ge=1)
+    # with several shots levels: the classifier methods run below the largest level (None: every method); the
+    # models and synthetic sets that only the other methods need are then made at the largest level alone
+    curve_methods: list[Method] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runs_root: str | None = None  # default <repo>/runs
     reports_root: str | None = None  # default <repo>/reports
@@ -302,9 +339,18 @@ class StudyConfig(Section):
         if "sd_img2img" in c.methods and not g.img2img:
             raise ValueError("classify.methods has sd_img2img, which trains on the img2img set: set generate.img2img: "
                              "true")
+        if "sd_finetuned" in c.methods and not g.finetuned:
+            raise ValueError("classify.methods has sd_finetuned, which trains on the text-only fine-tuned backbone's "
+                             "images: set generate.finetuned: true")
+        if "mvc_nomix_trained" in c.methods and not g.nomix_trained:
+            raise ValueError("classify.methods has mvc_nomix_trained, which trains on the images of MVC fine-tuned "
+                             "without mixing: set generate.nomix_trained: true")
         if "mvc_nomix" in c.methods and "none" not in g.modes:
             raise ValueError("classify.methods has mvc_nomix, which trains on the MVC model's images from each "
                              "image's own caption: add none to generate.modes")
+        if self.curve_methods is not None and not set(self.curve_methods) <= set(c.methods):
+            raise ValueError(f"curve_methods {sorted(set(self.curve_methods) - set(c.methods))} are not in "
+                             f"classify.methods: the curve runs a subset of the grid's methods")
         missing = [m for m in c.mvc_modes if m not in g.modes]
         if missing and any(m in c.methods for m in ("mvc", "mvc_two_phase", "mvc_randaugment")):
             raise ValueError(f"classify.mvc_modes {missing} are not generated: add them to generate.modes")
@@ -322,15 +368,54 @@ class StudyConfig(Section):
                                  "caption.splits")
         return self
 
+    # the unit of the generative pipeline this view of the study is for: (shots, replicate); None: the main unit
+    _unit: tuple[int | None, int] | None = PrivateAttr(None)
+    _study_dump: dict | None = PrivateAttr(None)
+
     @property
     def paths(self) -> StudyPaths:
         runs = resolve_path(self.runs_root) if self.runs_root else None
         reports = resolve_path(self.reports_root) if self.reports_root else None
-        return StudyPaths.for_study(self.study, runs, reports)
+        return StudyPaths.for_study(self.study, runs, reports, self.unit_name)
 
     def stage_hash(self, stage: str) -> str:
-        """A stable hash of the params `stage` reads (as the stage registry declares), upstream stages' included."""
-        return stage_hash(self.model_dump(mode="json"), stage)
+        """A stable hash of the params `stage` reads (as the stage registry declares), upstream stages' included;
+        the same for every unit of the study."""
+        return stage_hash(self._study_dump or self.model_dump(mode="json"), stage)
+
+    # -- units: (shots level, replicate) of the generative pipeline ------------------------------------------
+
+    @property
+    def shots_now(self) -> int | None:
+        """The labelled images per class this view trains on (the largest level outside a unit)."""
+        return self._unit[0] if self._unit else self.data.max_shots
+
+    @property
+    def replicate(self) -> int:
+        return self._unit[1] if self._unit else 0
+
+    @property
+    def unit_name(self) -> str | None:
+        """`shots-<n>_rep-<r>`, or None for the main unit (the largest level, replicate 0: the study's own paths)."""
+        if self._unit is None or (self._unit[0] == self.data.max_shots and self._unit[1] == 0):
+            return None
+        return f"shots-{self._unit[0] or 'all'}_rep-{self._unit[1]}"
+
+    def unit(self, shots: int | None, replicate: int = 0) -> StudyConfig:
+        """The study as unit (shots, replicate) sees it: its own fine-tuning and generation folders and seeds
+        (finetune.seed + r, generate.seed + r) and a train split of `shots` images per class."""
+        if shots not in self.data.shot_levels or not 0 <= replicate < self.replicates:
+            raise ValueError(f"no unit (shots={shots}, replicate={replicate}) in this study: data.shots "
+                             f"{self.data.shot_levels}, replicates {self.replicates}")
+        view = self.model_copy(update={
+            "finetune": self.finetune.model_copy(update={"seed": self.finetune.seed + replicate}),
+            "generate": self.generate.model_copy(update={"seed": self.generate.seed + replicate})})
+        view._unit, view._study_dump = (shots, replicate), self._study_dump or self.model_dump(mode="json")
+        return view
+
+    def units(self) -> list[StudyConfig]:
+        """Every unit, the main one first: each shots level (largest first) x each replicate."""
+        return [self.unit(s, r) for s in reversed(self.data.shot_levels) for r in range(self.replicates)]
 
 
 # ----------------------------------------------------------------------------------------------------------

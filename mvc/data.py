@@ -86,7 +86,7 @@ def assign_splits(items: list[Item], cfg: DataConfig, seed: int) -> dict[str, tu
         if cfg.test_per_class:
             n_test = min(n_test, cfg.test_per_class)
         quotas = [("test", n_test, test_idx if has_official_test else None), ("val", cfg.val_per_class, None),
-                  ("train", cfg.shots, None), ("pool", cfg.pool_per_class, None)]
+                  ("train", cfg.max_shots, None), ("pool", cfg.pool_per_class, None)]
         plan[cls] = (quotas, rest)
     return plan
 

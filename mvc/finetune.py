@@ -8,6 +8,7 @@ guidance. VAE latents and caption embeddings are computed once, before the loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -19,14 +20,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration
-from diffusers import StableDiffusionInstructPix2PixPipeline
+from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from mvc.artifacts import backbone_source, diffusion_images, list_checkpoints, load_caption_embeddings
+from mvc.artifacts import (backbone_source, diffusion_images, list_checkpoints, load_caption_embeddings,
+                           below_top_level, curve_sets)
 from mvc.components import diffusion_loss, encode_latents, load_backbone, widen_conv_in
 from mvc.config import StudyConfig
-from mvc.io import append_rows, atomic_dir, read_rows, write_csv
+from mvc.io import append_rows, atomic_dir, read_rows, write_csv, write_json
 from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
 from mvc.resources import check_memory
@@ -103,19 +105,27 @@ class Batch:
     text: torch.Tensor  # (B, L, d) e_T after dropout
 
 
-def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int) -> Batch:
-    """One batch: target latents, conditioning latents, MVC-mixed text, with conditioning dropout applied."""
+def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int,
+               text_only: bool = False, mixing_mode: str | None = None) -> Batch:
+    """One batch: target latents, conditioning latents, MVC-mixed text, with conditioning dropout applied.
+
+    `text_only` (the sd_finetuned baseline): each target's own caption, no conditioning image (`cond` is empty),
+    and the text dropped with the chance the MVC model drops it (`drop_text + drop_both`). `mixing_mode` replaces
+    `finetune.mixing.mode` (`none`: the no-mixing-in-training ablation)."""
     ft = cfg.finetune
     idx = rng.integers(0, len(data.labels), batch_size)
-    partner = data.same_class_partner(idx, ft.cond_image, rng)
+    partner = idx if text_only else data.same_class_partner(idx, ft.cond_image, rng)
     m = ft.mixing
-    plan = draw_mix(data.labels, idx, m.mode, m.k, m.alpha, m.beta_max, rng, include_anchor=True)
+    plan = draw_mix(data.labels, idx, "none" if text_only else mixing_mode or m.mode, m.k, m.alpha, m.beta_max, rng,
+                    include_anchor=True)
     text = apply_mix(data.embeddings, plan)
-    cond = data.cond_latents[partner].clone()
+    cond = data.cond_latents[partner][:, :0] if text_only else data.cond_latents[partner].clone()
     r = rng.random(batch_size)  # [0, dt): text only; [dt, dt+di): image only; [dt+di, dt+di+db): both
     both = (r >= ft.drop_text + ft.drop_image) & (r < ft.drop_text + ft.drop_image + ft.drop_both)
     drop_text = (r < ft.drop_text) | both
     drop_image = ((r >= ft.drop_text) & (r < ft.drop_text + ft.drop_image)) | both
+    if text_only:
+        drop_text, drop_image = r < ft.drop_text + ft.drop_both, np.zeros(batch_size, bool)
     text[torch.from_numpy(drop_text)] = data.empty
     cond[torch.from_numpy(drop_image)] = 0
     latents = data.latents[idx]
@@ -124,10 +134,12 @@ def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, b
     return Batch(idx, partner, plan, drop_text, drop_image, latents, cond, text)
 
 
-def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int):
-    """(z_0, e_I, e_T) of one batch, as the training step consumes them."""
-    batch = draw_batch(data, cfg, rng, batch_size)
-    return batch.latents, batch.cond, batch.text
+def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int,
+               kind: str = "mvc"):
+    """(z_0, e_I, e_T) of one batch of a model `kind` (see `MODELS`), as the training step consumes them (e_I is
+    None for the text-only model)."""
+    batch = draw_batch(data, cfg, rng, batch_size, kind == "text", "none" if kind == "nomix" else None)
+    return batch.latents, None if kind == "text" else batch.cond, batch.text
 
 
 def _load_checkpoint(accelerator, path: Path) -> None:
@@ -139,13 +151,13 @@ def _load_checkpoint(accelerator, path: Path) -> None:
             f"to resume from the one before, or delete {path.parent} to start over.") from err
 
 
-def _accelerator(cfg: StudyConfig):
+def _accelerator(cfg: StudyConfig, work: Path):
     """An Accelerator for this run's precision and accumulation (on a CPU-only machine: DDP over gloo)."""
     ft = cfg.finetune
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != ft.mixed_precision:
         AcceleratorState._reset_state()  # an earlier stage in this process set other options; the processes stay
     return Accelerator(mixed_precision=ft.mixed_precision, gradient_accumulation_steps=ft.gradient_accumulation_steps,
-                       project_config=ProjectConfiguration(project_dir=str(cfg.paths.finetune_work)),
+                       project_config=ProjectConfiguration(project_dir=str(work)),
                        cpu=cfg.device == "cpu" or not torch.cuda.is_available())
 
 
@@ -158,23 +170,76 @@ def per_process_batch(batch_size: int, processes: int) -> int:
     return batch_size // processes
 
 
+# The fine-tuned models: stage, the StudyPaths attributes of (model, work folder), what the loop trains
+MODELS = {
+    "mvc": ("finetune", "mvc_model", "finetune_work"),  # MVC: image conditioning and mixed captions
+    "text": ("finetune_text", "text_model", "text_finetune_work"),  # sd_finetuned: own caption, no image
+    "nomix": ("finetune_nomix", "nomix_model", "nomix_finetune_work"),  # ablation: image, own caption only
+}
+
+
 @stage("finetune", distributed=True)
 def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
     """Widen the backbone's UNet and train it with MVC conditioning; save `runs/<study>/mvc/`.
 
-    Resumes from the newest checkpoint in `runs/<study>/finetune/checkpoints/`. `max_steps` stops early without
-    saving the final model (tests use it to simulate an interruption).
+    Every unit of the study (shots level x replicate, `cfg.units()`) gets its own model, the main one first;
+    a unit whose model is saved is done. Resumes from the newest checkpoint in its `finetune/checkpoints/`.
+    `max_steps` stops early without saving the final model (tests use it to simulate an interruption).
     """
+    return train_units(cfg, "mvc", show_progress, max_steps)
+
+
+@stage("finetune_text", distributed=True)
+def finetune_text_only(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
+    """The `sd_finetuned` baseline (the fine-tuned text-to-image model of the Diff-Mix / Real-Fake line): the
+    backbone's UNet, not widened, trained on the same labelled images with each image's own caption and no image
+    conditioning, with MVC's recipe (`finetune.*`); saved to `runs/<study>/text_finetuned/`. Runs only when
+    `generate.finetuned` asks for its synthetic set."""
+    if not cfg.generate.finetuned:
+        return {"skipped": "generate.finetuned is false: no sd_finetuned set in this study"}
+    return train_units(cfg, "text", show_progress, max_steps)
+
+
+@stage("finetune_nomix", distributed=True)
+def finetune_without_mixing(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
+    """The no-mixing-in-training ablation: MVC's image-conditioned fine-tuning with each image's own caption only
+    (`finetune.mixing.mode: none`, everything else MVC's); saved to `runs/<study>/mvc_nomix_trained/`. Runs only
+    when `generate.nomix_trained` asks for its synthetic set."""
+    if not cfg.generate.nomix_trained:
+        return {"skipped": "generate.nomix_trained is false: no mvc_nomix_trained set in this study"}
+    return train_units(cfg, "nomix", show_progress, max_steps)
+
+
+def train_units(cfg: StudyConfig, kind: str, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
+    """`train` for every unit whose model is not saved yet; the main unit's summary, with how many units."""
+    _, model_attr, work_attr = MODELS[kind]
+    needed_set = {"text": "finetuned", "nomix": "nomix_trained"}.get(kind)
+    for unit in cfg.units():
+        if needed_set and below_top_level(unit) and needed_set not in curve_sets(unit):
+            continue  # a level whose methods (`curve_methods`) do not use this model
+        if not getattr(unit.paths, model_attr).exists() and train(unit, kind, show_progress, max_steps) is None:
+            return None
+    summary = getattr(cfg.paths, work_attr) / "summary.json"
+    return {**(json.loads(summary.read_text()) if summary.exists() else {}), "units": len(cfg.units())}
+
+
+def train(cfg: StudyConfig, kind: str = "mvc", show_progress: bool = True,
+          max_steps: int | None = None) -> dict | None:
+    """The fine-tuning loop of every model (`MODELS`): MVC's, the text-only baseline's, the no-mixing ablation's."""
     ft, paths = cfg.finetune, cfg.paths
+    _, model_attr, work_attr = MODELS[kind]
+    out, work = getattr(paths, model_attr), getattr(paths, work_attr)
+    checkpoints, loss_file = work / "checkpoints", work / "loss.csv"
+    desc = MODELS[kind][0] + (f" {cfg.unit_name}" if cfg.unit_name else "")
     if cfg.backbone.kind == "surrogate" and (cfg.device == "cpu" or not torch.cuda.is_available()):
         check_memory(cfg, "finetune")
-    accelerator = _accelerator(cfg)
+    accelerator = _accelerator(cfg, work)
     per_device = per_process_batch(ft.batch_size, accelerator.num_processes)
     torch.manual_seed(ft.seed)
     bb = load_backbone(backbone_source(cfg), cfg.backbone.revision)
     vae = bb.vae.to(accelerator.device).requires_grad_(False).eval()
     data = training_data(cfg, vae)
-    unet = widen_conv_in(bb.unet)
+    unet = bb.unet if kind == "text" else widen_conv_in(bb.unet)
     if ft.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if ft.channels_last:
@@ -190,22 +255,23 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     accelerator.register_for_checkpointing(loop)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    found = list_checkpoints(paths.checkpoints)
+    found = list_checkpoints(checkpoints)
     if found:
         _load_checkpoint(accelerator, found[-1])
-        log.info("finetune: resumed from %s at step %d", found[-1], loop.step)
+        log.info("%s: resumed from %s at step %d", desc, found[-1], loop.step)
     if accelerator.is_main_process:
-        old = read_rows(paths.finetune_loss)
+        old = read_rows(loss_file)
         if old is not None and (old["step"] >= loop.step).any():  # rows logged after the checkpoint
-            write_csv(paths.finetune_loss, old[old["step"] < loop.step])
+            write_csv(loss_file, old[old["step"] < loop.step])
     rows = []
-    bar = progress(total=ft.steps, initial=loop.step, desc="finetune",
+    bar = progress(total=ft.steps, initial=loop.step, desc=desc,
                    disable=not (show_progress and accelerator.is_main_process))
     while loop.step < ft.steps and (max_steps is None or loop.step < max_steps):
         for micro in range(ft.gradient_accumulation_steps):
             with accelerator.accumulate(unet):
                 rng, gen = loop.generators(micro)  # seeded by (seed, rank, step, micro) on every device
-                latents, cond, text = (t.to(accelerator.device) for t in make_batch(data, cfg, rng, per_device))
+                latents, cond, text = (None if t is None else t.to(accelerator.device)
+                                       for t in make_batch(data, cfg, rng, per_device, kind))
                 with accelerator.autocast():
                     loss = diffusion_loss(unet, bb.scheduler, latents, text, cond, gen)
                 accelerator.backward(loss)
@@ -223,9 +289,9 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
                      "loss_per_process": " ".join(f"{v:.6f}" for v in per_process.tolist())})
         if loop.step % ft.checkpoint_every == 0 or loop.step == ft.steps:
             if accelerator.is_main_process:
-                append_rows(paths.finetune_loss, pd.DataFrame(rows))
+                append_rows(loss_file, pd.DataFrame(rows))
             rows = []
-            _save_checkpoint(accelerator, paths.checkpoints, loop.step, ft.checkpoints_total_limit)
+            _save_checkpoint(accelerator, checkpoints, loop.step, ft.checkpoints_total_limit)
     bar.close()
     if loop.step < ft.steps:
         return None
@@ -235,11 +301,14 @@ def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None
     model = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(model.parameters())
-    save_mvc_model(bb, model.eval(), paths.mvc_model)
-    losses = read_rows(paths.finetune_loss)
-    return {"world_size": accelerator.num_processes, "steps": loop.step,
-            "final_loss": float(losses["loss"].tail(20).mean()), "device": str(accelerator.device),
-            "mixed_precision": ft.mixed_precision}
+    losses = read_rows(loss_file)
+    summary = {"world_size": accelerator.num_processes, "steps": loop.step,
+               "final_loss": float(losses["loss"].tail(20).mean()), "device": str(accelerator.device),
+               "mixed_precision": ft.mixed_precision, "shots": cfg.shots_now, "replicate": cfg.replicate,
+               "seed": ft.seed}
+    write_json(work / "summary.json", summary)
+    save_model(bb, model.eval(), out, kind == "text")  # last: a saved model marks the unit done
+    return summary
 
 
 def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
@@ -257,11 +326,12 @@ def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def save_mvc_model(bb, unet, folder: Path) -> None:
-    """A folder that diffusers' `StableDiffusionInstructPix2PixPipeline.from_pretrained` loads."""
-    pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet, scheduler=bb.scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+def save_model(bb, unet, folder: Path, text_only: bool = False) -> None:
+    """A folder that diffusers' `StableDiffusionInstructPix2PixPipeline.from_pretrained` loads (the MVC model), or
+    `StableDiffusionPipeline.from_pretrained` (the text-only baseline)."""
+    kind = StableDiffusionPipeline if text_only else StableDiffusionInstructPix2PixPipeline
+    pipe = kind(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet, scheduler=bb.scheduler,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
 

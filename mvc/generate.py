@@ -3,7 +3,9 @@ naive baseline.
 
 For every labelled training image (the source) and index `j < M`, one image per synthetic set: `mvc_<mode>`
 (the fine-tuned model, conditioned on the source's latent and an MVC mix of its class's captions) and `naive`
-(the backbone before fine-tuning, text only, the same mixed prompt as the first MVC set). Work items are sharded
+(the backbone before fine-tuning, text only, the same mixed prompt and noise as the first MVC set); `finetuned`
+(the text-only fine-tuned backbone, the naive set's prompts and noise); `img2img` (the backbone's SDEdit of each
+source with its class prompt). Work items are sharded
 across accelerate processes; every image is written atomically and then listed in its process's manifest, so a
 killed run, started again, ends with exactly the expected set.
 """
@@ -23,7 +25,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mvc.artifacts import (backbone_source, diffusion_images, list_checkpoints, load_caption_embeddings, load_splits,
-                           set_mode, synthetic_set_names)
+                           nomix_model_path, set_mode, synthetic_set_names,
+                           text_model_path, unit_set_names)
 from mvc.components import encode_latents, load_backbone
 from mvc.config import StudyConfig
 from mvc.imaging import tensor_to_images
@@ -99,15 +102,17 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     if not todo:
         return 0
     mode = set_mode(g, name)
-    is_mvc = name.startswith("mvc_")
-    unet, vae, sched_cfg, cond_latents = models["mvc" if is_mvc else "naive"]
+    is_mvc = name.startswith("mvc_") or name == "nomix_trained"  # image-conditioned
+    model = {"finetuned": "finetuned", "nomix_trained": "nomix"}.get(name, "mvc" if is_mvc else "naive")
+    unet, vae, sched_cfg, cond_latents = models[model]
     scheduler = make_scheduler(g.scheduler, sched_cfg)
     latent_shape = (unet.config.out_channels, unet.config.sample_size, unet.config.sample_size)
     label_of = dict(zip(emb.frame["image_id"], emb.frame["label"]))
     class_of = dict(zip(emb.frame["label"], emb.frame.get("class_name", emb.frame["label"])))
     manifest = folder / f".manifest-{rank}.csv"
     made = 0
-    bar = progress(total=len(todo), desc=f"generate {name}", unit="img", disable=not show_progress)
+    bar = progress(total=len(todo), desc=f"generate {name}" + (f" {cfg.unit_name}" if cfg.unit_name else ""), unit="img",
+                   disable=not show_progress)
     for n, lo in enumerate(range(0, len(todo), g.batch_size)):
         if max_batches is not None and n >= max_batches:
             break
@@ -163,8 +168,9 @@ def finalize_set(cfg: StudyConfig, name: str, source_ids: list[int]) -> pd.DataF
 
 def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtype = torch.float32,
                            naive: bool | None = None) -> dict:
-    """{"mvc": (unet, vae, scheduler config, conditioning latents), "naive": (...)}, on `device`
-    (the naive backbone when `naive`, by default when `generate.naive`)."""
+    """{"mvc": (unet, vae, scheduler config, conditioning latents), "naive": (...), "finetuned": (...),
+    "nomix": (...)}, on `device` (the naive backbone when `naive`, by default when `generate.naive`; the text-only
+    fine-tuned one when `generate.finetuned`; MVC fine-tuned without mixing when `generate.nomix_trained`)."""
     out = {}
     mvc = load_backbone(cfg.paths.mvc_model, field="runs/<study>/mvc", dtype=dtype)
     vae = mvc.vae.to(device).eval()
@@ -176,6 +182,13 @@ def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtyp
         out["naive"] = (bb.unet.to(device).eval(), bb.vae.to(device).eval(), bb.scheduler.config, None)
         if naive is None and cfg.generate.img2img:
             out["img2img"] = img2img_pipeline(bb, cfg.generate.scheduler, device)
+    sets = unit_set_names(cfg)
+    if naive is None and "nomix_trained" in sets:
+        nomix = load_backbone(nomix_model_path(cfg), field="runs/<study>/mvc_nomix_trained", dtype=dtype)
+        out["nomix"] = (nomix.unet.to(device).eval(), vae, nomix.scheduler.config, cond)
+    if naive is None and "finetuned" in sets:
+        tuned = load_backbone(text_model_path(cfg), field="runs/<study>/text_finetuned", dtype=dtype)
+        out["finetuned"] = (tuned.unet.to(device).eval(), tuned.vae.to(device).eval(), tuned.scheduler.config, None)
     return out
 
 
@@ -198,12 +211,27 @@ def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], g) -
 
 @stage("generate", distributed=True)
 def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int | None = None) -> dict | None:
-    """Every synthetic set's images for every training image, sharded over accelerate processes."""
+    """Every synthetic set's images for every training image of every unit (shots level x replicate, the main
+    one first), sharded over accelerate processes."""
     dist = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
-    names = synthetic_set_names(cfg.generate)
+    summary = {}
+    for unit in cfg.units():
+        out = generate_unit(unit, dist, show_progress, max_batches)
+        if out is None:
+            return None
+        summary = summary or out  # the main unit's
+    return {**summary, "units": len(cfg.units())} if dist.is_main_process else {}
+
+
+def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batches: int | None = None) -> dict | None:
+    """The synthetic sets of one unit (`cfg.unit(shots, replicate)`, or the study itself)."""
+    names = unit_set_names(cfg)
     emb = load_caption_embeddings(cfg)
     splits = load_splits(cfg).set_index("image_id")
     emb.frame["class_name"] = splits.loc[emb.frame["image_id"], "class_name"].to_numpy()
+    ids = emb.frame["image_id"].tolist()
+    if all((cfg.paths.synthetic / n / "manifest.csv").exists() for n in names):
+        return {"images": {n: len(read_rows(cfg.paths.synthetic / n / "manifest.csv")) for n in names}}
     dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
     models = load_generation_models(cfg, emb, dist.device, dtype)
     for unet, *_ in (v for k, v in models.items() if k != "img2img"):  # the pipeline shares the naive UNet
@@ -216,9 +244,10 @@ def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int 
     if max_batches is not None:
         return None
     if not dist.is_main_process:
+        dist.wait_for_everyone()
         return {}
-    ids = emb.frame["image_id"].tolist()
     result = {n: finalize_set(cfg, n, ids) for n in names}
+    dist.wait_for_everyone()  # every process sees the finished manifests before the next unit
     return {"world_size": dist.num_processes, "images": {n: len(r) for n, r in result.items()},
             "made_this_run": made, "device": str(dist.device)}
 

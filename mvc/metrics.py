@@ -100,7 +100,7 @@ def image_sets(cfg: StudyConfig) -> tuple[ImageSet, dict[str, ImageSet]]:
     sets = {"real_train": (train_x, train_y.numpy(), "real")}
     for name in synthetic_set_names(cfg.generate):
         imgs, manifest = load_synthetic(cfg, name)
-        mode = "naive" if name == "naive" else set_mode(cfg.generate, name)
+        mode = name if name in ("naive", "finetuned") else set_mode(cfg.generate, name)
         sets[name] = (to_chw(imgs), manifest["label"].to_numpy(), mode)
     return (ref_x, ref_y.numpy(), "real"), sets
 

@@ -30,12 +30,14 @@ class StudyPaths:
 
     run: Path
     report: Path
+    unit: str | None = None  # a unit of the generative pipeline other than the main one (`StudyConfig.unit`)
 
     @classmethod
-    def for_study(cls, name: str, runs_root: Path | None = None, reports_root: Path | None = None) -> StudyPaths:
+    def for_study(cls, name: str, runs_root: Path | None = None, reports_root: Path | None = None,
+                  unit: str | None = None) -> StudyPaths:
         """The folders of study `name`; each must lie inside its root (a name cannot point elsewhere)."""
         runs, reports = runs_root or REPO_ROOT / "runs", reports_root or REPO_ROOT / "reports"
-        paths = cls(run=runs / name, report=reports / name)
+        paths = cls(run=runs / name, report=reports / name, unit=unit)
         for folder, root in ((paths.run, runs), (paths.report, reports)):
             if folder.resolve().parent != root.resolve():
                 raise ValueError(f"study name {name!r} resolves to {folder.resolve()}, outside {root}; use a plain name")
@@ -70,17 +72,50 @@ class StudyPaths:
     def backbone_loss(self) -> Path:
         return self.run / "backbone_loss.csv"
 
+    # the fine-tuned models and synthetic sets: the main unit's at the top, the other units' under units/<stage>/
     @property
     def mvc_model(self) -> Path:
-        return self.run / "mvc"
+        return self.run / "mvc" if self.unit is None else self.finetune_units / self.unit / "mvc"
 
     @property
     def finetune_work(self) -> Path:
-        return self.run / "finetune"
+        return self.run / "finetune" if self.unit is None else self.finetune_units / self.unit / "work"
+
+    @property
+    def text_model(self) -> Path:
+        return self.run / "text_finetuned" if self.unit is None else self.text_finetune_units / self.unit / "model"
+
+    @property
+    def text_finetune_work(self) -> Path:
+        return self.run / "finetune_text" if self.unit is None else self.text_finetune_units / self.unit / "work"
+
+    @property
+    def nomix_model(self) -> Path:
+        return self.run / "mvc_nomix_trained" if self.unit is None else self.nomix_finetune_units / self.unit / "model"
+
+    @property
+    def nomix_finetune_work(self) -> Path:
+        return self.run / "finetune_nomix" if self.unit is None else self.nomix_finetune_units / self.unit / "work"
 
     @property
     def synthetic(self) -> Path:
-        return self.run / "synthetic"
+        return self.run / "synthetic" if self.unit is None else self.generate_units / self.unit
+
+    @property
+    def finetune_units(self) -> Path:
+        return self.run / "units" / "finetune"
+
+    @property
+    def text_finetune_units(self) -> Path:
+        return self.run / "units" / "finetune_text"
+
+    @property
+    def nomix_finetune_units(self) -> Path:
+        return self.run / "units" / "finetune_nomix"
+
+    @property
+    def generate_units(self) -> Path:
+        return self.run / "units" / "generate"
 
     @property
     def results(self) -> Path:

@@ -31,9 +31,10 @@ from mvc.paths import REPO_ROOT
 from mvc.plots import class_histogram, sample_grid, save
 from mvc.stages import notebook_stages
 from mvc.state import stage, stage_info
-from mvc.statistics import METHOD_ORDER, MVC_METHODS, ablation_table, accuracy_table, paired_tests
+from mvc.statistics import METHOD_ORDER, MVC_METHODS, ablation_table, accuracy_table, paired_tests, shots_table
 
-SECTIONS = ("Main result", "What the method generates", "Ablations and tests", "Image metrics", "Diagnostics")
+SECTIONS = ("Main result", "Few-shot curve", "What the method generates", "Ablations and tests", "Image metrics",
+            "Diagnostics")
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,28 @@ class ReportItem:
     kind: str  # "figure" or "table"
     section: str
     caption: str
+    when: Callable[[StudyConfig], bool] | None = None  # in the report only for studies where this holds
+
+
+def _several_levels(cfg: StudyConfig) -> bool:
+    return len(cfg.data.shot_levels) > 1
 
 
 REPORT_ITEMS: tuple[ReportItem, ...] = (
     ReportItem("classification", "table", "Main result",
-               "Top-1 accuracy (%) on the test split, {data.shots} labelled images per class, {classify.backbone}, "
-               "{classify.steps} optimizer steps for every method; mean and 95% t-interval over the classifier seeds "
-               "{classify.seeds} (the generative pipeline is one run: the interval covers classifier seeds only). "
+               "Top-1 accuracy (%) on the {classify.evaluate_on} split, {data.max_shots} labelled images per class, "
+               "{classify.backbone}, {classify.steps} optimizer steps for every method; {interval}. "
                "synthetic_per_source: the synthetic images each labelled image can be replaced by."),
     ReportItem("figure1_real_naive_mvc", "figure", "Main result",
                "Per class: real training images; the naive set (the backbone before MVC fine-tuning, prompted with "
                "the same mixed captions); MVC images generated from a real image of the class (Figure 1)."),
+    ReportItem("few_shot_curve", "figure", "Few-shot curve",
+               "Top-1 accuracy against labelled images per class (log scale), {data.shot_levels}: no augmentation, "
+               "the best classical augmentation (the highest mean over the levels), the SDEdit and text-only "
+               "fine-tuned baselines, and MVC; each level has its own fine-tuning and generation; bars: {interval}.",
+               _several_levels),
+    ReportItem("few_shot", "table", "Few-shot curve",
+               "Top-1 accuracy (%) per labelled images per class and method; {interval}.", _several_levels),
     ReportItem("figure2_coarse_fine", "figure", "What the method generates",
                "A real image, then MVC images from coarse mixes (Dirichlet weights over {generate.mixing.k} captions "
                "of the class) and fine mixes (a step of at most {generate.mixing.beta_max} towards another caption) "
@@ -67,11 +79,12 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "Real images (top row), {generate.images_per_source} MVC images generated from each, and the naive "
                "set's image for the same prompt (bottom row) (Figure 5)."),
     ReportItem("classification_bars", "figure", "Ablations and tests",
-               "Top-1 accuracy per method with 95% intervals over classifier seeds (MVC methods in orange)."),
+               "Top-1 accuracy per method at {data.max_shots} labelled images per class (MVC methods in orange); "
+               "bars: {interval}."),
     ReportItem("paired_tests", "table", "Ablations and tests",
-               "MVC minus each baseline (top-1 points), paired over classifier seeds, with a paired t-test and "
-               "Holm's correction over the baselines; the comparator fixed in advance is {report.comparator} "
-               "(comparator = True). The interval covers classifier seeds only."),
+               "MVC minus each baseline (top-1 points) at each shots level, paired over classifier seeds, with a "
+               "t-test and Holm's correction over the baselines of a level; the comparator fixed in advance is "
+               "{report.comparator} (comparator = True). {paired_interval}"),
     ReportItem("ablation", "table", "Ablations and tests",
                "MVC under one change each (mixing mode, images per source M, p_synthetic), beside one- and two-phase "
                "MVC on the same seeds; mean and 95% interval over those seeds."),
@@ -106,21 +119,48 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
 
 
 def numbered_items(cfg: StudyConfig) -> list[tuple[ReportItem, str, str]]:
-    """(item, "Figure n" / "Table n", caption) in report order."""
+    """(item, "Figure n" / "Table n", caption) in report order, for the items this study has."""
     counts = {"figure": 0, "table": 0}
     out = []
     for item in REPORT_ITEMS:
+        if item.when is not None and not item.when(cfg):
+            continue
         counts[item.kind] += 1
         out.append((item, f"{item.kind.title()} {counts[item.kind]}", _format(item.caption, cfg)))
     return out
 
 
+def interval_sentence(cfg: StudyConfig) -> str:
+    """What a reported interval covers, for captions."""
+    c = cfg.classify
+    if cfg.replicates == 1:
+        return (f"mean and 95% t-interval over the classifier seeds {c.seeds} (the generative pipeline is one run: "
+                f"the interval covers classifier seeds only)")
+    return (f"mean over the classifier seeds {c.seeds}, and a 95% t-interval over the means of the "
+            f"{cfg.replicates} replicates of the generative pipeline (replicate r fine-tunes and generates with its "
+            f"own seeds; classifier seed number i is paired with replicate i mod {cfg.replicates}), so the interval "
+            f"covers the variance of fine-tuning, generation and classifier training")
+
+
+def paired_interval_sentence(cfg: StudyConfig) -> str:
+    if cfg.replicates == 1:
+        return "The interval and test cover classifier seeds only."
+    return (f"The differences are averaged within each of the {cfg.replicates} replicates; the interval and the "
+            f"t-test are over those replicate means ({cfg.replicates - 1} degrees of freedom).")
+
+
+_SENTENCES = {"interval": interval_sentence, "paired_interval": paired_interval_sentence}
+
+
 def _format(template: str, cfg: StudyConfig) -> str:
-    """Fill `{section.field}` placeholders with the study's values."""
+    """Fill `{section.field}` placeholders with the study's values (and `{interval}`: what intervals cover)."""
     out, rest = "", template
     while "{" in rest:
         before, _, after = rest.partition("{")
         field, _, rest = after.partition("}")
+        if field in _SENTENCES:
+            out += before + _SENTENCES[field](cfg)
+            continue
         node = cfg
         for part in field.split("."):
             node = getattr(node, part)
@@ -146,15 +186,44 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, caption: str = "")
 def make_tables(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     """Every table of the report, written as CSV, Markdown and LaTeX."""
     results = load_results(cfg)
-    tables = {"classification": accuracy_table(results), "ablation": ablation_table(results),
-              "paired_tests": pd.concat([paired_tests(results, m, cfg.report.comparator)
-                                         for m in ("mvc", "mvc_two_phase") if m in set(results["method"])] or
-                                        [pd.DataFrame()]),
-              "image_metrics": load_image_metrics(cfg).round(4)}
+    top = cfg.data.max_shots or "all"
+    tests = [paired_tests(results, m, cfg.report.comparator, shots=level or "all").pipe(
+        lambda t, lv=level: t.assign(shots=lv or "all") if len(t) else t)
+        for level in reversed(cfg.data.shot_levels) for m in ("mvc", "mvc_two_phase") if m in set(results["method"])]
+    tests = pd.concat(tests or [pd.DataFrame()])
+    if len(tests):
+        tests = tests[["shots"] + [c for c in tests.columns if c != "shots"]]
+    tables = {"classification": accuracy_table(results, shots=top), "ablation": ablation_table(results),
+              "paired_tests": tests, "image_metrics": load_image_metrics(cfg).round(4)}
+    if _several_levels(cfg):
+        tables["few_shot"] = shots_table(results)
     captions = {item.key: f"{label}: {caption}" for item, label, caption in numbered_items(cfg) if item.kind == "table"}
     for name, frame in tables.items():
         write_table(frame, cfg.paths.tables, name, captions[name])
     return tables
+
+
+def shot_curve(table: pd.DataFrame) -> plt.Figure:
+    """Accuracy against labelled images per class (log scale) with intervals: none, the best classical baseline,
+    sd_img2img, sd_finetuned and MVC (those the study ran)."""
+    classical = [m for m in ("autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix") if m in set(table["method"])]
+    best = max(classical, key=lambda m: table.loc[table["method"] == m, "top1"].mean()) if classical else None
+    shown = [m for m in ("none", best, "sd_img2img", "sd_finetuned", "mvc") if m and m in set(table["method"])]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for method in shown:
+        r = table[table["method"] == method]
+        x = r["shots"].astype(int)
+        ax.errorbar(x, r["top1"], yerr=r["ci95"], marker="o", capsize=3,
+                    label=f"{method} (best classical)" if method == best else method,
+                    color="#e69138" if method in MVC_METHODS else None, linewidth=2.2 if method == "mvc" else 1.2)
+    ax.set_xscale("log")
+    levels = sorted(table["shots"].astype(int).unique())
+    ax.set_xticks(levels, [str(v) for v in levels])
+    ax.set_xlabel("labelled images per class")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def accuracy_bars(table: pd.DataFrame) -> plt.Figure:
@@ -360,6 +429,10 @@ def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     fig = accuracy_bars(tables["classification"])
     save(fig, cfg.paths.figures / "classification_bars.png")
     plt.close(fig)
+    if "few_shot" in tables:
+        fig = shot_curve(tables["few_shot"])
+        save(fig, cfg.paths.figures / "few_shot_curve.png")
+        plt.close(fig)
     made = make_figures(cfg)
     write_index(cfg)
     return {"figures": len(made) + 1, "tables": len(tables)}

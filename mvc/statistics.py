@@ -7,8 +7,9 @@ import pandas as pd
 from scipy import stats
 
 METHOD_ORDER = ["none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "real_two_phase", "sd_naive",
-                "sd_img2img", "mvc_nomix", "mvc", "mvc_two_phase", "mvc_randaugment"]
-MVC_METHODS = {"mvc", "mvc_two_phase", "mvc_randaugment", "mvc_nomix"}
+                "sd_img2img", "sd_finetuned", "mvc_nomix", "mvc_nomix_trained", "mvc", "mvc_two_phase",
+                "mvc_randaugment"]
+MVC_METHODS = {"mvc", "mvc_two_phase", "mvc_randaugment", "mvc_nomix", "mvc_nomix_trained"}
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -20,17 +21,53 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(values.mean()), float(half)
 
 
-def accuracy_table(results: pd.DataFrame, variant: str = "main") -> pd.DataFrame:
-    """Per method: seeds, top-1 mean and 95% CI (in %), top-5 mean, synthetic images per source image."""
+def replicate_means(values: pd.Series, replicates: pd.Series | None) -> np.ndarray:
+    """The mean of `values` within each replicate (one value per replicate); the values themselves when there is
+    one replicate (or no replicate column): the units an interval is taken over."""
+    if replicates is None or replicates.nunique() < 2:
+        return np.asarray(values, dtype=float)
+    return values.groupby(replicates.to_numpy()).mean().to_numpy(dtype=float)
+
+
+def interval(r: pd.DataFrame, column: str = "top1") -> tuple[float, float]:
+    """Mean over the runs and the 95% interval's half-width: over classifier seeds, or, with several replicates
+    of the generative pipeline, a t-interval over the per-replicate means (both sources of variance)."""
+    values = r[column] * 100
+    units = replicate_means(values, r["replicate"] if "replicate" in r else None)
+    _, half = mean_ci(units)
+    return float(values.mean()), half
+
+
+def at_shots(results: pd.DataFrame, shots) -> pd.DataFrame:
+    """The runs of one shots level (all runs when the results have no such column or `shots` is None)."""
+    if shots is None or "shots" not in results:
+        return results
+    return results[results["shots"].astype(str) == str(shots)]
+
+
+def accuracy_table(results: pd.DataFrame, variant: str = "main", shots=None) -> pd.DataFrame:
+    """Per method: seeds, replicates, top-1 mean and 95% interval (in %), top-5 mean, synthetic images per source
+    image; at one shots level when `shots` is given."""
     rows = []
-    sub = results[results["variant"] == variant]
+    sub = at_shots(results[results["variant"] == variant], shots)
     for method in sorted(sub["method"].unique(), key=lambda m: (METHOD_ORDER + [m]).index(m)):
         r = sub[sub["method"] == method]
-        m1, h1 = mean_ci(r["top1"] * 100)
-        rows.append({"method": method, "seeds": len(r), "top1": round(m1, 2), "ci95": round(h1, 2),
-                     "top5": round(float(r["top5"].mean() * 100), 2),
+        m1, h1 = interval(r)
+        rows.append({"method": method, "seeds": len(r),
+                     "replicates": int(r["replicate"].nunique()) if "replicate" in r else 1,
+                     "top1": round(m1, 2), "ci95": round(h1, 2), "top5": round(float(r["top5"].mean() * 100), 2),
                      "synthetic_per_source": int(r["synthetic_per_source"].max()) if "synthetic_per_source" in r else 0})
     return pd.DataFrame(rows)
+
+
+def shots_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Top-1 mean and 95% interval per shots level and method (the few-shot curve's numbers)."""
+    main = results[results["variant"] == "main"]
+    levels = sorted({v for v in main["shots"].astype(str)}, key=lambda v: (v == "all", int(v) if v.isdigit() else 0))
+    frames = [accuracy_table(main, shots=level).assign(shots=level) for level in levels]
+    if not frames:
+        return pd.DataFrame(columns=["shots", "method", "seeds", "replicates", "top1", "ci95"])
+    return pd.concat(frames)[["shots", "method", "seeds", "replicates", "top1", "ci95"]].reset_index(drop=True)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -43,23 +80,30 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def paired_tests(results: pd.DataFrame, method: str = "mvc", comparator: str = "randaugment") -> pd.DataFrame:
-    """`method` minus each other non-MVC method, paired over seeds, with a paired t-test and Holm's correction
-    over the family; the comparator fixed in advance (`report.comparator`) is marked."""
-    main = results[results["variant"] == "main"]
+def paired_tests(results: pd.DataFrame, method: str = "mvc", comparator: str = "randaugment",
+                 shots=None) -> pd.DataFrame:
+    """`method` minus each other non-MVC method, paired over seeds, with a t-test and Holm's correction over the
+    family; the comparator fixed in advance (`report.comparator`) is marked. With several replicates of the
+    generative pipeline the paired differences are averaged within each replicate and the test and interval are
+    over those replicate means (a replicate's seeds are not independent draws of the pipeline)."""
+    main = at_shots(results[results["variant"] == "main"], shots)
     if method not in set(main["method"]):
         return pd.DataFrame()
-    a = main[main["method"] == method].set_index("seed")["top1"]
+    mine = main[main["method"] == method].set_index("seed")
+    a = mine["top1"]
+    replicate = mine["replicate"] if "replicate" in mine else None
     rows = []
     for baseline in [m for m in METHOD_ORDER + sorted(set(main["method"]) - set(METHOD_ORDER))
                      if m in set(main["method"]) and m not in MVC_METHODS]:
         b = main[main["method"] == baseline].set_index("seed")["top1"]
         seeds = a.index.intersection(b.index)
-        diff = (a.loc[seeds] - b.loc[seeds]).to_numpy() * 100
-        m, h = mean_ci(diff)
-        p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue) if len(seeds) > 1 and diff.std() > 0 else 1.0
+        diff = (a.loc[seeds] - b.loc[seeds]) * 100
+        units = replicate_means(diff, None if replicate is None else replicate.loc[seeds])
+        m, h = float(diff.mean()), mean_ci(units)[1]
+        p = float(stats.ttest_1samp(units, 0.0).pvalue) if len(units) > 1 and units.std() > 0 else 1.0
         rows.append({"method": method, "baseline": baseline, "comparator": baseline == comparator,
-                     "seeds": len(seeds), "difference": round(m, 2), "ci95": round(h, 2), "p_value": p})
+                     "seeds": len(seeds), "replicates": len(units) if replicate is not None and
+                     replicate.nunique() > 1 else 1, "difference": round(m, 2), "ci95": round(h, 2), "p_value": p})
     table = pd.DataFrame(rows)
     if len(table):
         table["p_holm"] = [round(v, 4) for v in holm(table["p_value"].tolist())]
@@ -74,9 +118,11 @@ def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["setting", "seeds", "top1", "ci95"])
     seeds = set(ab["seed"])
     main = results[(results["variant"] == "main") & results["method"].isin(["mvc", "mvc_two_phase"]) & results["seed"].isin(seeds)]
+    if "shots" in ab:  # the ablations run at one level (the largest)
+        main = at_shots(main, ab["shots"].astype(str).iloc[0])
     rows = []
     for (variant, method), r in pd.concat([main, ab]).groupby(["variant", "method"], sort=False):
-        m, h = mean_ci(r["top1"] * 100)
+        m, h = interval(r)
         label = "two-phase (main)" if method == "mvc_two_phase" else ("one-phase (main)" if variant == "main" else variant)
         rows.append({"setting": label, "seeds": len(r), "top1": round(m, 2), "ci95": round(h, 2)})
     return pd.DataFrame(rows)

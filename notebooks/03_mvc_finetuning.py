@@ -16,6 +16,9 @@
 # UNet's `conv_in` (new weights zero) and fine-tunes it with MVC conditioning: a same-class conditioning image's
 # latent concatenated to the noisy latent, MVC-mixed caption embeddings, conditioning dropout. The result,
 # `runs/<study>/mvc/`, loads in `StableDiffusionInstructPix2PixPipeline`. About 6 minutes for digits on 2 cores.
+# With `generate.finetuned: true`, the same recipe also fine-tunes the backbone text-only, with each image's own
+# caption and no conditioning image: the `sd_finetuned` baseline (`runs/<study>/text_finetuned/`); with
+# `generate.nomix_trained: true`, MVC's fine-tuning without mixing (each image's own caption): an ablation.
 #
 # On several GPUs: `accelerate launch --multi_gpu --num_processes N -m mvc finetune PARAMS`.
 
@@ -35,6 +38,8 @@ cfg = open_study(params, overrides)
 # %%
 backbone.prepare_backbone(cfg)
 finetune.finetune(cfg)
+finetune.finetune_text_only(cfg)  # the sd_finetuned baseline, when generate.finetuned asks for it
+finetune.finetune_without_mixing(cfg)  # the no-mixing-in-training ablation, when generate.nomix_trained asks
 mvc.state.stage_info(cfg, "finetune")
 
 # %% [markdown]

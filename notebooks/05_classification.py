@@ -41,10 +41,13 @@ images, synthetic = classify.example_batch(cfg, "mvc")
 figures.marked_grid(images, synthetic);
 
 # %% [markdown]
-# ## Top-1 accuracy: mean and 95% interval over classifier seeds
+# ## Top-1 accuracy at the largest shots level
+#
+# Mean and 95% interval: over classifier seeds, or, with `replicates` > 1, over the replicates' means.
 
 # %%
-table = statistics.accuracy_table(results)
+print(report.interval_sentence(cfg))
+table = statistics.accuracy_table(results, shots=cfg.data.max_shots or "all")
 table
 
 # %%
@@ -56,7 +59,13 @@ report.accuracy_bars(table);
 # The comparator named in advance (\`report.comparator\`) is marked; the others are a family of tests.
 
 # %%
-statistics.paired_tests(results, "mvc", cfg.report.comparator)
+statistics.paired_tests(results, "mvc", cfg.report.comparator, shots=cfg.data.max_shots or "all")
+
+# %% [markdown]
+# ## Every shots level (the few-shot curve, when `data.shots` is a list)
+
+# %%
+statistics.shots_table(results)
 
 # %% [markdown]
 # ## Ablations

@@ -30,12 +30,12 @@ def smoke(tmp_path):
 @pytest.fixture(scope="session")
 def smoke_generated(tmp_path_factory):
     """The smoke study run through `generate` once per session (shared, read-only for the tests)."""
-    from mvc import backbone, captioning, data, embed, finetune, generate
+    from mvc.stages import STAGES, upstream
 
     cfg = smoke_config(tmp_path_factory.mktemp("smoke"))
-    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone,
-                  finetune.finetune, generate.generate_all):
-        stage(cfg, show_progress=False)
+    for spec in STAGES:
+        if spec.name in [*upstream("generate"), "generate"]:
+            spec.function(cfg, show_progress=False)
     return cfg
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -90,6 +91,72 @@ def test_saved_model_loads_in_instruct_pix2pix_pipeline_and_generates(smoke_gene
     assert out.shape == (1, 16, 16, 3) and np.isfinite(out).all()
 
 
+def test_a_text_only_batch_is_each_images_own_caption_and_no_image():
+    """The sd_finetuned baseline's batches: no conditioning image, the target's own caption (weight 1), and the
+    text dropped as often as MVC drops it in total (text alone or both)."""
+    from mvc.config import load_config
+
+    cfg = load_config(REPO / "params/smoke.yaml", ["finetune.drop_text=0.1", "finetune.drop_both=0.2"])
+    labels = np.repeat(np.arange(4), 5)
+    data = finetune.TrainingData(latents=torch.randn(20, 4, 2, 2), cond_latents=torch.randn(20, 4, 2, 2),
+                                 labels=labels, embeddings=torch.randn(20, 3, 8), empty=torch.zeros(3, 8))
+    batch = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True)
+    assert (batch.plan.indices[:, 0] == batch.targets).all() and batch.plan.indices.shape[1] == 1
+    assert batch.cond.shape[1] == 0 and not batch.drop_image.any()
+    kept = ~batch.drop_text
+    assert torch.equal(batch.text[kept], data.embeddings[batch.targets[kept]])
+    assert (batch.text[batch.drop_text] == 0).all() and abs(batch.drop_text.mean() - 0.3) < 0.03
+    latents, cond, text = finetune.make_batch(data, cfg, np.random.default_rng(0), 8, "text")
+    assert cond is None and latents.shape == (8, 4, 2, 2)
+    mvc = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000)  # MVC's: mixed captions, an image
+    assert mvc.plan.indices.shape[1] > 1 and mvc.cond.shape[1] == 4
+    own = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, mixing_mode="none")  # the ablation's
+    assert (own.plan.indices[:, 0] == own.targets).all() and own.plan.indices.shape[1] == 1 and own.cond.shape[1] == 4
+    assert own.drop_image.any() and (own.partners != own.targets).any()
+
+
+def test_the_no_mixing_ablation_is_mvc_fine_tuned_on_own_captions(smoke_generated):
+    """mvc_nomix_trained: an image-conditioned model like MVC's, other weights; its set shares mvc_none's prompts
+    (each image's own caption) and noise, so the two differ only in how the model was fine-tuned."""
+    cfg = smoke_generated
+    ablation = components.load_backbone(cfg.paths.nomix_model)
+    mvc = components.load_backbone(cfg.paths.mvc_model)
+    assert ablation.unet.config.in_channels == mvc.unet.config.in_channels == 8
+    assert not torch.equal(ablation.unet.conv_in.weight, mvc.unet.conv_in.weight)
+    ours, theirs = (artifacts.load_manifest(cfg, n) for n in ("nomix_trained", "mvc_none"))
+    assert (ours["mode"] == "none").all()
+    assert ours[["source_image_id", "index", "seed"]].equals(theirs[["source_image_id", "index", "seed"]])
+
+
+def test_text_only_baseline_is_a_fine_tuned_text_to_image_model(smoke_generated):
+    """sd_finetuned: a StableDiffusionPipeline whose UNet keeps the backbone's inputs but not its weights; its set
+    uses the naive set's prompts and noise, so the two differ only in the model."""
+    from diffusers import StableDiffusionPipeline
+
+    cfg = smoke_generated
+    pipe = StableDiffusionPipeline.from_pretrained(str(cfg.paths.text_model))
+    bb = components.load_backbone(cfg.paths.backbone)
+    assert pipe.unet.config.in_channels == bb.unet.config.in_channels
+    changed = [n for n, p in pipe.unet.named_parameters() if not torch.equal(p, bb.unet.get_parameter(n))]
+    assert len(changed) > 0.5 * len(list(bb.unet.parameters()))
+    tuned, naive = (artifacts.load_manifest(cfg, n) for n in ("finetuned", "naive"))
+    assert tuned[["source_image_id", "index", "seed"]].equals(naive[["source_image_id", "index", "seed"]])
+    x_tuned, _ = artifacts.load_synthetic(cfg, "finetuned")
+    x_naive, _ = artifacts.load_synthetic(cfg, "naive")
+    assert np.abs(x_tuned.astype(float) - x_naive.astype(float)).mean() > 1
+    info = state.stage_info(cfg, "finetune_text")
+    assert info["steps"] == cfg.finetune.steps
+
+
+def test_the_text_only_stage_is_skipped_without_its_set(tmp_path):
+    cfg = smoke_config(tmp_path, "generate.finetuned=false", "classify.methods=[none]")
+    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
+        stage(cfg, show_progress=False)
+    assert finetune.finetune_text_only(cfg, show_progress=False) is None  # the stage's reader: no model
+    assert "skipped" in state.stage_info(cfg, "finetune_text")
+    assert not cfg.paths.text_model.exists() and artifacts.text_model_path(cfg) is None
+
+
 def test_two_processes_over_gloo(tmp_path):
     cfg = smoke_config(tmp_path, "finetune.steps=3")
     for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
@@ -156,10 +223,18 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
     deadline = time.time() + 240
     while not (killed.paths.checkpoints / "checkpoint-2").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
+    import psutil
+
+    ranks = psutil.Process(proc.pid).children(recursive=True)  # torch's elastic agent may start them in their own group
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, as a lost machine would end them
+    for rank in ranks:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rank.kill()
+    psutil.wait_procs(ranks, timeout=30)
     proc.wait()
     assert not killed.paths.mvc_model.exists()
-    assert launch_two_processes(*args(killed)).returncode == 0
+    again = launch_two_processes(*args(killed))
+    assert again.returncode == 0, again.stderr[-3000:]
     a, b = (pd.read_csv(c.paths.finetune_loss) for c in (cfgs["whole"], killed))
     assert b["step"].tolist() == list(range(6))
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)

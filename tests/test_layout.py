@@ -104,7 +104,9 @@ def test_every_field_changes_exactly_the_stages_that_read_it_and_those_after():
 class _Recorder:
     """Stands in for a StudyConfig and notes every params field the code reads through it."""
 
-    ROOT_ALLOWED = {"paths", "stage_hash"}
+    # where a study lives, and the unit views (shots level x replicate: data.shots, replicates and the seeds,
+    # which every stage from fine-tuning on declares or follows); reads through a unit view are recorded too
+    ROOT_ALLOWED = {"paths", "stage_hash", "shots_now", "replicate", "unit_name"}
 
     def __init__(self, obj, prefix: str, seen: set[str]):
         self._obj, self._prefix, self._seen = obj, prefix, seen
@@ -112,6 +114,10 @@ class _Recorder:
     def __getattr__(self, name):
         value = getattr(self._obj, name)
         path = f"{self._prefix}{name}"
+        if self._prefix == "" and name == "units":
+            return lambda: [_Recorder(u, "", self._seen) for u in value()]
+        if self._prefix == "" and name == "unit":
+            return lambda *args: _Recorder(value(*args), "", self._seen)
         if name in type(self._obj).model_fields:
             if isinstance(value, BaseModel):
                 return _Recorder(value, path + ".", self._seen)

@@ -47,7 +47,7 @@ def test_holm_adjustment():
 
 def test_tables_are_written_as_csv_markdown_and_booktabs(results, tmp_path):
     out = report.write_table(statistics.accuracy_table(results), tmp_path, "classification", "a caption")
-    assert pd.read_csv(out["csv"]).shape == (4, 6)
+    assert pd.read_csv(out["csv"]).shape == (4, 7)  # method, seeds, replicates, top1, ci95, top5, per source
     assert "| method" in out["md"].read_text()
     tex = out["tex"].read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex

@@ -20,6 +20,18 @@ def test_printed_digits_are_seeded_labelled_and_inked():
         printed_digits(["cat", "dog"], 2, 16, seed=0)
 
 
+def test_printed_digits_carry_their_class_at_16_pixels():
+    """The source domain teaches the classes only if its images show them: an RBF SVM trained on 500 printed
+    digits reads most of 200 new ones (the first renderer, digits at half the frame, gave 44%)."""
+    from sklearn.svm import SVC
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    train, y = printed_digits(names, 50, 16, seed=0)
+    test, y_test = printed_digits(names, 20, 16, seed=1)
+    flat = lambda x: x.reshape(len(x), -1) / 255  # noqa: E731
+    assert (SVC(gamma="scale").fit(flat(train), y).predict(flat(test)) == y_test).mean() > 0.7
+
+
 def test_the_source_domain_is_captioned_with_the_class_prompt(tmp_path):
     cfg = smoke_config(tmp_path, "backbone.surrogate.source_domain=printed_digits",
                        "backbone.surrogate.source_per_class=4")

@@ -1,0 +1,90 @@
+"""The study design of the few-shot curve and the replicates: every unit (shots level x replicate) fine-tuned and
+generated, nested train splits, classifier seeds paired with replicates, intervals over replicate means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mvc import artifacts, statistics
+from mvc.config import ConfigError, load_config
+from mvc.stages import STAGES
+from tests.conftest import REPO, smoke_config
+
+
+@pytest.fixture(scope="module")
+def curve(tmp_path_factory):
+    """The smoke study at shots [1, 2] with 2 replicates, every stage run."""
+    cfg = smoke_config(tmp_path_factory.mktemp("curve"), "data.shots=[2, 1]", "replicates=2",
+                       "classify.methods=[none, randaugment, sd_img2img, sd_finetuned, mvc]", "classify.seeds=[0, 1, 2]",
+                       "generate.modes=[coarse]", "classify.mvc_modes=[coarse]")
+    for s in STAGES:
+        s.function(cfg, show_progress=False)
+    return cfg
+
+
+def test_shots_levels_are_validated():
+    assert load_config(REPO / "params/smoke.yaml", ["data.shots=[5, 1, 2]"]).data.shot_levels == [1, 2, 5]
+    for bad in ("data.shots=[]", "data.shots=[2, 2]", "data.shots=[0, 1]"):
+        with pytest.raises(ConfigError, match="data.shots"):
+            load_config(REPO / "params/smoke.yaml", [bad])
+    with pytest.raises(ConfigError, match="replicates"):
+        load_config(REPO / "params/smoke.yaml", ["replicates=0"])
+
+
+def test_every_unit_has_its_models_and_sets(curve):
+    units = curve.units()
+    assert [u.unit_name for u in units] == [None, "shots-2_rep-1", "shots-1_rep-0", "shots-1_rep-1"]
+    for u in units:
+        assert u.paths.mvc_model.is_dir() and u.paths.text_model.is_dir()
+        for name in artifacts.synthetic_set_names(u.generate):
+            assert (u.paths.synthetic / name / "manifest.csv").exists()
+    assert units[1].finetune.seed == curve.finetune.seed + 1 and units[1].generate.seed == curve.generate.seed + 1
+    assert curve.stage_hash("generate") == units[3].stage_hash("generate")
+
+
+def test_smaller_levels_take_the_first_images_of_each_class(curve):
+    full, one = artifacts.load_splits(curve), artifacts.load_splits(curve.unit(1, 0))
+    train2 = full[full["split"] == "train"].sort_values("image_id")
+    train1 = set(one.loc[one["split"] == "train", "image_id"])
+    assert len(train2) == 2 * 3 and train1 == set(train2.groupby("label").head(1)["image_id"])
+    assert (one["split"] == "unused").sum() == 3 and (full["split"] == "pool").sum() == (one["split"] == "pool").sum()
+    for r in (0, 1):
+        manifest = artifacts.load_manifest(curve.unit(1, r), "mvc_coarse")
+        assert set(manifest["source_image_id"]) == train1
+        assert len(manifest) == 3 * curve.generate.images_per_source
+
+
+def test_replicates_draw_other_images_from_the_same_sources(curve):
+    a, ma = artifacts.load_synthetic(curve.unit(2, 0), "mvc_coarse")
+    b, mb = artifacts.load_synthetic(curve.unit(2, 1), "mvc_coarse")
+    assert ma["source_image_id"].tolist() == mb["source_image_id"].tolist()
+    assert (ma["seed"] != mb["seed"]).all()
+    assert np.abs(a.astype(float) - b.astype(float)).mean() > 1
+
+
+def test_classifier_seeds_pair_with_replicates_and_intervals_cover_them(curve):
+    res = artifacts.load_results(curve)
+    assert len(res) == 2 * 5 * 3
+    assert set(res["shots"].astype(str)) == {"1", "2"}
+    assert set(zip(res["seed"], res["replicate"])) == {(0, 0), (1, 1), (2, 0)}
+    table = statistics.accuracy_table(res, shots=2).set_index("method")
+    r = res[(res["method"] == "mvc") & (res["shots"].astype(str) == "2")]
+    per_replicate = (r["top1"] * 100).groupby(r["replicate"]).mean().to_numpy()
+    assert table.loc["mvc", "ci95"] == round(statistics.mean_ci(per_replicate)[1], 2)
+    assert table.loc["mvc", "replicates"] == 2 and table.loc["mvc", "seeds"] == 3
+    tests = statistics.paired_tests(res, "mvc", "randaugment", shots=2)
+    assert (tests["replicates"] == 2).all()
+
+
+def test_report_draws_the_few_shot_curve_and_says_what_intervals_cover(curve):
+    tables, figures = curve.paths.tables, curve.paths.figures
+    few = pd.read_csv(tables / "few_shot.csv")
+    assert set(few["shots"].astype(str)) == {"1", "2"} and {"mvc", "sd_finetuned", "none"} <= set(few["method"])
+    assert (figures / "few_shot_curve.png").exists()
+    assert "replicates of the generative pipeline" in (tables / "classification.md").read_text()
+    tests = pd.read_csv(tables / "paired_tests.csv")
+    assert set(tests["shots"].astype(str)) == {"1", "2"}
+    main = pd.read_csv(tables / "classification.csv")
+    assert set(main["method"]) == {"none", "randaugment", "sd_img2img", "sd_finetuned", "mvc"}
