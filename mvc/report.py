@@ -209,13 +209,14 @@ def shot_curve(table: pd.DataFrame) -> plt.Figure:
     classical = [m for m in ("autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix") if m in set(table["method"])]
     best = max(classical, key=lambda m: table.loc[table["method"] == m, "top1"].mean()) if classical else None
     shown = [m for m in ("none", best, "sd_img2img", "sd_finetuned", "mvc") if m and m in set(table["method"])]
+    colors = {"none": "#7f7f7f", best: "#3d85c6", "sd_img2img": "#6aa84f", "sd_finetuned": "#8e63ce", "mvc": "#e69138"}
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for method in shown:
+    for i, method in enumerate(shown):
         r = table[table["method"] == method]
-        x = r["shots"].astype(int)
-        ax.errorbar(x, r["top1"], yerr=r["ci95"], marker="o", capsize=3,
+        x = r["shots"].astype(int) * 1.04 ** (i - (len(shown) - 1) / 2)  # side by side, so the bars stay apart
+        ax.errorbar(x, r["top1"], yerr=r["ci95"], marker="o", capsize=3, color=colors[method],
                     label=f"{method} (best classical)" if method == best else method,
-                    color="#e69138" if method in MVC_METHODS else None, linewidth=2.2 if method == "mvc" else 1.2)
+                    linewidth=2.2 if method == "mvc" else 1.2)
     ax.set_xscale("log")
     levels = sorted(table["shots"].astype(int).unique())
     ax.set_xticks(levels, [str(v) for v in levels])
