@@ -5,8 +5,9 @@ For every labelled training image (the source) and index `j < M`, one image per 
 (the fine-tuned model, conditioned on the source's latent and an MVC mix of its class's captions) and `naive`
 (the backbone before fine-tuning, text only, the same mixed prompt and noise as the first MVC set); `finetuned`
 (the text-only fine-tuned backbone, the naive set's prompts and noise); `img2img` (the backbone's SDEdit of each
-source with its class prompt). Work items are sharded
-across accelerate processes; every image is written atomically and then listed in its process's manifest, so a
+source with its class prompt); `nomix_trained` (MVC fine-tuned without mixing, from each source's own caption).
+Every unit of the study (shots level x replicate) gets its own sets. Work items are sharded across accelerate
+processes; every image is written atomically and then listed in its process's manifest, so a
 killed run, started again, ends with exactly the expected set.
 """
 
