@@ -260,6 +260,11 @@ RESULT_COLUMNS = ["dataset", "method", "seed", "replicate", "shots", "backbone",
 RESULT_KEY = ["shots", "variant", "method", "seed"]  # one classifier run
 
 
+def shots_label(shots: int | None) -> str:
+    """A shots level as results.csv's `shots` column holds it: the count, or "all" (`data.shots: null`)."""
+    return str(shots) if shots else "all"
+
+
 def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
     """results.csv rows made with the current classify params (rows of an older params hash are left out,
     and a run recorded twice counts once)."""

@@ -15,7 +15,7 @@ import torch
 from accelerate import PartialState
 
 from mvc.artifacts import (RESULT_COLUMNS, RESULT_KEY, load_images, load_results, load_splits, load_synthetic,
-                           method_sets, methods_at_level, mvc_set_names)
+                           method_sets, methods_at_level, mvc_set_names, shots_label)
 from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, train_classifier
 from mvc.config import StudyConfig
 from mvc.imaging import to_chw
@@ -70,7 +70,7 @@ def grid(cfg: StudyConfig) -> list[RunSpec]:
 
 def run_key(spec: RunSpec) -> tuple:
     """What identifies a run in results.csv: (shots, variant, method, seed)."""
-    return (str(spec.shots if spec.shots else "all"), spec.variant, spec.method, int(spec.seed))
+    return (shots_label(spec.shots), spec.variant, spec.method, int(spec.seed))
 
 
 def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:
@@ -80,7 +80,7 @@ def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dic
         if spec.synthetic_sets else 0.0
     per_source = (spec.max_per_source or cfg.generate.images_per_source) * len(spec.synthetic_sets)
     return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed, "replicate": spec.replicate,
-            "shots": spec.shots if spec.shots else "all", "backbone": c.backbone, "variant": spec.variant,
+            "shots": shots_label(spec.shots), "backbone": c.backbone, "variant": spec.variant,
             "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),
             "synthetic_per_source": per_source, "params_hash": cfg.stage_hash("classify")}
 

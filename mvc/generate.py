@@ -227,12 +227,12 @@ def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int 
 def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batches: int | None = None) -> dict | None:
     """The synthetic sets of one unit (`cfg.unit(shots, replicate)`, or the study itself)."""
     names = unit_set_names(cfg)
+    if all((cfg.paths.synthetic / n / "manifest.csv").exists() for n in names):  # a unit finished earlier
+        return {"images": {n: len(read_rows(cfg.paths.synthetic / n / "manifest.csv")) for n in names}}
     emb = load_caption_embeddings(cfg)
     splits = load_splits(cfg).set_index("image_id")
     emb.frame["class_name"] = splits.loc[emb.frame["image_id"], "class_name"].to_numpy()
     ids = emb.frame["image_id"].tolist()
-    if all((cfg.paths.synthetic / n / "manifest.csv").exists() for n in names):
-        return {"images": {n: len(read_rows(cfg.paths.synthetic / n / "manifest.csv")) for n in names}}
     dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
     models = load_generation_models(cfg, emb, dist.device, dtype)
     for unet, *_ in (v for k, v in models.items() if k != "img2img"):  # the pipeline shares the naive UNet

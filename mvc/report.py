@@ -21,7 +21,7 @@ import torch
 from mvc import figures
 from mvc.artifacts import (class_names, diffusion_images, load_backbone_loss, load_caption_embeddings,
                            load_image_metrics, load_images, load_loss, load_results, load_splits, load_synthetic,
-                           synthetic_set_names)
+                           shots_label, synthetic_set_names)
 from mvc.config import StudyConfig, config_to_yaml
 from mvc.image_measures import nearest_two
 from mvc.imaging import tensor_to_images, to_chw
@@ -186,9 +186,9 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, caption: str = "")
 def make_tables(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     """Every table of the report, written as CSV, Markdown and LaTeX."""
     results = load_results(cfg)
-    top = cfg.data.max_shots or "all"
-    tests = [paired_tests(results, m, cfg.report.comparator, shots=level or "all").pipe(
-        lambda t, lv=level: t.assign(shots=lv or "all") if len(t) else t)
+    top = shots_label(cfg.data.max_shots)
+    tests = [paired_tests(results, m, cfg.report.comparator, shots=shots_label(level)).pipe(
+        lambda t, lv=level: t.assign(shots=shots_label(lv)) if len(t) else t)
         for level in reversed(cfg.data.shot_levels) for m in ("mvc", "mvc_two_phase") if m in set(results["method"])]
     tests = pd.concat(tests or [pd.DataFrame()])
     if len(tests):
