@@ -4,10 +4,14 @@ depend on weight values), each against a reference in the same run.
 - train: MVC fine-tuning steps (cached latents and caption embeddings, bf16 autocast, SDPA) against a loop
   written as diffusers' `train_instruct_pix2pix.py` writes it (VAE and text encoder run every step), same batch;
   then peak memory per batch size with gradient checkpointing + bf16 (the consumer-card setting).
-- generate: 512x512, 30 steps, three UNet passes a step: `StableDiffusionInstructPix2PixPipeline` as it comes
-  against `mvc.generate.sample` (bf16, SDPA, channels-last, the three passes in one batch), then + torch.compile.
+- generate: 512x512 (or --res), 30 steps, three UNet passes a step: `StableDiffusionInstructPix2PixPipeline` as
+  users run it (bf16 weights, its default attention and scheduler) against `mvc.generate.sample` as the generate
+  stage runs it (bf16 UNet behind `run_in_dtype`, float32 latents, channels-last, the three passes in one batch),
+  then + torch.compile; `--gen-batch 0` first finds the largest batch of powers of two that fits.
+- `--profile`: the top CUDA kernels of one step of each of the kit's loops (torch.profiler), for the note on a goal
+  that is missed.
 
-Usage: python benchmarks/gpu_sd15.py --out results.json [--tiny]   (--tiny: a CPU dry run of the code paths)
+Usage: python benchmarks/gpu_sd15.py --out results.json [--tiny] [--res 256]   (--tiny: a CPU dry run of the code)
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def bench_train(args, device: str) -> dict:
     from mvc.components import diffusion_loss, widen_conv_in
     from mvc.surrogate import clip_tokenizer
 
-    res = 16 if args.tiny else 512
+    res = 16 if args.tiny else args.res
     unet, vae, text, sched = sd15_parts(args.tiny, device)
     unet = widen_conv_in(unet).to(device).train()
     vae = vae.to(device, torch.bfloat16).requires_grad_(False)
@@ -121,7 +125,7 @@ def bench_train(args, device: str) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    flop = 3 * UNET_FWD_GFLOP_512 * 1e9
+    flop = 3 * UNET_FWD_GFLOP_512 * 1e9 * (res / 512) ** 2
     variants = [("reference_ip2p_loop", reference_step), ("mvc_cached", ours_step)]
     if args.train_fast:  # finetune.fused_adam + finetune.channels_last + finetune.compile
         def fast_step():
@@ -147,6 +151,8 @@ def bench_train(args, device: str) -> dict:
         print(name, out[name], flush=True)
     best = min((k for k in out if k.startswith("mvc_")), key=lambda k: out[k]["s_per_step"])
     out["speedup"] = out["reference_ip2p_loop"]["s_per_step"] / out[best]["s_per_step"]
+    if args.profile:
+        out["top_kernels"] = top_kernels(ours_step, device)
     if args.train_fast:
         return out
 
@@ -182,17 +188,22 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
     from mvc.sampling import initial_noise, make_scheduler, sample
     from mvc.surrogate import clip_tokenizer
 
-    res, steps, b = (16 if args.tiny else 512), args.gen_steps, args.gen_batch
+    from mvc.runtime import run_in_dtype
+
+    res, steps = (16 if args.tiny else args.res), args.gen_steps
     unet, vae, text, sched = sd15_parts(args.tiny, device)
     unet = widen_conv_in(unet)
-    out = {"batch": b, "steps": steps}
-    flop = 3 * steps * UNET_FWD_GFLOP_512 * 1e9
+    latent = res // 8 if not args.tiny else unet.config.sample_size
+    b = args.gen_batch or largest_batch(unet, latent, device, args.tiny)
+    out = {"batch": b, "steps": steps, "res": res}
+    flop = 3 * steps * UNET_FWD_GFLOP_512 * 1e9 * (res / 512) ** 2
 
-    # 1. the diffusers pipeline as it comes (fp32 weights, its own scheduler, default attention)
+    # 1. the diffusers pipeline as users run it: bf16 weights (torch_dtype=torch.bfloat16), its own scheduler,
+    # default attention
     pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(77), unet=unet,
                                                   scheduler=EulerAncestralDiscreteScheduler.from_config(sched.config),
                                                   safety_checker=None, feature_extractor=None,
-                                                  requires_safety_checker=False).to(device)
+                                                  requires_safety_checker=False).to(device, torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     image = Image.new("RGB", (res, res), "gray")
     reset_peak(device)
@@ -202,20 +213,21 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
 
     run_pipe(2)  # warm-up
     s = timed(run_pipe, 0, 1, device)
-    out["pipeline_fp32"] = {"s": s, "images_per_s": b / s, "peak_gib": peak_gib(device),
+    out["pipeline_bf16"] = {"s": s, "images_per_s": b / s, "peak_gib": peak_gib(device),
                             "mfu": b / s * flop / (PEAK_BF16_TFLOPS * 1e12)}
-    print("pipeline", out["pipeline_fp32"], flush=True)
+    print("pipeline", out["pipeline_bf16"], flush=True)
     checkpoint(out)
 
-    # 2. ours: bf16, channels-last, the three guidance passes in one batch
-    unet = pipe.unet.to(torch.bfloat16).to(memory_format=torch.channels_last).eval()
-    vae = pipe.vae.to(torch.bfloat16)
+    # 2. ours, as the generate stage runs it: a bf16 UNet called in float32 (run_in_dtype), float32 latents and
+    # VAE, channels-last, the three guidance passes in one batch
+    unet = run_in_dtype(pipe.unet.to(memory_format=torch.channels_last).eval())
+    vae = pipe.vae.to(torch.float32)
     scheduler = make_scheduler("ddim", sched.config)
     c = unet.config
-    noise = initial_noise(list(range(b)), (4, c.sample_size, c.sample_size))
+    noise = initial_noise(list(range(b)), (4, latent, latent))
     txt = torch.randn(b, 77, c.cross_attention_dim)
     empty = torch.randn(77, c.cross_attention_dim)
-    cond = torch.randn(b, 4, c.sample_size, c.sample_size)
+    cond = torch.randn(b, 4, latent, latent)
 
     def run_ours():
         sample(unet, vae, scheduler, noise, txt, empty, cond, steps, 3.0, 1.5, decode=False)
@@ -235,8 +247,48 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
         print(name, out[name], flush=True)
         checkpoint(out)
     best = max((k for k in out if k.startswith("mvc_")), key=lambda k: out[k]["images_per_s"])
-    out["speedup_vs_pipeline"] = out[best]["images_per_s"] / out["pipeline_fp32"]["images_per_s"]
+    out["speedup_vs_pipeline"] = out[best]["images_per_s"] / out["pipeline_bf16"]["images_per_s"]
+    if args.profile:
+        out["top_kernels"] = top_kernels(lambda: sample(unet, vae, scheduler, noise, txt, empty, cond, 2, 3.0, 1.5,
+                                                        decode=False), device)
     return out
+
+
+def largest_batch(unet, latent: int, device: str, tiny: bool) -> int:
+    """The largest power-of-two batch (8 to 256) whose guided forward (three passes) fits, in bf16."""
+    if tiny or device != "cuda":
+        return 4
+    probe = unet.to(device, torch.bfloat16).eval()
+    best = 8
+    for b in (8, 16, 32, 64, 128, 256):
+        try:
+            with torch.no_grad():
+                probe(torch.randn(3 * b, 8, latent, latent, device=device, dtype=torch.bfloat16),
+                      torch.full((3 * b,), 500, device=device),
+                      encoder_hidden_states=torch.randn(3 * b, 77, 768, device=device, dtype=torch.bfloat16))
+            best = b
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    unet.to(torch.float32)
+    return best
+
+
+def top_kernels(fn, device: str, n: int = 10) -> list[dict]:
+    """The `n` kernels (CUDA) or operators (CPU) that take most time in one call of `fn`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:n]
+    total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
+    return [{"name": e.key[:90], "ms": round(getattr(e, key, 0) / 1e3, 2), "share": round(getattr(e, key, 0) / total, 3)}
+            for e in events]
 
 
 def main() -> None:
@@ -246,7 +298,9 @@ def main() -> None:
     p.add_argument("--only", choices=["train", "generate"], default=None)
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--memory-batches", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--gen-batch", type=int, default=32)
+    p.add_argument("--gen-batch", type=int, default=32, help="0: the largest power of two that fits")
+    p.add_argument("--res", type=int, default=512, help="image side (SD 1.5 at 512; 256 for CIFAR-size inputs)")
+    p.add_argument("--profile", action="store_true", help="top kernels of one step of each of the kit's loops")
     p.add_argument("--gen-steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)

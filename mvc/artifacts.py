@@ -62,6 +62,20 @@ def diffusion_images(cfg: StudyConfig, image_ids) -> torch.Tensor:
     return images_to_tensor(np.asarray(load_images(cfg)[np.asarray(image_ids)]), cfg.backbone.resolution)
 
 
+class DiffusionImages:
+    """`diffusion_images` of many ids, made a slice at a time: 1,000 CIFAR images at 512 px would take 3 GiB at
+    once, a batch of them a few MiB (`encode_latents` takes one)."""
+
+    def __init__(self, cfg: StudyConfig, image_ids):
+        self.images, self.ids, self.resolution = load_images(cfg), np.asarray(image_ids), cfg.backbone.resolution
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return images_to_tensor(np.asarray(self.images[self.ids[rows]]), self.resolution)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # caption, embed
 

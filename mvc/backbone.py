@@ -135,6 +135,6 @@ def prepare_backbone(cfg: StudyConfig, show_progress: bool = True) -> dict:
     if cfg.backbone.kind == "surrogate":
         check_memory(cfg, "backbone")
         pretrain_surrogate(cfg, show_progress)
-        return {"source": str(cfg.paths.backbone)}
-    load_backbone(cfg.backbone.model, cfg.backbone.revision)
+        return {"source": str(cfg.paths.backbone), "device": "cpu"}  # the surrogate is pretrained on the CPU
+    load_backbone(cfg.backbone.model, cfg.backbone.revision)  # loaded once to check it: nothing runs
     return {"source": cfg.backbone.model}

@@ -82,4 +82,5 @@ def caption_dataset(cfg: StudyConfig, captioner: Captioner | None = None, show_p
         return None  # stopped early: the parts stay, and the next call captions what is left
     if not dist.is_main_process:
         return {}
-    return {"captions": merge_parts(cfg), "processes": dist.num_processes}
+    device = {"device": str(dist.device)} if cfg.caption.backend == "blip2" else {}  # where BLIP-2 ran
+    return {"captions": merge_parts(cfg), "processes": dist.num_processes, **device}

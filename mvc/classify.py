@@ -182,7 +182,7 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
         return {}
     merge_parts(cfg)
     return {"runs": len(load_results(cfg, require_done=False)), "ran_this_call": ran,
-            "processes": dist.num_processes, "workers": max(1, workers)}
+            "processes": dist.num_processes, "workers": max(1, workers), "device": pick_device(cfg.device)}
 
 
 def example_batch(cfg: StudyConfig, method: str = "mvc", n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import sys
 
 from mvc.config import ConfigError, config_to_yaml, load_config
 from mvc.resources import check_memory
+from mvc.runtime import GPU_MEMORY_ENV
 from mvc.stages import STAGES
 
 log = logging.getLogger("mvc")
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--force", action="store_true",
                        help="re-execute the notebooks and recompute their stages from scratch, even when up to date")
     study.add_argument("--no-progress", action="store_true", help="no progress bars in the terminal")
-    with_params(sub.add_parser("check", help="validate a params file and print the resolved configuration"))
+    check = with_params(sub.add_parser("check", help="validate a params file, print the resolved configuration and "
+                                                     "the predicted peak memory of each stage"))
+    check.add_argument("--gpu-memory", type=float, metavar="GiB",
+                       help="predict for a GPU with this much memory (default: the card present, else this CPU)")
     for spec in STAGES:
         p = with_params(sub.add_parser(spec.name, help=f"stage {spec.name} (notebook {spec.notebook}): {spec.summary}"),
                         optional=spec.name == "report")
@@ -42,12 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_memory_model(cfg, gpu_memory: float | None) -> None:
+    """The memory model's prediction per stage on the device the study will run on (or a card of `gpu_memory`
+    GiB), then whether it fits: a DoesNotFit error names the stage and the setting to lower."""
+    import torch
+
+    from mvc.memory import capacity_gib, check_fits, predict
+
+    device = "cuda" if gpu_memory or (torch.cuda.is_available() and cfg.device != "cpu") else "cpu"
+    capacity = gpu_memory or capacity_gib(device)
+    where = f"a GPU of {capacity:.0f} GiB" if device == "cuda" else f"this CPU's {capacity:.0f} GiB of host memory"
+    print(f"# predicted peak memory per stage on {where} (memory model, mvc/memory.py):")
+    for p in predict(cfg, device, capacity):
+        print(f"#   {p.line()}")
+    check_fits(cfg, capacity, device)
+    print("# every stage fits")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are saved, never shown, from the command line
     try:
+        if os.environ.get(GPU_MEMORY_ENV):
+            from mvc.runtime import cap_gpu_memory
+
+            cap_gpu_memory()
         if args.command == "report" and getattr(args, "all", False):
             from mvc.report import report_all  # deferred: each subcommand imports only what it runs
 
@@ -61,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             run_study(args.params, args.stages, args.overrides, force=args.force, show_progress=not args.no_progress)
         elif args.command == "check":
             cfg = load_config(args.params, args.overrides)
-            need = check_memory(cfg)
             print(config_to_yaml(cfg), end="")
-            if need:
+            if cfg.backbone.kind == "surrogate":
+                need = check_memory(cfg)
                 print("# estimated peak memory (GB): " + ", ".join(f"{k} {v:.1f}" for k, v in need.items()))
+            else:
+                print_memory_model(cfg, args.gpu_memory)
         else:
             cfg = load_config(args.params, args.overrides)
+            if args.command in ("caption", "finetune", "generate") and cfg.backbone.kind == "pretrained":
+                check_memory(cfg, args.command)  # a setting that cannot fit is refused before any model loads
             next(s for s in STAGES if s.name == args.command).function(cfg, force=args.force)
     except KeyboardInterrupt:
         print(f"mvc {args.command}: interrupted; run the same command again to resume (finished work is kept)",

@@ -59,8 +59,9 @@ def _check_folder(path: Path, needed: tuple[str, ...], field: str) -> None:
 
 
 def load_backbone(source: str | Path, revision: str | None = None, field: str = "backbone.model",
-                  dtype: torch.dtype = torch.float32) -> Backbone:
-    """Load the five parts from a local diffusers folder or a hub id (cached, or online)."""
+                  dtype: torch.dtype = torch.float32, unet_dtype: torch.dtype | None = None) -> Backbone:
+    """Load the five parts from a local diffusers folder or a hub id (cached, or online), in `dtype` (the UNet in
+    `unet_dtype` when given)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -73,7 +74,7 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
     try:
         return Backbone(
             vae=AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=dtype, **kw),
-            unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=dtype, **kw),
+            unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=unet_dtype or dtype, **kw),
             text_encoder=CLIPTextModel.from_pretrained(where, subfolder="text_encoder", dtype=dtype, **kw),
             tokenizer=CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **kw),
             scheduler=DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kw),
@@ -135,11 +136,45 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor, text: torch.Tensor, c
     return F.mse_loss(pred.float(), target.float())
 
 
-def encode_latents(vae, images: torch.Tensor, batch_size: int = 64, part: str = "mode") -> torch.Tensor:
-    """The VAE posterior's mode (or `part="std"`: its standard deviation), unscaled, of images in [-1, 1]."""
+def memory_capacity_gib(device) -> float:
+    """Memory free for a unit of work on `device`: the card's free memory, or the host's available memory."""
+    import psutil
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(torch.device(device))[0] / 2**30
+    return psutil.virtual_memory().available / 2**30
+
+
+def vae_batch_size(vae, resolution: int, decode: bool = False) -> int:
+    """Images per VAE encoding (or decoding) batch that fit a quarter of the memory free on the VAE's device
+    (`mvc.memory.encode_batch_size`): 64 for the surrogate, a few for SD 1.5's VAE at 512 px."""
+    from mvc.memory import DECODE, ENCODE, encode_batch_size
+
+    return encode_batch_size(dict(vae.config), resolution, memory_capacity_gib(vae.device),
+                             DECODE if decode else ENCODE, cap=4096 if decode else 64)
+
+
+def encode_latents(vae, images, batch_size: int | None = None, part: str = "mode") -> torch.Tensor:
+    """The VAE posterior's mode (or `part="std"`: its standard deviation), unscaled and in float32 on the CPU, of
+    images in [-1, 1]: a tensor (N, 3, R, R), or anything sliced into one per batch (`DiffusionImages`, which
+    loads each batch when it is encoded). Batches are bounded by the memory they need (`vae_batch_size`)."""
     def one(x: torch.Tensor) -> torch.Tensor:
         dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
         return (dist.mode() if part == "mode" else dist.std).float().cpu()
 
+    if len(images) == 0:
+        raise ValueError("encode_latents: no images to encode")
+    batch_size = batch_size or vae_batch_size(vae, int(images[0:1].shape[-1]))
     with torch.no_grad():
         return torch.cat([one(images[i: i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def decode_latents(vae, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Images in [-1, 1] (float32, on the latents' device) of scaled latents, decoded in batches bounded by the
+    memory they need (SD 1.5's decoder takes about 1 GiB per 512 px image)."""
+    side = latents.shape[-1] * 2 ** (len(vae.config.block_out_channels) - 1)
+    batch_size = batch_size or vae_batch_size(vae, side, decode=True)
+    with torch.no_grad():
+        return torch.cat([vae.decode((latents[i: i + batch_size] / vae.config.scaling_factor).to(vae.device, vae.dtype))
+                          .sample.float().clamp(-1, 1).to(latents.device)
+                          for i in range(0, len(latents), batch_size)])

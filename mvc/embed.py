@@ -18,4 +18,5 @@ def embed_captions(cfg: StudyConfig, show_progress: bool = True) -> dict:
     cache = EmbeddingCache(cfg.paths.embeddings)
     cache.encode(encoder, [EMPTY_PROMPT] + train["text"].tolist(), cfg.text.max_length, cfg.text.batch_size,
                  show_progress)
-    return {"encoder": encoder.name, "captions": len(train), "cache_hits": cache.hits, "cache_misses": cache.misses}
+    return {"encoder": encoder.name, "captions": len(train), "cache_hits": cache.hits, "cache_misses": cache.misses,
+            "device": str(encoder.device)}

@@ -24,7 +24,7 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPip
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from mvc.artifacts import (backbone_source, diffusion_images, list_checkpoints, load_caption_embeddings,
+from mvc.artifacts import (DiffusionImages, backbone_source, list_checkpoints, load_caption_embeddings,
                            below_top_level, curve_sets)
 from mvc.components import diffusion_loss, encode_latents, load_backbone, widen_conv_in
 from mvc.config import StudyConfig
@@ -32,7 +32,7 @@ from mvc.io import append_rows, atomic_dir, read_rows, write_csv, write_json
 from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
 from mvc.resources import check_memory
-from mvc.runtime import adamw, maybe_compile
+from mvc.runtime import effective_mixed_precision, make_optimizer, maybe_compile, release_memory
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class TrainingData:
 def training_data(cfg: StudyConfig, vae) -> TrainingData:
     """Latents of the labelled images (targets and conditioning) and their caption embeddings, computed once."""
     emb = load_caption_embeddings(cfg)
-    ids = emb.frame["image_id"].to_numpy()
-    images = diffusion_images(cfg, ids)
+    images = DiffusionImages(cfg, emb.frame["image_id"].to_numpy())  # loaded a batch at a time
     modes = encode_latents(vae, images)
     scale = vae.config.scaling_factor
     std = encode_latents(vae, images, part="std") * scale if cfg.finetune.target_latents == "sample" else None
@@ -154,11 +153,12 @@ def _load_checkpoint(accelerator, path: Path) -> None:
 def _accelerator(cfg: StudyConfig, work: Path):
     """An Accelerator for this run's precision and accumulation (on a CPU-only machine: DDP over gloo)."""
     ft = cfg.finetune
-    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != ft.mixed_precision:
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    precision = effective_mixed_precision(ft.mixed_precision, "cpu" if cpu else "cuda")
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
         AcceleratorState._reset_state()  # an earlier stage in this process set other options; the processes stay
-    return Accelerator(mixed_precision=ft.mixed_precision, gradient_accumulation_steps=ft.gradient_accumulation_steps,
-                       project_config=ProjectConfiguration(project_dir=str(work)),
-                       cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=ft.gradient_accumulation_steps,
+                       project_config=ProjectConfiguration(project_dir=str(work)), cpu=cpu)
 
 
 def per_process_batch(batch_size: int, processes: int) -> int:
@@ -225,7 +225,18 @@ def train_units(cfg: StudyConfig, kind: str, show_progress: bool = True, max_ste
 
 def train(cfg: StudyConfig, kind: str = "mvc", show_progress: bool = True,
           max_steps: int | None = None) -> dict | None:
-    """The fine-tuning loop of every model (`MODELS`): MVC's, the text-only baseline's, the no-mixing ablation's."""
+    """The fine-tuning loop of every model (`MODELS`): MVC's, the text-only baseline's, the no-mixing ablation's.
+    Everything it built (accelerator, models, optimizer, EMA) is released when it returns, so that the next unit's
+    fine-tuning in the same process starts from the memory the first one started from."""
+    accelerator = _accelerator(cfg, getattr(cfg.paths, MODELS[kind][2]))
+    try:
+        return _train(cfg, accelerator, kind, show_progress, max_steps)
+    finally:
+        accelerator.free_memory()  # drops accelerate's references to the prepared model, optimizer and scheduler
+        release_memory()
+
+
+def _train(cfg: StudyConfig, accelerator, kind: str, show_progress: bool, max_steps: int | None) -> dict | None:
     ft, paths = cfg.finetune, cfg.paths
     _, model_attr, work_attr = MODELS[kind]
     out, work = getattr(paths, model_attr), getattr(paths, work_attr)
@@ -233,24 +244,27 @@ def train(cfg: StudyConfig, kind: str = "mvc", show_progress: bool = True,
     desc = MODELS[kind][0] + (f" {cfg.unit_name}" if cfg.unit_name else "")
     if cfg.backbone.kind == "surrogate" and (cfg.device == "cpu" or not torch.cuda.is_available()):
         check_memory(cfg, "finetune")
-    accelerator = _accelerator(cfg, work)
     per_device = per_process_batch(ft.batch_size, accelerator.num_processes)
     torch.manual_seed(ft.seed)
     bb = load_backbone(backbone_source(cfg), cfg.backbone.revision)
     vae = bb.vae.to(accelerator.device).requires_grad_(False).eval()
     data = training_data(cfg, vae)
+    vae.to("cpu")  # latents are cached: the VAE leaves the device for the loop (it is saved with the model)
     unet = bb.unet if kind == "text" else widen_conv_in(bb.unet)
     if ft.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if ft.channels_last:
         unet.to(memory_format=torch.channels_last)
     unet.train()
-    opt = adamw(unet.parameters(), accelerator.device, lr=ft.learning_rate, weight_decay=1e-2)
+    unet = maybe_compile(unet, ft.compile, accelerator.device, "finetune.compile")  # the bare UNet, before DDP wraps it
+    opt = make_optimizer(ft.optimizer, unet.parameters(), accelerator.device, lr=ft.learning_rate, weight_decay=1e-2)
     sched = get_scheduler(ft.lr_scheduler, opt, num_warmup_steps=ft.lr_warmup_steps * accelerator.num_processes,
                           num_training_steps=ft.steps * accelerator.num_processes)
     unet, opt, sched = accelerator.prepare(unet, opt, sched)
-    maybe_compile(unet, ft.compile, accelerator.device, "finetune.compile")
     ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=ft.ema_decay) if ft.use_ema else None
+    ema_home = "cpu" if ft.ema_offload else accelerator.device  # where EMA's float32 copy lives between updates
+    if ema is not None:
+        ema.to(ema_home)
     loop = LoopState(ft.seed, accelerator.process_index)
     accelerator.register_for_checkpointing(loop)
     if ema is not None:
@@ -258,6 +272,8 @@ def train(cfg: StudyConfig, kind: str = "mvc", show_progress: bool = True,
     found = list_checkpoints(checkpoints)
     if found:
         _load_checkpoint(accelerator, found[-1])
+        if ema is not None:
+            ema.to(ema_home)
         log.info("%s: resumed from %s at step %d", desc, found[-1], loop.step)
     if accelerator.is_main_process:
         old = read_rows(loss_file)
@@ -280,8 +296,10 @@ def train(cfg: StudyConfig, kind: str = "mvc", show_progress: bool = True,
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-        if ema is not None:
+        if ema is not None:  # after zero_grad freed the gradients: an offloaded copy visits the device here only
+            ema.to(accelerator.device)
             ema.step(accelerator.unwrap_model(unet).parameters())
+            ema.to(ema_home)
         loop.step += 1
         bar.update(1)
         per_process = accelerator.gather(loss.detach().float()[None]).cpu()  # (processes,)
@@ -304,7 +322,7 @@ def train(cfg: StudyConfig, kind: str = "mvc", show_progress: bool = True,
     losses = read_rows(loss_file)
     summary = {"world_size": accelerator.num_processes, "steps": loop.step,
                "final_loss": float(losses["loss"].tail(20).mean()), "device": str(accelerator.device),
-               "mixed_precision": ft.mixed_precision, "shots": cfg.shots_now, "replicate": cfg.replicate,
+               "mixed_precision": accelerator.mixed_precision, "shots": cfg.shots_now, "replicate": cfg.replicate,
                "seed": ft.seed}
     write_json(work / "summary.json", summary)
     save_model(bb, model.eval(), out, kind == "text")  # last: a saved model marks the unit done

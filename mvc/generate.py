@@ -25,8 +25,8 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from mvc.artifacts import (backbone_source, diffusion_images, list_checkpoints, load_caption_embeddings, load_splits,
-                           nomix_model_path, set_mode, synthetic_set_names,
+from mvc.artifacts import (DiffusionImages, backbone_source, diffusion_images, list_checkpoints,
+                           load_caption_embeddings, load_splits, nomix_model_path, set_mode,
                            text_model_path, unit_set_names)
 from mvc.components import encode_latents, load_backbone
 from mvc.config import StudyConfig
@@ -34,7 +34,7 @@ from mvc.imaging import tensor_to_images
 from mvc.io import append_rows, atomic_path, read_rows, write_csv
 from mvc.mixing import seeded_mixes
 from mvc.progress import progress
-from mvc.runtime import maybe_compile, pick_device
+from mvc.runtime import maybe_compile, pick_device, release_memory, run_in_dtype
 from mvc.sampling import initial_noise, make_scheduler, sample
 from mvc.state import stage
 
@@ -92,6 +92,13 @@ def mixes_of(emb, rows: np.ndarray, seeds: list[int], mode: str, mixing) -> torc
                         mixing.include_anchor)
 
 
+def latent_shape(cfg: StudyConfig, unet, vae) -> tuple[int, int, int]:
+    """(C, h, w) of the latents of `backbone.resolution` images (SD 1.5 at 256 px: 4 x 32 x 32, not its default
+    sample size of 64)."""
+    side = cfg.backbone.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+    return unet.config.out_channels, side, side
+
+
 def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, world: int = 1,
                  show_progress: bool = True, max_batches: int | None = None) -> int:
     """Generate this process's missing images of synthetic set `name`; returns how many it made."""
@@ -107,7 +114,6 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     model = {"finetuned": "finetuned", "nomix_trained": "nomix"}.get(name, "mvc" if is_mvc else "naive")
     unet, vae, sched_cfg, cond_latents = models[model]
     scheduler = make_scheduler(g.scheduler, sched_cfg)
-    latent_shape = (unet.config.out_channels, unet.config.sample_size, unet.config.sample_size)
     label_of = dict(zip(emb.frame["image_id"], emb.frame["label"]))
     class_of = dict(zip(emb.frame["label"], emb.frame.get("class_name", emb.frame["label"])))
     manifest = folder / f".manifest-{rank}.csv"
@@ -125,7 +131,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             images = sdedit(models["img2img"], sources, prompts, [it.seed for it in batch], g)
         else:
             text = mixes_of(emb, rows, [it.seed for it in batch], mode, g.mixing)
-            noise = initial_noise([it.seed for it in batch], latent_shape)
+            noise = initial_noise([it.seed for it in batch], latent_shape(cfg, unet, vae))
             if is_mvc:
                 x = sample(unet, vae, scheduler, noise, text, emb.empty, cond_latents[rows], g.steps,
                            g.guidance_text, g.guidance_image)
@@ -167,29 +173,55 @@ def finalize_set(cfg: StudyConfig, name: str, source_ids: list[int]) -> pd.DataF
     return rows
 
 
+class ConditionLatents:
+    """e_I of the labelled images, computed as fine-tuning computes them (the float32 VAE's posterior mode, on the
+    VAE's device), each when first asked for and then kept: a preview encodes only the images it shows."""
+
+    def __init__(self, cfg: StudyConfig, vae, image_ids):
+        self.cfg, self.vae, self.ids, self.done = cfg, vae, np.asarray(image_ids), {}
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        rows = [int(r) for r in np.atleast_1d(np.asarray(rows))]
+        missing = sorted(set(rows) - self.done.keys())
+        if missing:
+            self.done.update(zip(missing, encode_latents(self.vae, DiffusionImages(self.cfg, self.ids[missing]))))
+        return torch.stack([self.done[r] for r in rows])
+
+
 def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtype = torch.float32,
                            naive: bool | None = None) -> dict:
     """{"mvc": (unet, vae, scheduler config, conditioning latents), "naive": (...), "finetuned": (...),
     "nomix": (...)}, on `device` (the naive backbone when `naive`, by default when `generate.naive`; the text-only
-    fine-tuned one when `generate.finetuned`; MVC fine-tuned without mixing when `generate.nomix_trained`)."""
+    fine-tuned one when `generate.finetuned`; MVC fine-tuned without mixing when `generate.nomix_trained`).
+
+    Only the UNets run in `dtype` (bf16 on a GPU), called with and returning float32 (`run_in_dtype`); the VAEs
+    and the text encoder stay in float32, so conditioning latents equal those fine-tuning trained with, and every
+    set's latents and sampler arithmetic are float32."""
     out = {}
-    mvc = load_backbone(cfg.paths.mvc_model, field="runs/<study>/mvc", dtype=dtype)
-    vae = mvc.vae.to(device).eval()
-    cond = encode_latents(vae, diffusion_images(cfg, emb.frame["image_id"].to_numpy()))
-    out["mvc"] = (mvc.unet.to(device).eval(), vae, mvc.scheduler.config, cond)
+
+    def load(path, field):
+        bb = load_backbone(path, cfg.backbone.revision if path == backbone_source(cfg) else None, field=field,
+                           unet_dtype=dtype)
+        bb.unet = run_in_dtype(bb.unet.to(device).eval())
+        bb.vae = bb.vae.to(device).eval()
+        return bb
+
+    mvc = load(cfg.paths.mvc_model, "runs/<study>/mvc")
+    cond = ConditionLatents(cfg, mvc.vae, emb.frame["image_id"].to_numpy())
+    out["mvc"] = (mvc.unet, mvc.vae, mvc.scheduler.config, cond)
     want_naive = cfg.generate.naive if naive is None else naive
     if want_naive or (naive is None and cfg.generate.img2img):
-        bb = load_backbone(backbone_source(cfg), cfg.backbone.revision, dtype=dtype)
-        out["naive"] = (bb.unet.to(device).eval(), bb.vae.to(device).eval(), bb.scheduler.config, None)
+        bb = load(backbone_source(cfg), "backbone.model")
+        out["naive"] = (bb.unet, bb.vae, bb.scheduler.config, None)
         if naive is None and cfg.generate.img2img:
             out["img2img"] = img2img_pipeline(bb, cfg.generate.scheduler, device)
     sets = unit_set_names(cfg)
     if naive is None and "nomix_trained" in sets:
-        nomix = load_backbone(nomix_model_path(cfg), field="runs/<study>/mvc_nomix_trained", dtype=dtype)
-        out["nomix"] = (nomix.unet.to(device).eval(), vae, nomix.scheduler.config, cond)
+        nomix = load(nomix_model_path(cfg), "runs/<study>/mvc_nomix_trained")
+        out["nomix"] = (nomix.unet, mvc.vae, nomix.scheduler.config, cond)
     if naive is None and "finetuned" in sets:
-        tuned = load_backbone(text_model_path(cfg), field="runs/<study>/text_finetuned", dtype=dtype)
-        out["finetuned"] = (tuned.unet.to(device).eval(), tuned.vae.to(device).eval(), tuned.scheduler.config, None)
+        tuned = load(text_model_path(cfg), "runs/<study>/text_finetuned")
+        out["finetuned"] = (tuned.unet, tuned.vae, tuned.scheduler.config, None)
     return out
 
 
@@ -199,7 +231,7 @@ def img2img_pipeline(bb, scheduler: str, device):
                                           unet=bb.unet, scheduler=make_scheduler(scheduler, bb.scheduler.config),
                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe.to(device)  # the UNet keeps its dtype and casting hooks; VAE and text encoder stay float32
 
 
 def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], g) -> np.ndarray:
@@ -218,6 +250,7 @@ def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int 
     summary = {}
     for unit in cfg.units():
         out = generate_unit(unit, dist, show_progress, max_batches)
+        release_memory()  # this unit's models go before the next unit's load
         if out is None:
             return None
         summary = summary or out  # the main unit's
@@ -258,8 +291,9 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
     classes followed by images generated from it (the study's first MVC mode and guidance)."""
     g = cfg.generate
     emb = load_caption_embeddings(cfg)
-    models = load_generation_models(cfg, emb, "cpu", naive=False)
-    unet, vae, sched_cfg, cond = models["mvc"]
+    device = pick_device(cfg.device)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype, naive=False)["mvc"]
     final = {k: v.clone() for k, v in unet.state_dict().items()}
     rows_of = emb.frame.groupby("label").head(1).index.to_numpy()[:n_sources]
     real = tensor_to_images(diffusion_images(cfg, emb.frame["image_id"].to_numpy()[rows_of]))
@@ -274,7 +308,7 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
         except (OSError, RuntimeError) as err:
             log.warning("preview: skipping %s (%s)", weights, err)
             continue
-        x = sample(unet, vae, make_scheduler(g.scheduler, sched_cfg), initial_noise(seeds, tuple(cond.shape[1:])),
+        x = sample(unet, vae, make_scheduler(g.scheduler, sched_cfg), initial_noise(seeds, latent_shape(cfg, unet, vae)),
                    text, emb.empty, cond[anchors], g.steps,
                    g.guidance_text, g.guidance_image)
         imgs = tensor_to_images(x)
@@ -294,7 +328,7 @@ def guidance_grid(cfg: StudyConfig, text_scales=(1.0, 2.0, 4.0, 7.0), image_scal
     unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype, naive=False)["mvc"]
     rows = np.array([source_row])
     text = mixes_of(emb, rows, [seed], g.modes[0], g.mixing)
-    noise = initial_noise([seed], tuple(cond.shape[1:]))
+    noise = initial_noise([seed], latent_shape(cfg, unet, vae))
     source = tensor_to_images(diffusion_images(cfg, emb.frame["image_id"].to_numpy()[rows]))[0]
     grid = []
     for s_image in image_scales:

@@ -108,8 +108,11 @@ def inception_features(weights: str | Path | None = None) -> UInt8Features:
 
 @torch.no_grad()
 def extract_features(features: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Features of a uint8 NCHW image set, float64 (N, d), computed batch by batch."""
-    return torch.cat([features(images[i: i + batch_size]).double() for i in range(0, len(images), batch_size)])
+    """Features of a uint8 NCHW image set, float64 (N, d) on the CPU, computed batch by batch on the features'
+    device."""
+    device = next(features.parameters(), torch.empty(0)).device
+    return torch.cat([features(images[i: i + batch_size].to(device)).double().cpu()
+                      for i in range(0, len(images), batch_size)])
 
 
 def stratified_sample(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

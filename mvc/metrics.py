@@ -37,7 +37,7 @@ from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extr
                                 nearest_two, stratified_sample)
 from mvc.imaging import to_chw
 from mvc.io import write_csv
-from mvc.runtime import seed_everything
+from mvc.runtime import pick_device, seed_everything
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,12 @@ class Instruments:
     """What every set is measured with: the judge, the feature extractor, the reference sample's features."""
 
     judge: nn.Module
-    features: nn.Module
+    features: nn.Module  # on `device`, as the judge
     reference: torch.Tensor  # features of the reference sample, float64 (N, d)
     judge_accuracy: float  # the judge's accuracy on the real test split
     train: torch.Tensor  # the labelled training images (uint8 NCHW): what a copy would copy
     real_nearest: float  # median pixel distance from a training image to its nearest other one
+    device: str = "cpu"  # where the judge and the feature extractor run
 
 
 def split_images(splits: pd.DataFrame, images: np.ndarray, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +129,7 @@ def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray,
     kid = kid_summary(kid_subset_scores(tools.reference, feats, m.kid_subsets, m.kid_subset_size, rng))
     copies = memorization(imgs, tools.train, tools.real_nearest, own)
     return {"synthetic_set": name, "images": len(imgs), "fid": frechet_distance(tools.reference, feats), **kid,
-            "label_fidelity": evaluate(tools.judge, imgs, torch.tensor(labels))[0],
+            "label_fidelity": evaluate(tools.judge, imgs, torch.tensor(labels), tools.device)[0],
             "diversity": feature_diversity(feats, labels[keep]), **copies,
             "judge_accuracy_on_real": tools.judge_accuracy, "feature_extractor": m.feature_extractor}
 
@@ -138,17 +139,19 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """One row per synthetic set (and the real training images as a reference) in `image_metrics.csv`."""
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    judge, judge_data = train_judge(cfg)
-    judge_acc = evaluate(judge, judge_data.test_x, judge_data.test_y)[0]
+    device = pick_device(cfg.device)  # the judge and the feature extractor run where the study runs
+    judge, judge_data = train_judge(cfg, device)
+    judge_acc = evaluate(judge, judge_data.test_x, judge_data.test_y, device)[0]
     (ref_x, ref_y, _), sets = image_sets(cfg)
     n = images_per_class({cfg.metrics.reference_split: ref_y, **{k: s[1] for k, s in sets.items()}},
                          judge_data.num_classes, cfg.metrics.max_images)
     log.info("metrics: %d images per class in every set, judge accuracy on real test images %.4f", n, judge_acc)
-    features = feature_extractor(cfg, judge)
+    features = feature_extractor(cfg, judge).to(device).eval()
     ref = stratified_sample(ref_y, n, rng)
     train_x = sets["real_train"][0]
     real_nearest = float(nearest_two(train_x, train_x, torch.arange(len(train_x)))[0].median())
-    tools = Instruments(judge, features, extract_features(features, ref_x[ref]), judge_acc, train_x, real_nearest)
+    tools = Instruments(judge, features, extract_features(features, ref_x[ref]), judge_acc, train_x, real_nearest,
+                        device)
     rows = []
     for name, (x, y, mode) in sets.items():
         keep = stratified_sample(y, n, rng)
@@ -157,4 +160,4 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
         log.info("metrics %s: %s", name, rows[-1])
     write_csv(cfg.paths.image_metrics, pd.DataFrame(rows, columns=METRIC_COLUMNS))
     return {"judge_accuracy_on_real": judge_acc, "judge_splits": list(cfg.metrics.judge_splits),
-            "judge_images": len(judge_data.train_y), "images_per_class": n}
+            "judge_images": len(judge_data.train_y), "images_per_class": n, "device": str(device)}

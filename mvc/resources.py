@@ -32,10 +32,15 @@ def surrogate_memory_gb(cfg: StudyConfig, stage: str | None = None) -> dict[str,
     return out
 
 
-def check_memory(cfg: StudyConfig, stage: str | None = None, available_gb: float | None = None) -> dict[str, float]:
-    """The estimate, or a ValueError naming the part that will not fit and the settings that lower it."""
+def check_memory(cfg: StudyConfig, stage: str | None = None, available_gb: float | None = None,
+                 device: str | None = None) -> dict[str, float]:
+    """The estimate, or a ValueError naming the part that will not fit and the settings that lower it: the
+    surrogate's training on a CPU (below), or a pretrained backbone's stages on their device (`mvc.memory`,
+    against `available_gb` or the card present)."""
     if cfg.backbone.kind != "surrogate":
-        return {}
+        from mvc.memory import check_fits
+
+        return {p.stage: p.gib for p in check_fits(cfg, available_gb, device, stage)}
     total = available_gb if available_gb is not None else psutil.virtual_memory().total / 2**30
     need = surrogate_memory_gb(cfg, stage)
     worst = max(need, key=need.get)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from mvc.components import decode_latents
+
 
 def guided_eps(unet, latents: torch.Tensor, t, text: torch.Tensor, cond: torch.Tensor, empty: torch.Tensor,
                s_text: float, s_image: float) -> torch.Tensor:
@@ -65,4 +67,4 @@ def sample(unet, vae, scheduler, noise: torch.Tensor, text: torch.Tensor, empty:
         z = scheduler.step(eps.float(), t, z).prev_sample
     if not decode:
         return z
-    return vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample.float().clamp(-1, 1)
+    return decode_latents(vae, z)

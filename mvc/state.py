@@ -22,7 +22,7 @@ from typing import Any, Callable
 from mvc.config import StudyConfig
 from mvc.io import ensure_writable, write_json
 from mvc.lock import study_lock
-from mvc.runtime import set_threads
+from mvc.runtime import peak_memory, release_memory, reset_peak_memory, set_threads
 from mvc.stages import STAGE, upstream
 
 log = logging.getLogger(__name__)
@@ -197,10 +197,15 @@ def stage(name: str, distributed: bool = False) -> Callable:
             for before in spec.after:
                 require(cfg, before)
             set_threads()
+            reset_peak_memory()
             start = time.time()
-            facts = body(cfg, *args, **kwargs)
+            try:
+                facts = body(cfg, *args, **kwargs)
+            finally:
+                release_memory()  # the stage's models leave with it: the next stage in this process starts clean
             if facts is None:
                 return None
+            facts = {**facts, **peak_memory()}
             if dist is not None:
                 dist.wait_for_everyone()
             if main:

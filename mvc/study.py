@@ -23,6 +23,7 @@ from mvc.io import atomic_path, ensure_writable, write_json
 from mvc.lock import LOCK_ENV, study_lock
 from mvc.paths import NOTEBOOKS_DIR, REPO_ROOT, resolve_path, shown
 from mvc.progress import PROGRESS_ENV
+from mvc.resources import check_memory
 from mvc.stages import NOTEBOOKS, STAGES, notebook_stages
 from mvc.state import FORCE_ENV
 
@@ -265,6 +266,7 @@ def run_study(params: str | Path, stages: str | None = None, overrides: list[str
     params_path = resolve_path(params).resolve()
     cfg = load_config(params_path, overrides)
     chosen = parse_stages(stages)
+    check_memory(cfg)  # before any work: a stage that cannot fit the card (or this CPU) is refused, naming the setting
     ensure_writable(cfg.paths.run, "runs_root")
     ensure_writable(cfg.paths.report, "reports_root")
     with study_lock(cfg.paths.run):

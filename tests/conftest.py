@@ -21,6 +21,16 @@ def smoke_config(tmp: Path, *overrides: str):
                        [f"runs_root={tmp / 'runs'}", f"reports_root={tmp / 'reports'}", "device=cpu", *overrides])
 
 
+def smoke_through_backbone(tmp: Path, *overrides: str):
+    """A fresh smoke study run through data, caption, embed and backbone: ready to fine-tune."""
+    from mvc import backbone, captioning, data, embed
+
+    cfg = smoke_config(tmp, *overrides)
+    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
+        stage(cfg, show_progress=False)
+    return cfg
+
+
 @pytest.fixture
 def smoke(tmp_path):
     """A fresh smoke configuration whose runs/ and reports/ live in the test's temporary folder."""

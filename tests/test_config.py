@@ -56,6 +56,18 @@ def test_config_errors_name_the_field(override, names):
         assert text in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, names", [
+    (["classify.evaluate_on=val", "data.val_per_class=0"], ["classify.evaluate_on: val", "data.val_per_class is 0"]),
+    (["curve_methods=[none, mvc]"], ["curve_methods is set", "one level"]),
+    (["data.shots=[1, 2]", "curve_methods=[]"], ["curve_methods is empty", "[1, 2]"]),
+])
+def test_designs_that_cannot_run_are_refused_before_any_work(overrides, names):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "params/smoke.yaml", overrides)
+    for text in names:
+        assert text in str(err.value)
+
+
 def test_misspelt_key_in_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"extends: {REPO / 'params/smoke.yaml'}\ngenerate:\n  guidance_txt: 2\n")

@@ -9,15 +9,12 @@ import pytest
 import torch
 
 from mvc import artifacts, backbone, captioning, components, data, embed, finetune, state
-from tests.conftest import REPO, launch_two_processes, smoke_config
+from tests.conftest import REPO, launch_two_processes, smoke_config, smoke_through_backbone
 
 
 @pytest.fixture
 def prepared(tmp_path):
-    cfg = smoke_config(tmp_path, "finetune.steps=6", "finetune.checkpoint_every=2")
-    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
-        stage(cfg, show_progress=False)
-    return cfg
+    return smoke_through_backbone(tmp_path, "finetune.steps=6", "finetune.checkpoint_every=2")
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared):
@@ -149,18 +146,14 @@ def test_text_only_baseline_is_a_fine_tuned_text_to_image_model(smoke_generated)
 
 
 def test_the_text_only_stage_is_skipped_without_its_set(tmp_path):
-    cfg = smoke_config(tmp_path, "generate.finetuned=false", "classify.methods=[none]")
-    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
-        stage(cfg, show_progress=False)
+    cfg = smoke_through_backbone(tmp_path, "generate.finetuned=false", "classify.methods=[none]")
     assert finetune.finetune_text_only(cfg, show_progress=False) is None  # the stage's reader: no model
     assert "skipped" in state.stage_info(cfg, "finetune_text")
     assert not cfg.paths.text_model.exists() and artifacts.text_model_path(cfg) is None
 
 
 def test_two_processes_over_gloo(tmp_path):
-    cfg = smoke_config(tmp_path, "finetune.steps=3")
-    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
-        stage(cfg, show_progress=False)
+    cfg = smoke_through_backbone(tmp_path, "finetune.steps=3")
     overrides = [f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}", "--set=device=cpu",
                  "--set=finetune.steps=3"]
     out = launch_two_processes("finetune", str(REPO / "params/smoke.yaml"), *overrides)
