@@ -446,7 +446,8 @@ def environment(args, sets: list[str]) -> dict:
 def write_outputs(out: Path, result: dict) -> None:
     """`<out>.json` and the Markdown table `<out>.md`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2).replace(str(REPO) + "/", "")  # repository paths written relative to it
+    Path(f"{out}.json").write_text(text + "\n")
     env, fmt = result["environment"], (lambda v: "" if v is None else f"{v:g}" if isinstance(v, float) else str(v))
     lines = [f"# Real-size rehearsal: {env['profile']} ({result['scale']} models)", "",
              f"- date: {env['date']}; host: {env['host']}; CPU: {env['cpu']} ({env['cores']} cores); GPU: {env['gpu']}",
