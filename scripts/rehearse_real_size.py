@@ -468,6 +468,11 @@ def write_outputs(out: Path, result: dict) -> None:
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")
 
 
+def python_path() -> str:
+    """The repository first (mvc, tests), then what the caller had (wheels unpacked on a GPU machine)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def repredict(out: Path, args) -> int:
     """Recompute `<out>.json`'s predictions with the current memory model (`mvc check` with the run's overrides and
     HF_HOME), and rewrite both files; the measurements are kept as they were."""
@@ -476,7 +481,7 @@ def repredict(out: Path, args) -> int:
     result = json.loads(Path(f"{out}.json").read_text())
     sets = result["environment"]["overrides"]
     work = Path(next(s.split("=", 1)[1] for s in sets if s.startswith("runs_root="))).parent
-    env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path()}
     check = subprocess.run([sys.executable, "-m", "mvc", "check", result["environment"]["profile"],
                             *[a for s in sets for a in ("--set", s)]], cwd=REPO, env=env, capture_output=True, text=True)
     predicted = parse_predictions(check.stdout + check.stderr, [s.name for s in STAGES])
@@ -577,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "memory").mkdir()
     env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+           "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": python_path()}
     t0, notes = time.time(), []
     if args.scale == "tiny":
         notes.append("DRY RUN: tiny models with the real layouts and hub ids" + (
