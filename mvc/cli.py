@@ -51,15 +51,16 @@ def print_memory_model(cfg, gpu_memory: float | None) -> None:
     GiB), then whether it fits: a DoesNotFit error names the stage and the setting to lower."""
     import torch
 
-    from mvc.memory import capacity_gib, check_fits, predict
+    from mvc.memory import capacity_gib, predict, refuse_what_cannot_fit
 
     device = "cuda" if gpu_memory or (torch.cuda.is_available() and cfg.device != "cpu") else "cpu"
     capacity = gpu_memory or capacity_gib(device)
     where = f"a GPU of {capacity:.0f} GiB" if device == "cuda" else f"this CPU's {capacity:.0f} GiB of host memory"
     print(f"# predicted peak memory per stage on {where} (memory model, mvc/memory.py):")
-    for p in predict(cfg, device, capacity):
+    preds = predict(cfg, device, capacity)
+    for p in preds:
         print(f"#   {p.line()}")
-    check_fits(cfg, capacity, device)
+    refuse_what_cannot_fit(preds, capacity, device)
     print("# every stage fits")
 
 

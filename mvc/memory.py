@@ -81,35 +81,26 @@ class StagePrediction:
         return ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items() if v)
 
 
-def _params(cls_name: str, config: dict) -> int:
-    """The parameter count of a diffusers or transformers model built from `config` on the meta device."""
+def _params(cls, config: dict) -> int:
+    """The parameter count of a diffusers model class built from `config` on the meta device."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        if cls_name == "UNet2DConditionModel":
-            from diffusers import UNet2DConditionModel as cls
-        elif cls_name == "AutoencoderKL":
-            from diffusers import AutoencoderKL as cls
-        else:
-            raise ValueError(cls_name)
         model = cls.from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
-def _config(source: str, subfolder: str, fallback: dict) -> tuple[dict, bool]:
+def _config(cls, source: str, subfolder: str, fallback: dict) -> dict:
     """The profile's own model config when it can be read without the network (a local folder or the HF cache),
     else Stable Diffusion 1.5's."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     from mvc.paths import resolve_path
 
-    cls = UNet2DConditionModel if subfolder == "unet" else AutoencoderKL
     local = resolve_path(source)
     where = str(local) if local.exists() else source
     try:
-        return dict(cls.load_config(where, subfolder=subfolder, local_files_only=True)), True
+        return dict(cls.load_config(where, subfolder=subfolder, local_files_only=True))
     except (OSError, ValueError):
-        return dict(fallback), False
+        return dict(fallback)
 
 
 def _blip2_params(model: str) -> int:
@@ -142,15 +133,17 @@ def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePred
     """Peak memory (GiB) of each Stable Diffusion stage of `cfg` on `device` with `capacity` GiB (which sets the
     VAE's batches): device memory on a GPU (`max_memory_allocated`, plus the CUDA context), host memory of the
     stage's process on a CPU."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
     from mvc.runtime import effective_mixed_precision
 
     if cfg.backbone.kind != "pretrained":
         return []
     gpu = device != "cpu"
-    unet_cfg, _ = _config(cfg.backbone.model, "unet", SD15_UNET)
-    vae_cfg, _ = _config(cfg.backbone.model, "vae", SD15_VAE)
-    unet_p = _params("UNet2DConditionModel", {**unet_cfg, "in_channels": 2 * unet_cfg.get("in_channels", 4)})
-    vae_p = _params("AutoencoderKL", vae_cfg)
+    unet_cfg = _config(UNet2DConditionModel, cfg.backbone.model, "unet", SD15_UNET)
+    vae_cfg = _config(AutoencoderKL, cfg.backbone.model, "vae", SD15_VAE)
+    unet_p = _params(UNet2DConditionModel, {**unet_cfg, "in_channels": 2 * unet_cfg.get("in_channels", 4)})
+    vae_p = _params(AutoencoderKL, vae_cfg)
     text_p = 123_060_480  # CLIP ViT-L/14's text tower; small beside the UNet
     px = (cfg.backbone.resolution / 512) ** 2
     vae_width = vae_cfg.get("block_out_channels", [128])[0] / 128
@@ -264,6 +257,11 @@ def check_fits(cfg, capacity: float | None = None, device: str | None = None,
     device = device or ("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     capacity = capacity if capacity is not None else capacity_gib(device)
     preds = [p for p in predict(cfg, device, capacity) if stage is None or p.stage in STAGE_PARTS.get(stage, [])]
+    return refuse_what_cannot_fit(preds, capacity, device)
+
+
+def refuse_what_cannot_fit(preds: list[StagePrediction], capacity: float, device: str) -> list[StagePrediction]:
+    """`preds` unchanged, or `DoesNotFit` naming the first that exceeds 95% of `capacity` GiB and what to lower."""
     for p in preds:
         if p.gib > 0.95 * capacity:
             where = f"a {capacity:.0f} GiB card" if device != "cpu" else f"this machine's {capacity:.0f} GiB"
