@@ -25,15 +25,15 @@ BUDGETS = {  # seconds, from the issues
 }
 # the committed study before this round (2026-11-29, commit 6b33b60: the printed-digit source domain, two workers)
 BEFORE = {"stage_s": {"data": 0.25, "caption": 0.34, "embed": 3.16, "backbone": 165.56, "finetune": 164.43,
-                      "finetune_text": 0.0, "finetune_nomix": 0.0, "generate": 68.76, "metrics": 8.64,
+                      "finetune_sd_finetuned": 0.0, "finetune_mvc_nomix_trained": 0.0, "generate": 68.76, "metrics": 8.64,
                       "classify": 162.45, "report": 8.73},
           "notebooks_s": {"01": 8.4, "02": 9.9, "03": 349.2, "04": 96.0, "05": 171.1, "06": 14.9}, "peak_rss_mb": 3534}
 CHANGES = {
     "backbone": "fused AdamW (one kernel for the update; the same arithmetic up to float order)",
     "finetune": "fused AdamW; 600 steps, not 1,200 (on the new backbone they meet the novelty target: "
                 "benchmarks/surrogate_recipes.md)",
-    "finetune_text": "new stage; skipped here (the sd_finetuned baseline runs in digits_full)",
-    "finetune_nomix": "new stage; skipped here (the no-mixing-in-training ablation runs in digits_full)",
+    "finetune_sd_finetuned": "new stage; skipped here (the sd_finetuned baseline runs in digits_full)",
+    "finetune_mvc_nomix_trained": "new stage; skipped here (the no-mixing-in-training ablation runs in digits_full)",
     "classify": "channels-last small CNN and fused AdamW (21 -> 13 ms per training step on one thread)",
 }
 

@@ -230,7 +230,7 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
     cond = torch.randn(b, 4, latent, latent)
 
     def run_ours():
-        sample(unet, vae, scheduler, noise, txt, empty, cond, steps, 3.0, 1.5, decode=False)
+        sample(unet, vae, scheduler, noise, txt, empty, cond, steps=steps, s_text=3.0, s_image=1.5, decode=False)
 
     for name in ("mvc_bf16_channels_last", "mvc_bf16_compiled"):
         if name == "mvc_bf16_compiled":
@@ -249,7 +249,7 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
     best = max((k for k in out if k.startswith("mvc_")), key=lambda k: out[k]["images_per_s"])
     out["speedup_vs_pipeline"] = out[best]["images_per_s"] / out["pipeline_bf16"]["images_per_s"]
     if args.profile:
-        out["top_kernels"] = top_kernels(lambda: sample(unet, vae, scheduler, noise, txt, empty, cond, 2, 3.0, 1.5,
+        out["top_kernels"] = top_kernels(lambda: sample(unet, vae, scheduler, noise, txt, empty, cond, steps=2, s_text=3.0, s_image=1.5,
                                                         decode=False), device)
     return out
 

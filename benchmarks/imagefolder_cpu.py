@@ -59,7 +59,7 @@ def main() -> None:
         fid, cop = r["label_fidelity"], r["copies"]
         acc = {m: f"{r['top1'][m]:.1f} ± {r['ci95'][m]:.1f}" for m in ("none", "randaugment", "mvc")}
         lines.append(f"| {name} | {FOLDERS[name]} | {r['wall_s'] / 60:.1f} | {r['peak_rss_mb']} | "
-                     f"{fid.get('mvc_coarse', float('nan')):.3f} / {fid.get('naive', float('nan')):.3f} | "
+                     f"{fid.get('mvc_coarse', float('nan')):.3f} / {fid.get('sd_naive', float('nan')):.3f} | "
                      f"{cop.get('mvc_coarse', float('nan')):.3f} | {acc['none']} | {acc['randaugment']} | {acc['mvc']} |")
     lines += ["", "Top-1 accuracy (%) on each folder's test split, mean ± 95% interval over 3 classifier seeds. "
               "Reports: `reports/own-shapes/index.html`, `reports/own-glyphs/index.html` (not committed)."]

@@ -31,7 +31,7 @@ with torch.no_grad():
         r, s = rows[lo:lo+100], seeds[lo:lo+100]
         text = mixes_of(emb, r, s, "coarse", g.mixing)
         noise = initial_noise(s, (bb.unet.config.out_channels, bb.unet.config.sample_size, bb.unet.config.sample_size))
-        x = sample(bb.unet.eval(), bb.vae.eval(), make_scheduler(g.scheduler, bb.scheduler.config), noise, text, emb.empty, None, g.steps, g.naive_guidance)
+        x = sample(bb.unet.eval(), bb.vae.eval(), make_scheduler(g.scheduler, bb.scheduler.config), noise, text, emb.empty, None, steps=g.steps, s_text=g.naive_guidance)
         xs.append(tensor_to_images(x))
 x = np.concatenate(xs); y = emb.labels[rows]
 splits, images = artifacts.load_splits(cfg), artifacts.load_images(cfg)

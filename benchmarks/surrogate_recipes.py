@@ -61,7 +61,7 @@ def run(name: str, overrides: list[str], base_run: Path | None) -> dict:
     rows = load_image_metrics(cfg).set_index("synthetic_set")
     acc = load_results(cfg)["top1"]
     out = {"recipe": name, "finetune_s": round(seconds, 1), "total_s": round(time.time() - start, 1)}
-    for s in ("mvc_coarse", "naive", "real_train"):
+    for s in ("mvc_coarse", "sd_naive", "real_train"):
         out.update({f"{s}_{k}": round(float(rows.loc[s, k]), 4) for k in ("label_fidelity", "copies", "fid")})
     out.update({"mvc_val_top1": round(float(acc.mean()), 4), "mvc_val_top1_sd": round(float(acc.std()), 4),
                 "run": str(cfg.paths.run)})
@@ -90,7 +90,7 @@ def main() -> None:
         lines.append(f"| {r['recipe']} | {RECIPES[r['recipe']][0]} | {r['finetune_s']:.0f} | "
                      f"{r['mvc_coarse_label_fidelity']:.3f} | {r['mvc_coarse_copies']:.3f} | {r['mvc_coarse_fid']:.2f} | "
                      f"{100 * r['mvc_val_top1']:.2f} ± {100 * r['mvc_val_top1_sd']:.2f} | "
-                     f"{r['naive_label_fidelity']:.3f} |")
+                     f"{r['sd_naive_label_fidelity']:.3f} |")
     lines += ["", f"Chosen: **{chosen['recipe']}** ("
               + ("meets the target; the best validation accuracy among those that do" if meets else
                  "no recipe met the target; the best validation accuracy of all") + ")."]

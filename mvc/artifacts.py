@@ -15,10 +15,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from mvc.config import GenerateConfig, StudyConfig
+from mvc.config import StudyConfig
 from mvc.embedding_cache import EMPTY_PROMPT, EmbeddingCache, caption_key
 from mvc.imaging import images_to_tensor, to_array
 from mvc.io import read_rows
+from mvc.registry import MODELS, SETS, method_sets, set_spec, synthetic_set_names
 from mvc.state import require, stage_info
 
 SPLITS = ("train", "pool", "val", "test")
@@ -132,22 +133,27 @@ def backbone_source(cfg: StudyConfig) -> str:
     return cfg.backbone.model
 
 
+def model_path(cfg: StudyConfig, name: str) -> Path:
+    """This unit's fine-tuned model `name` (`mvc.registry.MODELS`): a diffusers pipeline folder."""
+    model = MODELS[name]
+    require(cfg, model.stage)
+    return cfg.paths.model(name, model.stage)
+
+
+def model_work(cfg: StudyConfig, name: str) -> Path:
+    """The work folder (loss, checkpoints, summary) of this unit's fine-tuning of model `name`."""
+    return cfg.paths.model_work(MODELS[name].stage)
+
+
+def trained_model(cfg: StudyConfig, name: str) -> Path | None:
+    """This unit's fine-tuned model `name`, or None when no set this unit makes needs it (the stage skipped it)."""
+    require(cfg, MODELS[name].stage)
+    return cfg.paths.model(name, MODELS[name].stage) if unit_needs_model(cfg, name) else None
+
+
 def mvc_model_path(cfg: StudyConfig) -> Path:
     """The fine-tuned MVC model (a `StableDiffusionInstructPix2PixPipeline` folder)."""
-    require(cfg, "finetune")
-    return cfg.paths.mvc_model
-
-
-def text_model_path(cfg: StudyConfig) -> Path | None:
-    """The text-only fine-tuned backbone (a `StableDiffusionPipeline` folder), or None when the study has none."""
-    require(cfg, "finetune_text")
-    return cfg.paths.text_model if cfg.generate.finetuned else None
-
-
-def nomix_model_path(cfg: StudyConfig) -> Path | None:
-    """MVC fine-tuned without mixing (an InstructPix2Pix folder), or None when the study has none."""
-    require(cfg, "finetune_nomix")
-    return cfg.paths.nomix_model if cfg.generate.nomix_trained else None
+    return model_path(cfg, "mvc")
 
 
 def load_backbone_loss(cfg: StudyConfig) -> pd.DataFrame | None:
@@ -169,32 +175,6 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------------------
 # generate
-
-
-def synthetic_set_names(g: GenerateConfig) -> list[str]:
-    """The synthetic sets a study generates: `mvc_<mode>` per MVC mode, `naive` (the backbone, text only),
-    `img2img` (the backbone's SDEdit of each real image), `finetuned` (the text-only fine-tuned backbone) and
-    `nomix_trained` (MVC fine-tuned without mixing, from each image's own caption)."""
-    return ([f"mvc_{m.replace('+', '_')}" for m in g.modes] + (["naive"] if g.naive else [])
-            + (["img2img"] if g.img2img else []) + (["finetuned"] if g.finetuned else [])
-            + (["nomix_trained"] if g.nomix_trained else []))
-
-
-# the synthetic sets a classifier method draws from (the MVC methods: those of `classify.mvc_modes`)
-METHOD_SETS = {"sd_naive": ("naive",), "sd_img2img": ("img2img",), "sd_finetuned": ("finetuned",),
-               "mvc_nomix": ("mvc_none",), "mvc_nomix_trained": ("nomix_trained",)}
-MVC_SET_METHODS = ("mvc", "mvc_two_phase", "mvc_randaugment")
-
-
-def mvc_set_names(modes: list[str]) -> tuple[str, ...]:
-    return tuple(f"mvc_{m.replace('+', '_')}" for m in modes)
-
-
-def method_sets(method: str, classify_cfg) -> tuple[str, ...]:
-    """The synthetic sets classifier method `method` draws from (none for the real-only methods)."""
-    if method in MVC_SET_METHODS:
-        return mvc_set_names(classify_cfg.mvc_modes)
-    return METHOD_SETS.get(method, ())
 
 
 def below_top_level(cfg: StudyConfig) -> bool:
@@ -222,16 +202,19 @@ def curve_sets(cfg: StudyConfig) -> set[str]:
     return {s for m in cfg.curve_methods or () for s in method_sets(m, cfg.classify)}
 
 
-def set_mode(g: GenerateConfig, name: str) -> str:
-    """The mixing mode of a synthetic set (the naive set uses the first MVC mode's prompts; img2img, the class
-    prompt alone)."""
-    if name == "img2img":
-        return "img2img"
-    if name == "nomix_trained":
-        return "none"
-    if name in ("naive", "finetuned"):  # the same prompts and noise as the first MVC set, text-to-image
-        return g.modes[0]
-    return next(m for m in g.modes if f"mvc_{m.replace('+', '_')}" == name)
+def unit_needs_model(cfg: StudyConfig, name: str) -> bool:
+    """True when this unit trains fine-tuned model `name`: MVC's always, another where a set it makes is sampled
+    from it. Read from `generate.sets` and the per-mode families, not from `generate.modes` (every mode's set is
+    sampled from its family's model), so a change of modes does not retrain the other models."""
+    if MODELS[name].always:
+        return True
+    sets = [SETS[n] for n in cfg.generate.sets]
+    families = [s for s in SETS.values() if s.per_mode]
+    if below_top_level(cfg):
+        wanted = curve_sets(cfg)
+        sets = [s for s in sets if s.name in wanted]
+        families = [f for f in families if any(set_spec(n)[0] is f for n in wanted)]
+    return name in {s.model for s in sets + families}
 
 
 def load_manifest(cfg: StudyConfig, name: str) -> pd.DataFrame:

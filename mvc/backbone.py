@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mvc.artifacts import class_names, diffusion_images, load_captions, load_splits
+from mvc.artifacts import backbone_source, class_names, diffusion_images, load_captions, load_splits
 from mvc.captioners import AttributeCaptioner, caption_text
 from mvc.components import diffusion_loss, load_backbone, text_components
 from mvc.config import StudyConfig
@@ -129,7 +129,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     return out
 
 
-@stage("backbone")
+@stage("backbone", reader=backbone_source)
 def prepare_backbone(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Pretrain the surrogate into `runs/<study>/backbone/`, or load the pretrained backbone once to check it."""
     if cfg.backbone.kind == "surrogate":

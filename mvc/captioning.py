@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
-from mvc.artifacts import load_images, load_splits
+from mvc.artifacts import load_captions, load_images, load_splits
 from mvc.captioners import Captioner, build_captioner, caption_text
 from mvc.config import StudyConfig
 from mvc.io import append_rows, read_rows, write_csv
@@ -50,7 +50,7 @@ def merge_parts(cfg: StudyConfig) -> int:
     return len(merged)
 
 
-@stage("caption", distributed=True)
+@stage("caption", reader=load_captions, distributed=True)
 def caption_dataset(cfg: StudyConfig, captioner: Captioner | None = None, show_progress: bool = True,
                     max_batches: int | None = None) -> dict | None:
     """Caption every image of `caption.splits` not captioned yet (`max_batches` stops each process early: tests

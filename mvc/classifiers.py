@@ -18,10 +18,9 @@ from torch import nn
 from torchvision.transforms import v2
 
 from mvc.config import ClassifyConfig
+from mvc.registry import METHODS, method_sets
 from mvc.runtime import adamw, seed_everything
 
-SYNTHETIC_METHODS = {"sd_naive", "sd_img2img", "sd_finetuned", "mvc", "mvc_nomix_trained", "mvc_nomix", "mvc_two_phase", "mvc_randaugment"}
-TWO_PHASE_METHODS = {"mvc_two_phase", "real_two_phase"}  # real_two_phase: the same schedule on real images only
 
 
 class SmallCNN(nn.Module):
@@ -83,25 +82,15 @@ def base_transform(c: ClassifyConfig, resolution: int) -> list:
 
 
 def method_transform(method: str, c: ClassifyConfig, resolution: int) -> v2.Compose:
-    """The per-image transform of a method (uint8 CHW tensor in, uint8 CHW tensor out)."""
-    policy = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2.AutoAugmentPolicy.CIFAR10,
-              "svhn": v2.AutoAugmentPolicy.SVHN}[c.autoaugment_policy]
-    extra = {
-        "autoaugment": [v2.AutoAugment(policy)],
-        "randaugment": [v2.RandAugment(c.randaugment_num_ops, c.randaugment_magnitude)],
-        "mvc_randaugment": [v2.RandAugment(c.randaugment_num_ops, c.randaugment_magnitude)],
-        "trivialaugment": [v2.TrivialAugmentWide()],
-    }.get(method, [])
-    return v2.Compose(extra + base_transform(c, resolution) or [v2.Identity()])
+    """The per-image transform of a method (uint8 CHW tensor in, uint8 CHW tensor out): its own transforms
+    (`mvc.registry.Method.transforms`), then the crop and flip every method gets."""
+    return v2.Compose(METHODS[method].transforms(c) + base_transform(c, resolution) or [v2.Identity()])
 
 
 def batch_transform(method: str, c: ClassifyConfig, num_classes: int):
-    """MixUp or CutMix, applied to whole batches; None for the other methods."""
-    if method == "mixup":
-        return v2.MixUp(alpha=c.mixup_alpha, num_classes=num_classes)
-    if method == "cutmix":
-        return v2.CutMix(alpha=c.cutmix_alpha, num_classes=num_classes)
-    return None
+    """The method's transform of whole batches (MixUp, CutMix), or None."""
+    batch = METHODS[method].batch
+    return batch(c, num_classes) if batch is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,10 +151,11 @@ class RunSpec:
 
 def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool]]:
     """[(steps, lr scale, synthetic allowed)] per phase; every method totals `c.steps`."""
-    if method in TWO_PHASE_METHODS:  # phase 2: real images only, a fresh cosine schedule at a lower rate
+    synthetic = bool(method_sets(method, c))
+    if METHODS[method].two_phase:  # phase 2: real images only, a fresh cosine schedule at a lower rate
         second = max(1, round(c.two_phase_fraction * c.steps))
-        return [(c.steps - second, 1.0, method in SYNTHETIC_METHODS), (second, c.two_phase_lr_scale, False)]
-    return [(c.steps, 1.0, method in SYNTHETIC_METHODS)]
+        return [(c.steps - second, 1.0, synthetic), (second, c.two_phase_lr_scale, False)]
+    return [(c.steps, 1.0, synthetic)]
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,13 @@ import torch
 from accelerate import PartialState
 
 from mvc.artifacts import (RESULT_COLUMNS, RESULT_KEY, load_images, load_results, load_splits, load_synthetic,
-                           method_sets, methods_at_level, mvc_set_names, shots_label)
+                           methods_at_level, shots_label)
 from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, train_classifier
 from mvc.config import StudyConfig
 from mvc.imaging import to_chw
 from mvc.io import append_rows, read_rows, write_csv
 from mvc.progress import progress
+from mvc.registry import METHODS, method_sets, mvc_set_names
 from mvc.runtime import pick_device
 from mvc.state import stage
 
@@ -76,7 +77,7 @@ def run_key(spec: RunSpec) -> tuple:
 def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:
     """One row of results.csv."""
     c = cfg.classify
-    share = spec.p_synthetic * (1 - (c.two_phase_fraction if spec.method == "mvc_two_phase" else 0)) \
+    share = spec.p_synthetic * (1 - (c.two_phase_fraction if METHODS[spec.method].two_phase else 0)) \
         if spec.synthetic_sets else 0.0
     per_source = (spec.max_per_source or cfg.generate.images_per_source) * len(spec.synthetic_sets)
     return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed, "replicate": spec.replicate,
@@ -159,7 +160,7 @@ def _run_in_workers(cfg: StudyConfig, specs: list[RunSpec], workers: int, show_p
     return ran
 
 
-@stage("classify", distributed=True)
+@stage("classify", reader=load_results, distributed=True)
 def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | None = None) -> dict | None:
     """Run the grid; resumable (`max_runs` stops each process early). Under accelerate each process takes every
     n-th run; on one process `classify.workers` processes share the grid. Each run's row is appended to a part
@@ -188,7 +189,6 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
 def example_batch(cfg: StudyConfig, method: str = "mvc", n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One training batch of `method` before augmentation, as uint8 (n, H, W, C) images, and which of them are
     synthetic replacements of their real source (notebook 05)."""
-    c = cfg.classify
     spec = next((s for s in grid(cfg) if s.method == method), RunSpec(method, seed))
     data = load_classification_data(cfg, list(spec.synthetic_sets))
     rng = np.random.default_rng(seed)

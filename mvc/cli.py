@@ -16,6 +16,19 @@ from mvc.stages import STAGES
 log = logging.getLogger("mvc")
 
 
+class RenamedOption(argparse.Action):
+    """An option under its old name: stores the value where the new one does and says the new name on stderr."""
+
+    def __init__(self, *args, new: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: note: {option_string} is now {self.new} (the old name still works, for now)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -28,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     study = with_params(sub.add_parser("study", help="run the notebooks through papermill into reports/<study>/"))
-    study.add_argument("--stages", help="notebooks to run, e.g. 01,03-05 (default: all)")
+    study.add_argument("--notebooks", help="notebooks to run, e.g. 01,03-05 (default: all)")
+    study.add_argument("--stages", dest="notebooks", action=RenamedOption, new="--notebooks", help=argparse.SUPPRESS)
     study.add_argument("--force", action="store_true",
                        help="re-execute the notebooks and recompute their stages from scratch, even when up to date")
     study.add_argument("--no-progress", action="store_true", help="no progress bars in the terminal")
@@ -84,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "study":
             from mvc.study import run_study  # deferred: each subcommand imports only what it runs
 
-            run_study(args.params, args.stages, args.overrides, force=args.force, show_progress=not args.no_progress)
+            run_study(args.params, args.notebooks, args.overrides, force=args.force,
+                      show_progress=not args.no_progress)
         elif args.command == "check":
             cfg = load_config(args.params, args.overrides)
             print(config_to_yaml(cfg), end="")
@@ -97,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.params, args.overrides)
             if args.command in ("caption", "finetune", "generate") and cfg.backbone.kind == "pretrained":
                 check_memory(cfg, args.command)  # a setting that cannot fit is refused before any model loads
-            next(s for s in STAGES if s.name == args.command).function(cfg, force=args.force)
+            from mvc.pipeline import stage_function  # deferred: it imports every stage's module
+
+            stage_function(args.command)(cfg, force=args.force)
     except KeyboardInterrupt:
         print(f"mvc {args.command}: interrupted; run the same command again to resume (finished work is kept)",
               file=sys.stderr)

@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from mvc import registry
 from mvc.paths import StudyPaths, resolve_path
 from mvc.stages import stage_hash
 
 DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
 MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
-Method = Literal[
-    "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "real_two_phase",
-    "sd_naive", "sd_img2img", "sd_finetuned", "mvc", "mvc_nomix", "mvc_nomix_trained", "mvc_two_phase",
-    "mvc_randaugment",
-]
+MethodName = str  # a method of `mvc.registry.METHODS` (checked when a config is validated)
 
 
 class ConfigError(ValueError):
@@ -177,8 +175,9 @@ class FinetuneConfig(Section):
     lr_warmup_steps: int = Field(50, ge=0)
     lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
     cond_image: Literal["other", "same"] = "other"  # conditioning image: another of the class, or the target
-    # the diffusion target z_0: the VAE posterior's mode (as InstructPix2Pix), or a fresh draw from the posterior
-    # at every step (an augmentation of the targets that makes exact replay of a training latent less likely)
+    # the diffusion target z_0: the VAE posterior's mode, or a fresh draw from the posterior at every step (an
+    # augmentation of the targets that makes exact replay of a training latent less likely). diffusers'
+    # train_instruct_pix2pix.py samples its targets (`sample`) and takes the mode of the conditioning image only
     target_latents: Literal["mode", "sample"] = "mode"
     mixing: TrainingMixingConfig = TrainingMixingConfig()  # text conditioning while training
     drop_text: float = Field(0.05, ge=0, le=1)  # classifier-free guidance dropout, each per sample
@@ -216,22 +215,63 @@ class GenerateConfig(Section):
     images_per_source: int = Field(5, ge=1)  # M
     modes: list[MixMode] = Field(["coarse", "fine"], min_length=1)
     mixing: GenerationMixingConfig = GenerationMixingConfig()  # k, alpha, beta_max, include_anchor
-    naive: bool = True  # also generate the naive baseline (backbone before fine-tuning, text only)
-    naive_guidance: float = Field(3.0, ge=0)
-    # the sd_img2img set: the backbone's image-to-image (SDEdit) of each real image with its class prompt, through
-    # diffusers' StableDiffusionImg2ImgPipeline, no fine-tuning (the augmentation DA-Fusion builds on)
-    img2img: bool = False
+    # the synthetic sets made besides MVC's (one per mode of `modes`), by name (mvc/registry.py):
+    # sd_naive: the backbone before fine-tuning, text only, the first MVC set's prompts and noise;
+    # sd_img2img: SDEdit of each real image with its class prompt at a fixed t0 (`img2img_strength`), as
+    #   Real-Guidance does, through diffusers' StableDiffusionImg2ImgPipeline, no fine-tuning;
+    # sd_finetuned: the backbone fine-tuned text-only on the labelled images (stage finetune_sd_finetuned, MVC's
+    #   recipe, no image conditioning), then text-to-image from the sd_naive set's prompts;
+    # mvc_nomix_trained: MVC's fine-tuning without mixing (own captions; stage finetune_mvc_nomix_trained),
+    #   generating from own captions: with mvc_nomix it separates mixing at training and at generation
+    sets: list[str] = ["sd_naive"]
+    naive_guidance: float = Field(3.0, ge=0)  # s_T of the text-only sets (sd_naive, sd_finetuned) and of SDEdit
     img2img_strength: float = Field(0.5, gt=0, le=1)  # t0: the share of the noise schedule the real image is noised
-    # the sd_finetuned set: the backbone fine-tuned text-only on the labelled images and their captions (stage
-    # finetune_text, MVC's recipe, no image conditioning), then text-to-image from the naive set's mixed prompts
-    finetuned: bool = False
-    # the mvc_nomix_trained set: MVC's fine-tuning without mixing (each image's own caption; stage finetune_nomix),
-    # generating from each image's own caption: with mvc_nomix it separates mixing at training and at generation
-    nomix_trained: bool = False
     batch_size: int = Field(100, ge=1)
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
     compile: bool = False
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_switches(cls, data):
+        """`naive: true` and the like (before `sets`) still read, with a warning naming the new spelling."""
+        if not isinstance(data, dict) or not any(k in data for k in OLD_SET_SWITCHES):
+            return data
+        data = dict(data)
+        sets = list(data.get("sets", ["sd_naive"]))
+        for old, name in OLD_SET_SWITCHES.items():
+            if old in data:
+                on = data.pop(old)
+                sets = [n for n in sets if n != name] + ([name] if on else [])
+                warnings.warn(f"generate.{old} is now spelled generate.sets (a list of set names): "
+                              f"{'add' if on else 'leave out'} {name!r} there", UserWarning, stacklevel=2)
+        data["sets"] = [n for n in registry.set_names() if n in sets] + [n for n in sets if n not in registry.SETS]
+        return data
+
+    @field_validator("sets")
+    @classmethod
+    def _known_sets(cls, v: list[str]) -> list[str]:
+        unknown = [n for n in v if n not in registry.set_names()]
+        if unknown:
+            raise ValueError(f"generate.sets: {unknown} not registered (allowed: {registry.set_names()}); the MVC "
+                             "sets come from generate.modes")
+        if len(set(v)) != len(v):
+            raise ValueError(f"generate.sets names a set twice: {v}")
+        return v
+
+
+# the switches of the synthetic sets before `generate.sets`
+OLD_SET_SWITCHES = {"naive": "sd_naive", "img2img": "sd_img2img", "finetuned": "sd_finetuned",
+                    "nomix_trained": "mvc_nomix_trained"}
+
+
+def _known_methods(v: list[str] | None, field: str) -> list[str] | None:
+    unknown = [m for m in v or () if m not in registry.METHODS]
+    if unknown:
+        raise ValueError(f"{field}: {unknown} not registered (allowed: {registry.method_names()})")
+    if v is not None and len(set(v)) != len(v):
+        raise ValueError(f"{field} names a method twice: {v}")
+    return v
 
 
 class MetricsConfig(Section):
@@ -261,7 +301,7 @@ class MetricsConfig(Section):
 
 
 class ClassifyConfig(Section):
-    methods: list[Method] = Field([
+    methods: list[MethodName] = Field([
         "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "sd_naive", "mvc", "mvc_two_phase",
     ], min_length=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)
@@ -294,6 +334,11 @@ class ClassifyConfig(Section):
     # 14 ms per step; the same arithmetic up to float order), and what mixed precision wants on GPUs
     channels_last: bool = True
 
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, v: list[str]) -> list[str]:
+        return _known_methods(v, "classify.methods")
+
 
 class ReportConfig(Section):
     # the baseline MVC is compared with, fixed before any result is seen (the paper names RandAugment); the
@@ -315,7 +360,7 @@ class StudyConfig(Section):
     replicates: int = Field(1, ge=1)
     # with several shots levels: the classifier methods run below the largest level (None: every method); the
     # models and synthetic sets that only the other methods need are then made at the largest level alone
-    curve_methods: list[Method] | None = None
+    curve_methods: list[MethodName] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runs_root: str | None = None  # default <repo>/runs
     reports_root: str | None = None  # default <repo>/reports
@@ -337,29 +382,25 @@ class StudyConfig(Section):
                              f"digit and hold no '..' (it names the folders runs/<study>/ and reports/<study>/)")
         return name
 
+    @field_validator("curve_methods")
+    @classmethod
+    def _curve_registered(cls, v: list[str] | None) -> list[str] | None:
+        return _known_methods(v, "curve_methods")
+
     @model_validator(mode="after")
     def _methods_have_their_synthetic_sets(self) -> StudyConfig:
-        c, g = self.classify, self.generate
-        if "sd_naive" in c.methods and not g.naive:
-            raise ValueError("classify.methods has sd_naive, which trains on the naive set: set generate.naive: true")
-        if "sd_img2img" in c.methods and not g.img2img:
-            raise ValueError("classify.methods has sd_img2img, which trains on the img2img set: set generate.img2img: "
-                             "true")
-        if "sd_finetuned" in c.methods and not g.finetuned:
-            raise ValueError("classify.methods has sd_finetuned, which trains on the text-only fine-tuned backbone's "
-                             "images: set generate.finetuned: true")
-        if "mvc_nomix_trained" in c.methods and not g.nomix_trained:
-            raise ValueError("classify.methods has mvc_nomix_trained, which trains on the images of MVC fine-tuned "
-                             "without mixing: set generate.nomix_trained: true")
-        if "mvc_nomix" in c.methods and "none" not in g.modes:
-            raise ValueError("classify.methods has mvc_nomix, which trains on the MVC model's images from each "
-                             "image's own caption: add none to generate.modes")
-        if self.curve_methods is not None and not set(self.curve_methods) <= set(c.methods):
-            raise ValueError(f"curve_methods {sorted(set(self.curve_methods) - set(c.methods))} are not in "
-                             f"classify.methods: the curve runs a subset of the grid's methods")
-        missing = [m for m in c.mvc_modes if m not in g.modes]
-        if missing and any(m in c.methods for m in ("mvc", "mvc_two_phase", "mvc_randaugment")):
-            raise ValueError(f"classify.mvc_modes {missing} are not generated: add them to generate.modes")
+        made = registry.synthetic_set_names(self.generate)
+        for method in self.classify.methods:
+            for name in registry.method_sets(method, self.classify):
+                if name in made:
+                    continue
+                spec, mode = registry.set_spec(name)
+                fix = (f"add {mode} to generate.modes" if mode is not None else f"add {name} to generate.sets")
+                raise ValueError(f"classify.methods has {method}, which trains on the synthetic set {name}, which "
+                                 f"this study does not make: {fix}")
+        if self.curve_methods is not None and not set(self.curve_methods) <= set(self.classify.methods):
+            raise ValueError(f"curve_methods {sorted(set(self.curve_methods) - set(self.classify.methods))} are not "
+                             f"in classify.methods: the curve runs a subset of the grid's methods")
         return self
 
     @model_validator(mode="after")
@@ -368,6 +409,11 @@ class StudyConfig(Section):
         if self.classify.evaluate_on == "val" and self.data.val_per_class == 0:
             raise ValueError("classify.evaluate_on: val needs validation images, but data.val_per_class is 0: set "
                              "data.val_per_class to a count, or classify.evaluate_on: test")
+        if len(self.classify.seeds) % self.replicates:
+            raise ValueError(f"classify.seeds has {len(self.classify.seeds)} seeds, which replicates: "
+                             f"{self.replicates} cannot share equally (seed number i pairs with replicate i mod R, so "
+                             f"some replicate would weigh more in the mean or go unused): give a multiple of "
+                             f"{self.replicates} seeds, or set replicates to a divisor of {len(self.classify.seeds)}")
         if self.curve_methods is not None and len(self.data.shot_levels) == 1:
             raise ValueError(f"curve_methods is set but data.shots ({self.data.shots}) is one level: it names the "
                              "methods run below the largest of several levels; remove it, or give data.shots a list")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import UnidentifiedImageError
 
-from mvc.artifacts import SPLITS
+from mvc.artifacts import SPLITS, load_splits
 from mvc.config import DataConfig, StudyConfig
 from mvc.datasets import DataNotFound, Item, build_reader
 from mvc.imaging import to_array
@@ -49,13 +49,14 @@ def check_classes(class_dirs: list[str], names: dict[str, str], dataset: str) ->
 
 
 def check_counts(taken: dict[str, dict[str, int]], wanted: dict[str, dict[str, int]], allow_fewer: bool) -> list[str]:
-    """The classes whose test, val or train split came out short; an error unless `data.allow_fewer`."""
+    """The classes whose test, val, train or pool split came out short; an error unless `data.allow_fewer`."""
     short = [f"{cls}: {split} {taken[cls].get(split, 0)} of {n}" for cls in wanted for split, n in wanted[cls].items()
              if taken[cls].get(split, 0) < n]
     if short and not allow_fewer:
         raise DataError("too few readable images for the splits asked for (class: split got of wanted): "
                         + "; ".join(short[:10]) + (f"; and {len(short) - 10} more" if len(short) > 10 else "")
-                        + ". Lower data.shots or data.val_per_class, add images, or set data.allow_fewer: true "
+                        + ". Lower data.shots, data.val_per_class or data.pool_per_class, add images, or set "
+                          "data.allow_fewer: true "
                           "(the real counts are then recorded and reported)")
     return short
 
@@ -91,7 +92,7 @@ def assign_splits(items: list[Item], cfg: DataConfig, seed: int) -> dict[str, tu
     return plan
 
 
-@stage("data")
+@stage("data", reader=load_splits)
 def prepare_dataset(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Read, split and cache the dataset (the splits table is what the stage returns)."""
     paths = cfg.paths
@@ -118,7 +119,7 @@ def prepare_dataset(cfg: StudyConfig, show_progress: bool = True) -> dict:
         for split, quota, own in quotas:
             source = list(own) if own is not None else queue
             taken = 0
-            if quota is not None and split != "pool":
+            if quota is not None:  # every split with a count, the pool included
                 wanted.setdefault(cls, {})[split] = quota
             while source and (quota is None or taken < quota):
                 i = source.pop(0)

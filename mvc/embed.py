@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mvc.artifacts import load_captions, training_captions
+from mvc.artifacts import load_caption_embeddings, load_captions, training_captions
 from mvc.config import StudyConfig
 from mvc.embedding_cache import EMPTY_PROMPT, EmbeddingCache
 from mvc.encoders import build_text_encoder
@@ -10,7 +10,7 @@ from mvc.runtime import pick_device
 from mvc.state import stage
 
 
-@stage("embed")
+@stage("embed", reader=load_caption_embeddings)
 def embed_captions(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Encode the training captions with the encoder `text.encoder` names; cached ones are read, not recomputed."""
     train = training_captions(load_captions(cfg))

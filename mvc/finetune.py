@@ -25,12 +25,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from mvc.artifacts import (DiffusionImages, backbone_source, list_checkpoints, load_caption_embeddings,
-                           below_top_level, curve_sets)
+                           trained_model, unit_needs_model)
 from mvc.components import diffusion_loss, encode_latents, load_backbone, widen_conv_in
 from mvc.config import StudyConfig
 from mvc.io import append_rows, atomic_dir, read_rows, write_csv, write_json
 from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
+from mvc.registry import MODELS
 from mvc.resources import check_memory
 from mvc.runtime import effective_mixed_precision, make_optimizer, maybe_compile, release_memory
 from mvc.state import stage
@@ -108,14 +109,15 @@ def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, b
                text_only: bool = False, mixing_mode: str | None = None) -> Batch:
     """One batch: target latents, conditioning latents, MVC-mixed text, with conditioning dropout applied.
 
-    `text_only` (the sd_finetuned baseline): each target's own caption, no conditioning image (`cond` is empty),
-    and the text dropped with the chance the MVC model drops it (`drop_text + drop_both`). `mixing_mode` replaces
-    `finetune.mixing.mode` (`none`: the no-mixing-in-training ablation)."""
+    `text_only` (the sd_finetuned baseline): no conditioning image (`cond` is empty), the text mixed as MVC's
+    (so the two models differ in the image conditioning alone) and dropped with the chance the MVC model drops it
+    (`drop_text + drop_both`). `mixing_mode` replaces `finetune.mixing.mode` (`none`: each target's own caption,
+    the no-mixing-in-training ablation)."""
     ft = cfg.finetune
     idx = rng.integers(0, len(data.labels), batch_size)
     partner = idx if text_only else data.same_class_partner(idx, ft.cond_image, rng)
     m = ft.mixing
-    plan = draw_mix(data.labels, idx, "none" if text_only else mixing_mode or m.mode, m.k, m.alpha, m.beta_max, rng,
+    plan = draw_mix(data.labels, idx, mixing_mode or m.mode, m.k, m.alpha, m.beta_max, rng,
                     include_anchor=True)
     text = apply_mix(data.embeddings, plan)
     cond = data.cond_latents[partner][:, :0] if text_only else data.cond_latents[partner].clone()
@@ -134,11 +136,12 @@ def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, b
 
 
 def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int,
-               kind: str = "mvc"):
-    """(z_0, e_I, e_T) of one batch of a model `kind` (see `MODELS`), as the training step consumes them (e_I is
-    None for the text-only model)."""
-    batch = draw_batch(data, cfg, rng, batch_size, kind == "text", "none" if kind == "nomix" else None)
-    return batch.latents, None if kind == "text" else batch.cond, batch.text
+               model: str = "mvc"):
+    """(z_0, e_I, e_T) of one batch of fine-tuned model `model` (`mvc.registry.MODELS`), as the training step
+    consumes them (e_I is None for a text-only model)."""
+    spec = MODELS[model]
+    batch = draw_batch(data, cfg, rng, batch_size, not spec.image_conditioned, spec.training_mixing)
+    return batch.latents, batch.cond if spec.image_conditioned else None, batch.text
 
 
 def _load_checkpoint(accelerator, path: Path) -> None:
@@ -170,78 +173,66 @@ def per_process_batch(batch_size: int, processes: int) -> int:
     return batch_size // processes
 
 
-# The fine-tuned models: stage, the StudyPaths attributes of (model, work folder), what the loop trains
-MODELS = {
-    "mvc": ("finetune", "mvc_model", "finetune_work"),  # MVC: image conditioning and mixed captions
-    "text": ("finetune_text", "text_model", "text_finetune_work"),  # sd_finetuned: own caption, no image
-    "nomix": ("finetune_nomix", "nomix_model", "nomix_finetune_work"),  # ablation: image, own caption only
-}
+def model_stage_function(name: str):
+    """The stage that fine-tunes model `name` (`mvc.registry.MODELS`) for every unit that needs it."""
+    model = MODELS[name]
+
+    @stage(model.stage, reader=lambda cfg: trained_model(cfg, name), distributed=True)
+    def run(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
+        if not any(unit_needs_model(u, name) for u in cfg.units()):
+            return {"skipped": f"no synthetic set of this study is sampled from {name} (generate.sets)"}
+        return train_units(cfg, name, show_progress, max_steps)
+
+    run.__name__ = run.__qualname__ = model.stage
+    run.__doc__ = (f"Stage `{model.stage}`: {model.summary}. Every unit of the study (shots level x replicate, "
+                   f"`cfg.units()`) that needs it gets its own model, the main one first; a unit whose model is saved "
+                   f"is done, and an interrupted one resumes from the newest checkpoint of its work folder. "
+                   f"`max_steps` stops early without saving (tests use it to simulate an interruption).")
+    return run
 
 
-@stage("finetune", distributed=True)
-def finetune(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
-    """Widen the backbone's UNet and train it with MVC conditioning; save `runs/<study>/mvc/`.
-
-    Every unit of the study (shots level x replicate, `cfg.units()`) gets its own model, the main one first;
-    a unit whose model is saved is done. Resumes from the newest checkpoint in its `finetune/checkpoints/`.
-    `max_steps` stops early without saving the final model (tests use it to simulate an interruption).
-    """
-    return train_units(cfg, "mvc", show_progress, max_steps)
+# one stage per fine-tuned model of the registry; `finetune` is MVC's
+MODEL_STAGES = {m.stage: model_stage_function(m.name) for m in MODELS.values()}
+finetune = MODEL_STAGES["finetune"]
 
 
-@stage("finetune_text", distributed=True)
-def finetune_text_only(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
-    """The `sd_finetuned` baseline (the fine-tuned text-to-image model of the Diff-Mix / Real-Fake line): the
-    backbone's UNet, not widened, trained on the same labelled images with each image's own caption and no image
-    conditioning, with MVC's recipe (`finetune.*`); saved to `runs/<study>/text_finetuned/`. Runs only when
-    `generate.finetuned` asks for its synthetic set."""
-    if not cfg.generate.finetuned:
-        return {"skipped": "generate.finetuned is false: no sd_finetuned set in this study"}
-    return train_units(cfg, "text", show_progress, max_steps)
+def finetune_model(cfg: StudyConfig, name: str, **kwargs) -> Path | None:
+    """Run the stage of fine-tuned model `name` (e.g. `sd_finetuned`); its folder, or None if the study has none."""
+    return MODEL_STAGES[MODELS[name].stage](cfg, **kwargs)
 
 
-@stage("finetune_nomix", distributed=True)
-def finetune_without_mixing(cfg: StudyConfig, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
-    """The no-mixing-in-training ablation: MVC's image-conditioned fine-tuning with each image's own caption only
-    (`finetune.mixing.mode: none`, everything else MVC's); saved to `runs/<study>/mvc_nomix_trained/`. Runs only
-    when `generate.nomix_trained` asks for its synthetic set."""
-    if not cfg.generate.nomix_trained:
-        return {"skipped": "generate.nomix_trained is false: no mvc_nomix_trained set in this study"}
-    return train_units(cfg, "nomix", show_progress, max_steps)
-
-
-def train_units(cfg: StudyConfig, kind: str, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
-    """`train` for every unit whose model is not saved yet; the main unit's summary, with how many units."""
-    _, model_attr, work_attr = MODELS[kind]
-    needed_set = {"text": "finetuned", "nomix": "nomix_trained"}.get(kind)
+def train_units(cfg: StudyConfig, name: str, show_progress: bool = True, max_steps: int | None = None) -> dict | None:
+    """`train` for every unit that needs model `name` and has not saved it yet; the main unit's summary, with how
+    many units."""
+    stage_name = MODELS[name].stage
     for unit in cfg.units():
-        if needed_set and below_top_level(unit) and needed_set not in curve_sets(unit):
-            continue  # a level whose methods (`curve_methods`) do not use this model
-        if not getattr(unit.paths, model_attr).exists() and train(unit, kind, show_progress, max_steps) is None:
+        if not unit_needs_model(unit, name):
+            continue  # a level whose methods (`curve_methods`) draw from no set of this model
+        if not unit.paths.model(name, stage_name).exists() and train(unit, name, show_progress, max_steps) is None:
             return None
-    summary = getattr(cfg.paths, work_attr) / "summary.json"
+    summary = cfg.paths.model_work(stage_name) / "summary.json"
     return {**(json.loads(summary.read_text()) if summary.exists() else {}), "units": len(cfg.units())}
 
 
-def train(cfg: StudyConfig, kind: str = "mvc", show_progress: bool = True,
+def train(cfg: StudyConfig, model: str = "mvc", show_progress: bool = True,
           max_steps: int | None = None) -> dict | None:
-    """The fine-tuning loop of every model (`MODELS`): MVC's, the text-only baseline's, the no-mixing ablation's.
+    """The fine-tuning loop of every model of `mvc.registry.MODELS`: MVC's, the text-only baseline's, the
+    no-mixing ablation's.
     Everything it built (accelerator, models, optimizer, EMA) is released when it returns, so that the next unit's
     fine-tuning in the same process starts from the memory the first one started from."""
-    accelerator = _accelerator(cfg, getattr(cfg.paths, MODELS[kind][2]))
+    accelerator = _accelerator(cfg, cfg.paths.model_work(MODELS[model].stage))
     try:
-        return _train(cfg, accelerator, kind, show_progress, max_steps)
+        return _train(cfg, accelerator, model, show_progress, max_steps)
     finally:
         accelerator.free_memory()  # drops accelerate's references to the prepared model, optimizer and scheduler
         release_memory()
 
 
-def _train(cfg: StudyConfig, accelerator, kind: str, show_progress: bool, max_steps: int | None) -> dict | None:
-    ft, paths = cfg.finetune, cfg.paths
-    _, model_attr, work_attr = MODELS[kind]
-    out, work = getattr(paths, model_attr), getattr(paths, work_attr)
+def _train(cfg: StudyConfig, accelerator, model_name: str, show_progress: bool, max_steps: int | None) -> dict | None:
+    ft, spec = cfg.finetune, MODELS[model_name]
+    out, work = cfg.paths.model(model_name, spec.stage), cfg.paths.model_work(spec.stage)
     checkpoints, loss_file = work / "checkpoints", work / "loss.csv"
-    desc = MODELS[kind][0] + (f" {cfg.unit_name}" if cfg.unit_name else "")
+    desc = spec.stage + (f" {cfg.unit_name}" if cfg.unit_name else "")
     if cfg.backbone.kind == "surrogate" and (cfg.device == "cpu" or not torch.cuda.is_available()):
         check_memory(cfg, "finetune")
     per_device = per_process_batch(ft.batch_size, accelerator.num_processes)
@@ -250,7 +241,7 @@ def _train(cfg: StudyConfig, accelerator, kind: str, show_progress: bool, max_st
     vae = bb.vae.to(accelerator.device).requires_grad_(False).eval()
     data = training_data(cfg, vae)
     vae.to("cpu")  # latents are cached: the VAE leaves the device for the loop (it is saved with the model)
-    unet = bb.unet if kind == "text" else widen_conv_in(bb.unet)
+    unet = widen_conv_in(bb.unet) if spec.image_conditioned else bb.unet
     if ft.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if ft.channels_last:
@@ -287,7 +278,7 @@ def _train(cfg: StudyConfig, accelerator, kind: str, show_progress: bool, max_st
             with accelerator.accumulate(unet):
                 rng, gen = loop.generators(micro)  # seeded by (seed, rank, step, micro) on every device
                 latents, cond, text = (None if t is None else t.to(accelerator.device)
-                                       for t in make_batch(data, cfg, rng, per_device, kind))
+                                       for t in make_batch(data, cfg, rng, per_device, model_name))
                 with accelerator.autocast():
                     loss = diffusion_loss(unet, bb.scheduler, latents, text, cond, gen)
                 accelerator.backward(loss)
@@ -325,7 +316,7 @@ def _train(cfg: StudyConfig, accelerator, kind: str, show_progress: bool, max_st
                "mixed_precision": accelerator.mixed_precision, "shots": cfg.shots_now, "replicate": cfg.replicate,
                "seed": ft.seed}
     write_json(work / "summary.json", summary)
-    save_model(bb, model.eval(), out, kind == "text")  # last: a saved model marks the unit done
+    save_model(bb, model.eval(), out, not spec.image_conditioned)  # last: a saved model marks the unit done
     return summary
 
 

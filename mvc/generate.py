@@ -1,12 +1,10 @@
-"""Stage `generate` (the paper's Figure 4): the synthetic sets, MVC images with two guidance scales and the
-naive baseline.
+"""Stage `generate` (the paper's Figure 4): the synthetic sets of `mvc.registry.SETS`.
 
-For every labelled training image (the source) and index `j < M`, one image per synthetic set: `mvc_<mode>`
-(the fine-tuned model, conditioned on the source's latent and an MVC mix of its class's captions) and `naive`
-(the backbone before fine-tuning, text only, the same mixed prompt and noise as the first MVC set); `finetuned`
-(the text-only fine-tuned backbone, the naive set's prompts and noise); `img2img` (the backbone's SDEdit of each
-source with its class prompt); `nomix_trained` (MVC fine-tuned without mixing, from each source's own caption).
-Every unit of the study (shots level x replicate) gets its own sets. Work items are sharded across accelerate
+For every labelled training image (the source) and index `j < M`, one image per synthetic set, made as its
+declaration says: `conditioned` sets (`mvc_<mode>`: the fine-tuned model, conditioned on the source's latent and
+an MVC mix of its class's captions, two guidance scales), `text` sets (`sd_naive`: the backbone before fine-tuning,
+text only, the same mixed prompt and noise as the first MVC set) and `sdedit` sets (`sd_img2img`). Every unit of
+the study (shots level x replicate) gets its own sets. Work items are sharded across accelerate
 processes; every image is written atomically and then listed in its process's manifest, so a
 killed run, started again, ends with exactly the expected set.
 """
@@ -26,14 +24,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mvc.artifacts import (DiffusionImages, backbone_source, diffusion_images, list_checkpoints,
-                           load_caption_embeddings, load_splits, nomix_model_path, set_mode,
-                           text_model_path, unit_set_names)
+                           load_caption_embeddings, load_manifests, load_splits, model_path, unit_set_names)
 from mvc.components import encode_latents, load_backbone
 from mvc.config import StudyConfig
 from mvc.imaging import tensor_to_images
 from mvc.io import append_rows, atomic_path, read_rows, write_csv
 from mvc.mixing import seeded_mixes
 from mvc.progress import progress
+from mvc.registry import MODELS, models_of_sets, mvc_set_names, set_mode, set_spec
 from mvc.runtime import maybe_compile, pick_device, release_memory, run_in_dtype
 from mvc.sampling import initial_noise, make_scheduler, sample
 from mvc.state import stage
@@ -109,10 +107,9 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     todo = [it for it in items if it.image_id not in done]
     if not todo:
         return 0
-    mode = set_mode(g, name)
-    is_mvc = name.startswith("mvc_") or name == "nomix_trained"  # image-conditioned
-    model = {"finetuned": "finetuned", "nomix_trained": "nomix"}.get(name, "mvc" if is_mvc else "naive")
-    unet, vae, sched_cfg, cond_latents = models[model]
+    mode, spec = set_mode(g, name), set_spec(name)[0]
+    s_text, s_image = spec.guidance(g)
+    unet, vae, sched_cfg, cond_latents = models[spec.model]
     scheduler = make_scheduler(g.scheduler, sched_cfg)
     label_of = dict(zip(emb.frame["image_id"], emb.frame["label"]))
     class_of = dict(zip(emb.frame["label"], emb.frame.get("class_name", emb.frame["label"])))
@@ -125,19 +122,16 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             break
         batch = todo[lo: lo + g.batch_size]
         rows = emb.row_of(np.array([it.source_image_id for it in batch]))
-        if name == "img2img":
+        if spec.sampler == "sdedit":
             sources = tensor_to_images(diffusion_images(cfg, [it.source_image_id for it in batch]))
             prompts = [cfg.data.prompt_template.format(name=class_of[label_of[it.source_image_id]]) for it in batch]
-            images = sdedit(models["img2img"], sources, prompts, [it.seed for it in batch], g)
+            images = sdedit(models[("sdedit", spec.model)], sources, prompts, [it.seed for it in batch], g, s_text)
         else:
             text = mixes_of(emb, rows, [it.seed for it in batch], mode, g.mixing)
             noise = initial_noise([it.seed for it in batch], latent_shape(cfg, unet, vae))
-            if is_mvc:
-                x = sample(unet, vae, scheduler, noise, text, emb.empty, cond_latents[rows], g.steps,
-                           g.guidance_text, g.guidance_image)
-            else:
-                x = sample(unet, vae, scheduler, noise, text, emb.empty, None, g.steps, g.naive_guidance)
-            images = tensor_to_images(x)
+            cond = cond_latents[rows] if spec.sampler == "conditioned" else None
+            images = tensor_to_images(sample(unet, vae, scheduler, noise, text, emb.empty, cond, steps=g.steps,
+                                             s_text=s_text, s_image=s_image))
         records = []
         for it, img in zip(batch, images):
             rel = f"{class_of[label_of[it.source_image_id]]}/{it.image_id}.png"
@@ -145,7 +139,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             with atomic_path(target) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
             records.append({"image_id": it.image_id, "source_image_id": it.source_image_id, "index": it.index,
-                            "label": label_of[it.source_image_id], "mode": mode if is_mvc else name,
+                            "label": label_of[it.source_image_id], "mode": mode,
                             "seed": it.seed, "path": rel})
         append_rows(manifest, pd.DataFrame(records, columns=MANIFEST_COLUMNS))
         made += len(batch)
@@ -189,39 +183,30 @@ class ConditionLatents:
 
 
 def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtype = torch.float32,
-                           naive: bool | None = None) -> dict:
-    """{"mvc": (unet, vae, scheduler config, conditioning latents), "naive": (...), "finetuned": (...),
-    "nomix": (...)}, on `device` (the naive backbone when `naive`, by default when `generate.naive`; the text-only
-    fine-tuned one when `generate.finetuned`; MVC fine-tuned without mixing when `generate.nomix_trained`).
+                           sets: list[str] | None = None) -> dict:
+    """{model: (unet, vae, scheduler config, conditioning latents)} for every model the synthetic sets `sets` (by
+    default this unit's) are sampled from: "backbone" and the fine-tuned models of `mvc.registry.MODELS`, on
+    `device`; and {("sdedit", model): img2img pipeline} for the SDEdit sets (sharing that model's UNet).
 
     Only the UNets run in `dtype` (bf16 on a GPU), called with and returning float32 (`run_in_dtype`); the VAEs
     and the text encoder stay in float32, so conditioning latents equal those fine-tuning trained with, and every
-    set's latents and sampler arithmetic are float32."""
-    out = {}
-
-    def load(path, field):
-        bb = load_backbone(path, cfg.backbone.revision if path == backbone_source(cfg) else None, field=field,
-                           unet_dtype=dtype)
+    set's latents and sampler arithmetic are float32. Fine-tuning never changes the VAE, so the image-conditioned
+    models share one set of conditioning latents."""
+    sets = unit_set_names(cfg) if sets is None else sets
+    out: dict = {}
+    cond = None
+    for name in models_of_sets(sets):
+        path = backbone_source(cfg) if name == "backbone" else model_path(cfg, name)
+        field = "backbone.model" if name == "backbone" else f"runs/<study>/{name}"
+        bb = load_backbone(path, cfg.backbone.revision if name == "backbone" else None, field=field, unet_dtype=dtype)
         bb.unet = run_in_dtype(bb.unet.to(device).eval())
         bb.vae = bb.vae.to(device).eval()
-        return bb
-
-    mvc = load(cfg.paths.mvc_model, "runs/<study>/mvc")
-    cond = ConditionLatents(cfg, mvc.vae, emb.frame["image_id"].to_numpy())
-    out["mvc"] = (mvc.unet, mvc.vae, mvc.scheduler.config, cond)
-    want_naive = cfg.generate.naive if naive is None else naive
-    if want_naive or (naive is None and cfg.generate.img2img):
-        bb = load(backbone_source(cfg), "backbone.model")
-        out["naive"] = (bb.unet, bb.vae, bb.scheduler.config, None)
-        if naive is None and cfg.generate.img2img:
-            out["img2img"] = img2img_pipeline(bb, cfg.generate.scheduler, device)
-    sets = unit_set_names(cfg)
-    if naive is None and "nomix_trained" in sets:
-        nomix = load(nomix_model_path(cfg), "runs/<study>/mvc_nomix_trained")
-        out["nomix"] = (nomix.unet, mvc.vae, nomix.scheduler.config, cond)
-    if naive is None and "finetuned" in sets:
-        tuned = load(text_model_path(cfg), "runs/<study>/text_finetuned")
-        out["finetuned"] = (tuned.unet, tuned.vae, tuned.scheduler.config, None)
+        conditioned = name != "backbone" and MODELS[name].image_conditioned
+        if conditioned and cond is None:
+            cond = ConditionLatents(cfg, bb.vae, emb.frame["image_id"].to_numpy())
+        out[name] = (bb.unet, bb.vae, bb.scheduler.config, cond if conditioned else None)
+        if any(set_spec(s)[0].sampler == "sdedit" and set_spec(s)[0].model == name for s in sets):
+            out[("sdedit", name)] = img2img_pipeline(bb, cfg.generate.scheduler, device)
     return out
 
 
@@ -234,15 +219,15 @@ def img2img_pipeline(bb, scheduler: str, device):
     return pipe.to(device)  # the UNet keeps its dtype and casting hooks; VAE and text encoder stay float32
 
 
-def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], g) -> np.ndarray:
+def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], g, guidance: float) -> np.ndarray:
     """The backbone's image-to-image (SDEdit) of uint8 source images at strength `t0`, one seed per image."""
     out = pipe(prompt=prompts, image=[Image.fromarray(x) for x in sources], strength=g.img2img_strength,
-               num_inference_steps=g.steps, guidance_scale=g.naive_guidance, output_type="np",
+               num_inference_steps=g.steps, guidance_scale=guidance, output_type="np",
                generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
-@stage("generate", distributed=True)
+@stage("generate", reader=load_manifests, distributed=True)
 def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int | None = None) -> dict | None:
     """Every synthetic set's images for every training image of every unit (shots level x replicate, the main
     one first), sharded over accelerate processes."""
@@ -254,7 +239,28 @@ def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int 
         if out is None:
             return None
         summary = summary or out  # the main unit's
-    return {**summary, "units": len(cfg.units())} if dist.is_main_process else {}
+    if not dist.is_main_process:
+        return {}
+    save_previews(cfg)
+    return {**summary, "units": len(cfg.units())}
+
+
+def preview_figure(cfg: StudyConfig, n_sources: int = 3, per_source: int = 4):
+    """`checkpoint_previews` as one image grid (notebook 03; the report's `finetune_samples`)."""
+    from mvc import figures  # deferred: matplotlib is needed only here
+
+    return figures.image_grid(checkpoint_previews(cfg, n_sources, per_source))
+
+
+def save_previews(cfg: StudyConfig) -> None:
+    """The report's `finetune_samples` figure, drawn once the main unit's model and checkpoints are final."""
+    import matplotlib.pyplot as plt
+
+    fig = preview_figure(cfg)
+    with atomic_path(cfg.paths.finetune_previews) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    release_memory()
 
 
 def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batches: int | None = None) -> dict | None:
@@ -268,7 +274,7 @@ def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batche
     ids = emb.frame["image_id"].tolist()
     dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
     models = load_generation_models(cfg, emb, dist.device, dtype)
-    for unet, *_ in (v for k, v in models.items() if k != "img2img"):  # the pipeline shares the naive UNet
+    for unet, *_ in (v for k, v in models.items() if isinstance(k, str)):  # a pipeline shares its model's UNet
         if cfg.generate.channels_last:
             unet.to(memory_format=torch.channels_last)
         maybe_compile(unet, cfg.generate.compile, dist.device, "generate.compile")
@@ -293,7 +299,8 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
     emb = load_caption_embeddings(cfg)
     device = pick_device(cfg.device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype, naive=False)["mvc"]
+    unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype,
+                                                        sets=list(mvc_set_names(g.modes[:1])))["mvc"]
     final = {k: v.clone() for k, v in unet.state_dict().items()}
     rows_of = emb.frame.groupby("label").head(1).index.to_numpy()[:n_sources]
     real = tensor_to_images(diffusion_images(cfg, emb.frame["image_id"].to_numpy()[rows_of]))
@@ -309,15 +316,26 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
             log.warning("preview: skipping %s (%s)", weights, err)
             continue
         x = sample(unet, vae, make_scheduler(g.scheduler, sched_cfg), initial_noise(seeds, latent_shape(cfg, unet, vae)),
-                   text, emb.empty, cond[anchors], g.steps,
-                   g.guidance_text, g.guidance_image)
+                   text, emb.empty, cond[anchors], steps=g.steps, s_text=g.guidance_text, s_image=g.guidance_image)
         imgs = tensor_to_images(x)
         for i in range(len(rows_of)):
             out.append((f"{label}", [real[i]] + list(imgs[i * per_source: (i + 1) * per_source])))
     return out
 
 
-def guidance_grid(cfg: StudyConfig, text_scales=(1.0, 2.0, 4.0, 7.0), image_scales=(1.0, 1.5, 2.5, 4.0),
+GUIDANCE_TEXT_SCALES = (1.0, 2.0, 4.0, 7.0)  # the columns and rows of notebook 04's guidance grid
+GUIDANCE_IMAGE_SCALES = (1.0, 1.5, 2.5, 4.0)
+
+
+def guidance_figure(cfg: StudyConfig, source_row: int = 0, seed: int = 0):
+    """`guidance_grid` as one image grid, its columns titled with their text scale (notebook 04)."""
+    from mvc import figures  # deferred: matplotlib is needed only here
+
+    return figures.image_grid(guidance_grid(cfg, source_row=source_row, seed=seed),
+                              ["source"] + [f"s_T={s}" for s in GUIDANCE_TEXT_SCALES])
+
+
+def guidance_grid(cfg: StudyConfig, text_scales=GUIDANCE_TEXT_SCALES, image_scales=GUIDANCE_IMAGE_SCALES,
                   source_row: int = 0, seed: int = 0) -> list[tuple[str, list[np.ndarray]]]:
     """One source image under every pair of guidance scales, the same noise and mix throughout (notebook 04):
     a row per `s_I`, a column per `s_T`, the source image first."""
@@ -325,7 +343,8 @@ def guidance_grid(cfg: StudyConfig, text_scales=(1.0, 2.0, 4.0, 7.0), image_scal
     device = pick_device(cfg.device)
     emb = load_caption_embeddings(cfg)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype, naive=False)["mvc"]
+    unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype,
+                                                        sets=list(mvc_set_names(g.modes[:1])))["mvc"]
     rows = np.array([source_row])
     text = mixes_of(emb, rows, [seed], g.modes[0], g.mixing)
     noise = initial_noise([seed], latent_shape(cfg, unet, vae))
@@ -333,7 +352,8 @@ def guidance_grid(cfg: StudyConfig, text_scales=(1.0, 2.0, 4.0, 7.0), image_scal
     grid = []
     for s_image in image_scales:
         imgs = [tensor_to_images(sample(unet, vae, make_scheduler(g.scheduler, sched_cfg), noise, text, emb.empty,
-                                        cond[rows], g.steps, s_text, s_image))[0] for s_text in text_scales]
+                                        cond[rows], steps=g.steps, s_text=s_text, s_image=s_image))[0]
+                for s_text in text_scales]
         grid.append((f"s_I={s_image}", [source] + imgs))
     return grid
 

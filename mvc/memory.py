@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from mvc.registry import models_of_sets, set_spec, synthetic_set_names
+
 log = logging.getLogger(__name__)
 
 GIB = 2**30
@@ -188,13 +190,14 @@ def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePred
 
     gen = cfg.generate
     unet_bytes = 2 if gpu else 4  # bf16 weights on a GPU, float32 on a CPU
-    n_unets = 1 + int(gen.naive or gen.img2img) + int(gen.finetuned) + int(gen.nomix_trained)
+    used = models_of_sets(synthetic_set_names(gen))
+    n_unets = len(used)
     dec_batch = encode_batch_size(vae_cfg, cfg.backbone.resolution, capacity, DECODE, cap=4096)
     sample = {"UNet weights": n_unets * unet_p * unet_bytes / g, "VAE weights (fp32)": vae_p * 4 / g,
               "sampling activations": _scaled(SAMPLE, min(gen.batch_size, n * gen.images_per_source), px, unet_width,
                                               unet_bytes),
               "decoding": _scaled(DECODE, min(gen.batch_size, dec_batch, n * gen.images_per_source), px, vae_width)}
-    if gen.img2img:
+    if any(set_spec(s)[0].sampler == "sdedit" for s in synthetic_set_names(gen)):
         sample["text encoder"] = text_p * 4 / g
     if not gpu:  # each model's folder brings its text encoder and VAE into host memory, used or not
         sample["idle text encoders, VAEs (host)"] = (n_unets * text_p + (n_unets - 1) * vae_p) * 4 / g

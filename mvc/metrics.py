@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mvc.artifacts import load_images, load_splits, load_synthetic, set_mode, synthetic_set_names
+from mvc.artifacts import load_image_metrics, load_images, load_splits, load_synthetic, synthetic_set_names
 from mvc.classifiers import ClassificationData, RunSpec, evaluate, train_classifier
 from mvc.config import StudyConfig
 from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extract_features, feature_diversity,
@@ -37,6 +37,7 @@ from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extr
                                 nearest_two, stratified_sample)
 from mvc.imaging import to_chw
 from mvc.io import write_csv
+from mvc.registry import set_mode
 from mvc.runtime import pick_device, seed_everything
 from mvc.state import stage
 
@@ -101,7 +102,7 @@ def image_sets(cfg: StudyConfig) -> tuple[ImageSet, dict[str, ImageSet]]:
     sets = {"real_train": (train_x, train_y.numpy(), "real")}
     for name in synthetic_set_names(cfg.generate):
         imgs, manifest = load_synthetic(cfg, name)
-        mode = name if name in ("naive", "finetuned") else set_mode(cfg.generate, name)
+        mode = set_mode(cfg.generate, name)
         sets[name] = (to_chw(imgs), manifest["label"].to_numpy(), mode)
     return (ref_x, ref_y.numpy(), "real"), sets
 
@@ -134,7 +135,7 @@ def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray,
             "judge_accuracy_on_real": tools.judge_accuracy, "feature_extractor": m.feature_extractor}
 
 
-@stage("metrics")
+@stage("metrics", reader=load_image_metrics)
 def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """One row per synthetic set (and the real training images as a reference) in `image_metrics.csv`."""
     seed_everything(cfg.seed)

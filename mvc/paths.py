@@ -72,50 +72,40 @@ class StudyPaths:
     def backbone_loss(self) -> Path:
         return self.run / "backbone_loss.csv"
 
-    # the fine-tuned models and synthetic sets: the main unit's at the top, the other units' under units/<stage>/
+    # the fine-tuned models (`mvc.registry.MODELS`) and synthetic sets: the main unit's at the top, the other
+    # units' under units/<stage>/<unit>/
+    def model(self, name: str, stage: str) -> Path:
+        """The folder of fine-tuned model `name` (trained by `stage`) of this unit."""
+        return self.run / name if self.unit is None else self.model_units(stage) / self.unit / "model"
+
+    def model_work(self, stage: str) -> Path:
+        """The work folder (loss, checkpoints, summary) of the fine-tuning `stage` of this unit."""
+        return self.run / stage if self.unit is None else self.model_units(stage) / self.unit / "work"
+
+    def model_units(self, stage: str) -> Path:
+        """Where the units other than the main one keep the models of `stage`."""
+        return self.run / "units" / stage
+
     @property
     def mvc_model(self) -> Path:
-        return self.run / "mvc" if self.unit is None else self.finetune_units / self.unit / "mvc"
+        return self.model("mvc", "finetune")
 
     @property
     def finetune_work(self) -> Path:
-        return self.run / "finetune" if self.unit is None else self.finetune_units / self.unit / "work"
-
-    @property
-    def text_model(self) -> Path:
-        return self.run / "text_finetuned" if self.unit is None else self.text_finetune_units / self.unit / "model"
-
-    @property
-    def text_finetune_work(self) -> Path:
-        return self.run / "finetune_text" if self.unit is None else self.text_finetune_units / self.unit / "work"
-
-    @property
-    def nomix_model(self) -> Path:
-        return self.run / "mvc_nomix_trained" if self.unit is None else self.nomix_finetune_units / self.unit / "model"
-
-    @property
-    def nomix_finetune_work(self) -> Path:
-        return self.run / "finetune_nomix" if self.unit is None else self.nomix_finetune_units / self.unit / "work"
+        return self.model_work("finetune")
 
     @property
     def synthetic(self) -> Path:
         return self.run / "synthetic" if self.unit is None else self.generate_units / self.unit
 
     @property
-    def finetune_units(self) -> Path:
-        return self.run / "units" / "finetune"
-
-    @property
-    def text_finetune_units(self) -> Path:
-        return self.run / "units" / "finetune_text"
-
-    @property
-    def nomix_finetune_units(self) -> Path:
-        return self.run / "units" / "finetune_nomix"
-
-    @property
     def generate_units(self) -> Path:
         return self.run / "units" / "generate"
+
+    @property
+    def finetune_previews(self) -> Path:
+        """Images generated at each kept checkpoint of the main MVC fine-tuning (drawn by the generate stage)."""
+        return self.run / "finetune_previews.png"
 
     @property
     def results(self) -> Path:

@@ -1,93 +1,170 @@
 """Stage `report`: the paper's figures and tables for one study and `reports/<study>/index.html`, which reads
 like a results section: the headline (main accuracy table and Figure 1), the method's figures, ablations and
-tests, image metrics, then diagnostics. Order, numbering and captions come from one registry, `REPORT_ITEMS`.
+tests, image metrics, then diagnostics.
+
+`REPORT_ITEMS` is the one list of what the report holds: each item's key (its file stem), kind, section, caption
+and the function that builds it from the study's outputs (figures in `mvc.figures`, tables in `mvc.statistics`).
+A builder returns None for what a study does not have (no ablation grid, one shots level), and the item is left
+out; numbering follows what is present. The page is `templates/report.html.j2`; the folders `figures/` and
+`tables/` are written whole on every run, so nothing stale stays beside the new files.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
+import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import jinja2
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import torch
 
 from mvc import figures
-from mvc.artifacts import (class_names, diffusion_images, load_backbone_loss, load_caption_embeddings,
-                           load_image_metrics, load_images, load_loss, load_results, load_splits, load_synthetic,
-                           shots_label, synthetic_set_names)
+from mvc.artifacts import (diffusion_images, load_backbone_loss, load_image_metrics, load_images, load_loss,
+                           load_results, load_splits, load_synthetic, report_index, shots_label, synthetic_set_names)
 from mvc.config import StudyConfig, config_to_yaml
-from mvc.image_measures import nearest_two
-from mvc.imaging import tensor_to_images, to_chw
+from mvc.imaging import tensor_to_images
 from mvc.io import write_text
-from mvc.mixing import mix
 from mvc.paths import REPO_ROOT
-from mvc.plots import class_histogram, sample_grid, save
+from mvc.registry import METHODS, report_order
 from mvc.stages import notebook_stages
 from mvc.state import stage, stage_info
-from mvc.statistics import METHOD_ORDER, MVC_METHODS, ablation_table, accuracy_table, paired_tests, shots_table
+from mvc.statistics import ablation_table, accuracy_table, paired_tests, shots_table
 
 SECTIONS = ("Main result", "Few-shot curve", "What the method generates", "Ablations and tests", "Image metrics",
             "Diagnostics")
+TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+
+
+class ReportInputs:
+    """What the builders read, each loaded from the study's outputs once, when first asked for."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+
+    @cached_property
+    def results(self) -> pd.DataFrame:
+        return load_results(self.cfg)
+
+    @cached_property
+    def classification(self) -> pd.DataFrame:
+        return accuracy_table(self.results, shots=shots_label(self.cfg.data.max_shots))
+
+    @cached_property
+    def few_shot(self) -> pd.DataFrame | None:
+        return shots_table(self.results) if len(self.cfg.data.shot_levels) > 1 else None
+
+    @cached_property
+    def paired(self) -> pd.DataFrame | None:
+        """Each paired MVC method (`Method.paired`) minus every baseline, at every shots level."""
+        ran = set(self.results["method"])
+        tests = [paired_tests(self.results, m, self.cfg.report.comparator, shots=shots_label(level))
+                 .assign(shots=shots_label(level))
+                 for level in reversed(self.cfg.data.shot_levels) for m in report_order(ran) if METHODS.get(m)
+                 and METHODS[m].paired]
+        tests = [t for t in tests if "baseline" in t]
+        if not tests:
+            return None
+        out = pd.concat(tests)
+        return out[["shots"] + [c for c in out.columns if c != "shots"]].reset_index(drop=True)
+
+    @cached_property
+    def splits(self) -> pd.DataFrame:
+        return load_splits(self.cfg)
+
+    @cached_property
+    def shown(self) -> tuple[list[int], dict, dict]:
+        """Figures 1, 2 and 5 draw from only the images they show: one source per shown class, a few real images
+        per class, and what each synthetic set made from those sources."""
+        cfg, train = self.cfg, self.splits[self.splits["split"] == "train"]
+        shown = train[train["label"].isin(sorted(train["label"].unique())[: cfg.report.classes_in_figures])]
+        sources = shown.groupby("label")["image_id"].first().tolist()
+        real_ids = shown.groupby("label").head(3)["image_id"].to_numpy()
+        real = dict(zip(real_ids, tensor_to_images(diffusion_images(cfg, real_ids))))
+        synthetic = {n: load_synthetic(cfg, n, cfg.backbone.resolution, sources)
+                     for n in synthetic_set_names(cfg.generate)}
+        return sources, real, synthetic
+
+
+def _backbone_loss(part: str, ylabel: str) -> Callable[[ReportInputs], plt.Figure | None]:
+    def build(d: ReportInputs) -> plt.Figure | None:
+        loss = load_backbone_loss(d.cfg)  # None for a pretrained backbone
+        if loss is None:
+            return None
+        group = loss[loss["part"] == part].reset_index(drop=True)
+        return figures.loss_curve(group, ylabel, f"surrogate pretraining: {part.upper()}")
+    return build
+
+
+def _finetune_previews(d: ReportInputs) -> Path | None:
+    path = d.cfg.paths.finetune_previews  # drawn by the generate stage
+    return path if path.exists() else None
+
+
+def _nonempty(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    return frame if frame is not None and len(frame) else None
 
 
 @dataclass(frozen=True)
 class ReportItem:
-    """One figure or table of the report: its file stem, section and caption (formatted with the config)."""
+    """One figure or table of the report: its file stem, section, caption (formatted with the config) and the
+    function that builds it (a Figure, a table, the path of a PNG a stage drew, or None: not in this study)."""
 
     key: str
     kind: str  # "figure" or "table"
     section: str
     caption: str
-    when: Callable[[StudyConfig], bool] | None = None  # in the report only for studies where this holds
-
-
-def _several_levels(cfg: StudyConfig) -> bool:
-    return len(cfg.data.shot_levels) > 1
+    build: Callable[[ReportInputs], Any]
 
 
 REPORT_ITEMS: tuple[ReportItem, ...] = (
     ReportItem("classification", "table", "Main result",
                "Top-1 accuracy (%) on the {classify.evaluate_on} split, {data.max_shots} labelled images per class, "
                "{classify.backbone}, {classify.steps} optimizer steps for every method; {interval}. "
-               "synthetic_per_source: the synthetic images each labelled image can be replaced by."),
+               "synthetic_per_source: the synthetic images each labelled image can be replaced by.",
+               lambda d: d.classification),
     ReportItem("figure1_real_naive_mvc", "figure", "Main result",
-               "Per class: real training images; the naive set (the backbone before MVC fine-tuning, prompted with "
-               "the same mixed captions); MVC images generated from a real image of the class (Figure 1)."),
+               "Per class: real training images; the sd_naive set (the backbone before MVC fine-tuning, prompted "
+               "with the same mixed captions); MVC images generated from a real image of the class (Figure 1).",
+               lambda d: figures.figure1(d.cfg, d.shown[1], d.splits, d.shown[2])),
     ReportItem("few_shot_curve", "figure", "Few-shot curve",
-               "Top-1 accuracy against labelled images per class (log scale), {data.shot_levels}: no augmentation, "
-               "the best classical augmentation (the highest mean over the levels), the SDEdit and text-only "
-               "fine-tuned baselines, and MVC; each level has its own fine-tuning and generation; bars: {interval}.",
-               _several_levels),
+               "Top-1 accuracy against labelled images per class (log scale), {data.shot_levels}: the methods of "
+               "the curve and the best classical augmentation (the highest mean over the levels); each level has "
+               "its own fine-tuning and generation; bars: {interval}.",
+               lambda d: figures.shot_curve(d.few_shot) if d.few_shot is not None else None),
     ReportItem("few_shot", "table", "Few-shot curve",
-               "Top-1 accuracy (%) per labelled images per class and method; {interval}.", _several_levels),
+               "Top-1 accuracy (%) per labelled images per class and method; {interval}.", lambda d: d.few_shot),
     ReportItem("figure2_coarse_fine", "figure", "What the method generates",
                "A real image, then MVC images from coarse mixes (Dirichlet weights over {generate.mixing.k} captions "
                "of the class) and fine mixes (a step of at most {generate.mixing.beta_max} towards another caption) "
-               "(Figure 2)."),
+               "(Figure 2).",
+               lambda d: figures.figure2(d.cfg, d.shown[1], d.shown[0][:3], d.shown[2])),
     ReportItem("figure3_training_pipeline", "figure", "What the method generates",
-               "MVC fine-tuning as this study ran it (Figure 3)."),
+               "MVC fine-tuning as this study ran it (Figure 3).",
+               lambda d: figures.pipeline_diagram(d.cfg, "training")),
     ReportItem("figure4_generation_pipeline", "figure", "What the method generates",
-               "Generation with MVC as this study ran it (Figure 4)."),
+               "Generation with MVC as this study ran it (Figure 4).",
+               lambda d: figures.pipeline_diagram(d.cfg, "generation")),
     ReportItem("figure5_real_mvc_naive", "figure", "What the method generates",
-               "Real images (top row), {generate.images_per_source} MVC images generated from each, and the naive "
-               "set's image for the same prompt (bottom row) (Figure 5)."),
+               "Real images (top row), {generate.images_per_source} MVC images generated from each, and the sd_naive "
+               "set's image for the same prompt (bottom row) (Figure 5).",
+               lambda d: figures.figure5(d.cfg, d.shown[1], d.shown[0], d.shown[2])),
     ReportItem("classification_bars", "figure", "Ablations and tests",
                "Top-1 accuracy per method at {data.max_shots} labelled images per class (MVC methods in orange); "
-               "bars: {interval}."),
+               "bars: {interval}.", lambda d: figures.accuracy_bars(d.classification)),
     ReportItem("paired_tests", "table", "Ablations and tests",
                "MVC minus each baseline (top-1 points) at each shots level, paired over classifier seeds, with a "
                "t-test and Holm's correction over the baselines of a level; the comparator fixed in advance is "
-               "{report.comparator} (comparator = True). {paired_interval}"),
+               "{report.comparator} (comparator = True). {paired_interval}", lambda d: d.paired),
     ReportItem("ablation", "table", "Ablations and tests",
                "MVC under one change each (mixing mode, images per source M, p_synthetic), beside one- and two-phase "
-               "MVC on the same seeds; mean and 95% interval over those seeds."),
+               "MVC on the same seeds; mean and 95% interval over those seeds.",
+               lambda d: _nonempty(ablation_table(d.results))),
     ReportItem("image_metrics", "table", "Image metrics",
                "Per synthetic set: Fréchet distance and KID to real {metrics.reference_split} images on "
                "{metrics.feature_extractor} features, label fidelity (accuracy of a classifier trained on real "
@@ -96,38 +173,60 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "closer than a third of the second nearest (nn_distance_vs_real: their median nearest distance over "
                "a real training image's to its nearest other). FID, KID and diversity are computed on an equal, "
                "class-stratified, seeded sample of every set (images_per_class); fidelity and copies on all its "
-               "images."),
+               "images.", lambda d: load_image_metrics(d.cfg).round(4)),
     ReportItem("memorization_pairs", "figure", "Image metrics",
                "The MVC images closest to being copies: each generated image (top row) above its nearest labelled "
                "training image (bottom row), with the ratio of its nearest to its second-nearest training image "
-               "(a copy is below 1/3; the table's `copies` column is the share of such images)."),
-    ReportItem("samples", "figure", "Diagnostics", "Labelled training images, a row per class."),
-    ReportItem("class_histogram", "figure", "Diagnostics", "Images per class and split."),
+               "(a copy is below 1/3; the table's `copies` column is the share of such images).",
+               lambda d: figures.memorization_figure(d.cfg)),
+    ReportItem("samples", "figure", "Diagnostics", "Labelled training images, a row per class.",
+               lambda d: figures.sample_grid(load_images(d.cfg), d.splits, per_class=d.cfg.report.examples_per_class * 2,
+                                             max_classes=d.cfg.report.classes_in_figures)),
+    ReportItem("class_histogram", "figure", "Diagnostics", "Images per class and split.",
+               lambda d: figures.class_histogram(d.splits)),
     ReportItem("caption_embeddings_pca", "figure", "Diagnostics",
                "Caption embeddings (first two principal components) by class, with coarse and fine mixes drawn "
-               "among them: mixes stay inside their class."),
+               "among them: mixes stay inside their class.", lambda d: figures.caption_map(d.cfg)),
     ReportItem("backbone_loss_vae", "figure", "Diagnostics",
                "Surrogate pretraining, VAE: reconstruction loss (MSE, plus a KL term of weight "
-               "{backbone.surrogate.vae_kl_weight}) per step."),
+               "{backbone.surrogate.vae_kl_weight}) per step.",
+               _backbone_loss("vae", "reconstruction loss (MSE + KL)")),
     ReportItem("backbone_loss_unet", "figure", "Diagnostics",
-               "Surrogate pretraining, UNet: diffusion loss (MSE of the predicted noise) per step."),
-    ReportItem("finetune_loss", "figure", "Diagnostics", "MVC fine-tuning: diffusion loss per step."),
+               "Surrogate pretraining, UNet: diffusion loss (MSE of the predicted noise) per step.",
+               _backbone_loss("unet", "diffusion loss")),
+    ReportItem("finetune_loss", "figure", "Diagnostics", "MVC fine-tuning: diffusion loss per step.",
+               lambda d: figures.loss_curve(load_loss(d.cfg), "diffusion loss", "MVC fine-tuning")),
     ReportItem("finetune_samples", "figure", "Diagnostics",
-               "At each kept fine-tuning checkpoint: a conditioning image, then images generated from it "
-               "(drawn by notebook 03)."),
+               "At each kept fine-tuning checkpoint and the final model: a conditioning image, then images generated "
+               "from it with the first MVC mode and the study's guidance (drawn by the generate stage).",
+               _finetune_previews),
 )
+ITEM = {item.key: item for item in REPORT_ITEMS}
+
+
+def item_path(cfg: StudyConfig, item: ReportItem) -> Path:
+    """Where an item's file lives: `tables/<key>.csv` or `figures/<key>.png`."""
+    return (cfg.paths.tables / f"{item.key}.csv") if item.kind == "table" else (cfg.paths.figures / f"{item.key}.png")
 
 
 def numbered_items(cfg: StudyConfig) -> list[tuple[ReportItem, str, str]]:
-    """(item, "Figure n" / "Table n", caption) in report order, for the items this study has."""
+    """(item, "Figure n" / "Table n", caption) in report order, for the items the last report run wrote."""
     counts = {"figure": 0, "table": 0}
     out = []
     for item in REPORT_ITEMS:
-        if item.when is not None and not item.when(cfg):
+        if not item_path(cfg, item).exists():
             continue
         counts[item.kind] += 1
         out.append((item, f"{item.kind.title()} {counts[item.kind]}", _format(item.caption, cfg)))
     return out
+
+
+def draw(cfg: StudyConfig, keys: list[str]) -> dict[str, Any]:
+    """The items `keys` built without saving (what the notebooks show: a table, or a Figure, a PNG a stage drew
+    shown as one), those the study has."""
+    inputs = ReportInputs(cfg)
+    built = {key: ITEM[key].build(inputs) for key in keys}
+    return {k: figures.png_figure(v) if isinstance(v, Path) else v for k, v in built.items() if v is not None}
 
 
 def interval_sentence(cfg: StudyConfig) -> str:
@@ -139,14 +238,17 @@ def interval_sentence(cfg: StudyConfig) -> str:
     return (f"mean over the classifier seeds {c.seeds}, and a 95% t-interval over the means of the "
             f"{cfg.replicates} replicates of the generative pipeline (replicate r fine-tunes and generates with its "
             f"own seeds; classifier seed number i is paired with replicate i mod {cfg.replicates}), so the interval "
-            f"covers the variance of fine-tuning, generation and classifier training")
+            f"covers the variance of fine-tuning, generation and classifier training"
+            + (". With 2 replicates the interval has one degree of freedom (t = 12.7): its half-widths are too wide "
+               "to read as a precision; 3 or more replicates give intervals that can" if cfg.replicates == 2 else ""))
 
 
 def paired_interval_sentence(cfg: StudyConfig) -> str:
     if cfg.replicates == 1:
         return "The interval and test cover classifier seeds only."
     return (f"The differences are averaged within each of the {cfg.replicates} replicates; the interval and the "
-            f"t-test are over those replicate means ({cfg.replicates - 1} degrees of freedom).")
+            f"t-test are over those replicate means ({cfg.replicates - 1} degrees of freedom"
+            + ("; too few for a readable interval" if cfg.replicates == 2 else "") + ").")
 
 
 _SENTENCES = {"interval": interval_sentence, "paired_interval": paired_interval_sentence}
@@ -169,7 +271,7 @@ def _format(template: str, cfg: StudyConfig) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Tables
+# writing
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, caption: str = "") -> dict[str, Path]:
@@ -183,162 +285,38 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, caption: str = "")
     return out
 
 
-def make_tables(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
-    """Every table of the report, written as CSV, Markdown and LaTeX."""
-    results = load_results(cfg)
-    top = shots_label(cfg.data.max_shots)
-    tests = [paired_tests(results, m, cfg.report.comparator, shots=shots_label(level)).pipe(
-        lambda t, lv=level: t.assign(shots=shots_label(lv)) if len(t) else t)
-        for level in reversed(cfg.data.shot_levels) for m in ("mvc", "mvc_two_phase") if m in set(results["method"])]
-    tests = pd.concat(tests or [pd.DataFrame()])
-    if len(tests):
-        tests = tests[["shots"] + [c for c in tests.columns if c != "shots"]]
-    tables = {"classification": accuracy_table(results, shots=top), "ablation": ablation_table(results),
-              "paired_tests": tests, "image_metrics": load_image_metrics(cfg).round(4)}
-    if _several_levels(cfg):
-        tables["few_shot"] = shots_table(results)
-    captions = {item.key: f"{label}: {caption}" for item, label, caption in numbered_items(cfg) if item.kind == "table"}
-    for name, frame in tables.items():
-        write_table(frame, cfg.paths.tables, name, captions[name])
-    return tables
-
-
-def shot_curve(table: pd.DataFrame) -> plt.Figure:
-    """Accuracy against labelled images per class (log scale) with intervals: none, the best classical baseline,
-    sd_img2img, sd_finetuned and MVC (those the study ran)."""
-    classical = [m for m in ("autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix") if m in set(table["method"])]
-    best = max(classical, key=lambda m: table.loc[table["method"] == m, "top1"].mean()) if classical else None
-    shown = [m for m in ("none", best, "sd_img2img", "sd_finetuned", "mvc") if m and m in set(table["method"])]
-    colors = {"none": "#7f7f7f", best: "#3d85c6", "sd_img2img": "#6aa84f", "sd_finetuned": "#8e63ce", "mvc": "#e69138"}
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for i, method in enumerate(shown):
-        r = table[table["method"] == method]
-        x = r["shots"].astype(int) * 1.04 ** (i - (len(shown) - 1) / 2)  # side by side, so the bars stay apart
-        ax.errorbar(x, r["top1"], yerr=r["ci95"], marker="o", capsize=3, color=colors[method],
-                    label=f"{method} (best classical)" if method == best else method,
-                    linewidth=2.2 if method == "mvc" else 1.2)
-    ax.set_xscale("log")
-    levels = sorted(table["shots"].astype(int).unique())
-    ax.set_xticks(levels, [str(v) for v in levels])
-    ax.set_xlabel("labelled images per class")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def accuracy_bars(table: pd.DataFrame) -> plt.Figure:
-    """Top-1 per method with its interval; MVC methods in orange."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    colors = ["#e69138" if m in MVC_METHODS else "#6fa8dc" for m in table["method"]]
-    ax.bar(table["method"], table["top1"], yerr=table["ci95"], color=colors, capsize=3)
-    lo = max(0.0, float((table["top1"] - table["ci95"]).min()) - 5)
-    ax.set_ylim(lo, min(100.0, float((table["top1"] + table["ci95"]).max()) + 2))
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.tick_params(axis="x", rotation=40)
-    fig.tight_layout()
-    return fig
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Figures
-
-
-def _paper_figures(cfg: StudyConfig) -> dict[str, Callable[[], plt.Figure]]:
-    """Figures 1-5, drawn from only the images they show (a few per class, what one source per class made)."""
-    splits = load_splits(cfg)
-    train = splits[splits["split"] == "train"]
-    shown = train[train["label"].isin(sorted(train["label"].unique())[: cfg.report.classes_in_figures])]
-    sources = shown.groupby("label")["image_id"].first().tolist()
-    real_ids = shown.groupby("label").head(3)["image_id"].to_numpy()
-    real = dict(zip(real_ids, tensor_to_images(diffusion_images(cfg, real_ids))))
-    synthetic = {n: load_synthetic(cfg, n, cfg.backbone.resolution, sources) for n in synthetic_set_names(cfg.generate)}
-    return {
-        "figure1_real_naive_mvc": lambda: figures.figure1(cfg, real, splits, synthetic),
-        "figure2_coarse_fine": lambda: figures.figure2(cfg, real, sources[:3], synthetic),
-        "figure3_training_pipeline": lambda: figures.pipeline_diagram(cfg, "training"),
-        "figure4_generation_pipeline": lambda: figures.pipeline_diagram(cfg, "generation"),
-        "figure5_real_mvc_naive": lambda: figures.figure5(cfg, real, sources, synthetic),
-        "memorization_pairs": lambda: memorization_figure(cfg),
-    }
-
-
-def memorization_figure(cfg: StudyConfig, n: int = 8) -> plt.Figure:
-    """The `n` images of the first MVC set nearest to a copy, above their nearest labelled training image."""
-    splits, images = load_splits(cfg), load_images(cfg)
-    train = to_chw(images[splits[splits["split"] == "train"]["image_id"].to_numpy()])
-    name = synthetic_set_names(cfg.generate)[0]
-    imgs, _ = load_synthetic(cfg, name)
-    d1, d2, nearest = nearest_two(to_chw(imgs), train)
-    order = torch.argsort(d1 / d2.clamp_min(1e-8))[:n]
-    top = [imgs[i] for i in order.tolist()]
-    bottom = [train[j].permute(1, 2, 0).numpy() for j in nearest[order].tolist()]
-    titles = [f"{float(d1[i] / d2[i]):.2f}" for i in order.tolist()]
-    return figures.image_grid([(name, top), ("nearest real", bottom)], titles)
-
-
-def diagnostic_figures(cfg: StudyConfig) -> dict[str, Callable[[], plt.Figure]]:
-    """The diagnostics that come from the work files alone (no sampling)."""
-    splits = load_splits(cfg)
-    out = {
-        "samples": lambda: sample_grid(load_images(cfg), splits, per_class=cfg.report.examples_per_class * 2,
-                                       max_classes=cfg.report.classes_in_figures),
-        "class_histogram": lambda: class_histogram(splits),
-        "caption_embeddings_pca": lambda: caption_map(cfg),
-        "finetune_loss": lambda: figures.loss_curve(load_loss(cfg), "diffusion loss", "MVC fine-tuning"),
-    }
-    backbone_loss = load_backbone_loss(cfg)
-    if backbone_loss is not None:
-        for part, ylabel in (("vae", "reconstruction loss (MSE + KL)"), ("unet", "diffusion loss")):
-            group = backbone_loss[backbone_loss["part"] == part].reset_index(drop=True)
-            out[f"backbone_loss_{part}"] = (lambda g=group, y=ylabel, p=part:
-                                            figures.loss_curve(g, y, f"surrogate pretraining: {p.upper()}"))
-    return out
-
-
-def caption_map(cfg: StudyConfig) -> plt.Figure:
-    """Caption embeddings (PCA) with one coarse and one fine mix per caption drawn among them."""
-    emb = load_caption_embeddings(cfg)
-    anchors = np.arange(len(emb.labels))
-    m = cfg.generate.mixing
-    mixes = {mode: (mix(emb.embeddings, emb.labels, anchors, mode, m.k, m.alpha, m.beta_max, seed=cfg.seed).numpy(),
-                    emb.labels) for mode in ("coarse", "fine")}
-    return figures.embedding_map(emb.embeddings.numpy(), emb.labels, class_names(load_splits(cfg)), mixes)
-
-
-def make_figures(cfg: StudyConfig, which: str = "all") -> dict[str, Path]:
-    """Draw and save (PNG and PDF under `reports/<study>/figures/`) the paper's figures (`paper`), the
-    diagnostics (`diagnostics`) or both (`all`)."""
-    builders = {}
-    if which in ("paper", "all"):
-        builders.update(_paper_figures(cfg))
-    if which in ("diagnostics", "all"):
-        builders.update(diagnostic_figures(cfg))
-    out = {}
-    for name, build in builders.items():
-        fig = build()
-        out[name] = save(fig, cfg.paths.figures / f"{name}.png")
-        plt.close(fig)
-    return out
-
-
-def example_batch_figure(cfg: StudyConfig, batch: pd.DataFrame) -> plt.Figure:
-    """The target and conditioning images of an example fine-tuning batch (notebook 03), dropped ones marked."""
-    images = load_images(cfg)
-    targets = [images[i] for i in batch["target_image_id"]]
-    conds = [images[i] for i in batch["condition_image_id"]]
-    titles = [("no text" if t else "") + (" no image" if i else "") for t, i in zip(batch["text_dropped"],
-                                                                                    batch["image_dropped"])]
-    return figures.image_grid([("target x", targets), ("condition x_c", conds)], [t.strip() for t in titles])
+def write_items(cfg: StudyConfig) -> list[str]:
+    """Build every item of `REPORT_ITEMS` the study has and write it (tables as CSV, Markdown and LaTeX with
+    their numbered caption; figures as PNG and PDF), into emptied `figures/` and `tables/` folders."""
+    for folder in (cfg.paths.figures, cfg.paths.tables):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    inputs, counts, written = ReportInputs(cfg), {"figure": 0, "table": 0}, []
+    for item in REPORT_ITEMS:
+        built = item.build(inputs)
+        if built is None:
+            continue
+        counts[item.kind] += 1
+        label = f"{item.kind.title()} {counts[item.kind]}"
+        if item.kind == "table":
+            write_table(built, cfg.paths.tables, item.key, f"{label}: {_format(item.caption, cfg)}")
+        elif isinstance(built, Path):  # a PNG a stage drew
+            shutil.copyfile(built, item_path(cfg, item))
+        else:
+            figures.save(built, item_path(cfg, item))
+            plt.close(built)
+        written.append(item.key)
+    return written
 
 
 def summary(cfg: StudyConfig, notebook: str) -> pd.DataFrame:
-    """The numbers a notebook ends with (what it made, how long it took), from the stage records."""
+    """What a notebook's stages did, from their records: time, steps, final loss, device, counts (not the
+    digests of their outputs, which are for the up-to-date check)."""
     rows = []
     for name in notebook_stages(notebook):
         info = stage_info(cfg, name)
         for key, value in info.items():
-            if key in ("stage", "hash", "finished", "outputs"):
+            if key in ("stage", "hash", "finished", "outputs", "checks"):
                 continue
             rows.append({"stage": name, "quantity": key, "value": json.dumps(value) if isinstance(value, dict) else value})
     return pd.DataFrame(rows, columns=["stage", "quantity", "value"])
@@ -362,17 +340,6 @@ def render_notebooks(cfg: StudyConfig) -> list[Path]:
     return out
 
 
-def _figure_html(path: Path, label: str, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
-            f"<figcaption><b>{label}.</b> {html.escape(caption)}</figcaption></figure>")
-
-
-def _table_html(path: Path, label: str, caption: str) -> str:
-    body = pd.read_csv(path).to_html(index=False, border=0, na_rep="")
-    return f"<div class=table><p class=caption><b>{label}.</b> {html.escape(caption)}</p>{body}</div>"
-
-
 def _backbone_sentence(cfg: StudyConfig) -> str:
     """What the backbone knew before MVC fine-tuning, which is what the naive set shows."""
     if cfg.backbone.kind == "pretrained":
@@ -386,57 +353,38 @@ def _backbone_sentence(cfg: StudyConfig) -> str:
 
 
 def write_index(cfg: StudyConfig) -> Path:
-    """`reports/<study>/index.html`: the report in the registry's order, then notebooks, params, provenance."""
+    """`reports/<study>/index.html` from `templates/report.html.j2`: the items in the registry's order, then the
+    notebooks, the resolved params and the provenance."""
     paths = cfg.paths
     notebooks = render_notebooks(cfg)
-    body = {section: [] for section in SECTIONS}
+    sections: dict[str, list[dict]] = {s: [] for s in SECTIONS}
     for item, label, caption in numbered_items(cfg):
-        path = (paths.tables / f"{item.key}.csv") if item.kind == "table" else (paths.figures / f"{item.key}.png")
-        if path.exists():
-            body[item.section].append((_table_html if item.kind == "table" else _figure_html)(path, label, caption))
-    sections = "".join(f"<h2>{html.escape(s)}</h2>" + "".join(parts) for s, parts in body.items() if parts)
+        entry = {"key": item.key, "kind": item.kind, "label": label, "caption": caption}
+        path = item_path(cfg, item)
+        if item.kind == "table":
+            entry["html"] = pd.read_csv(path).to_html(index=False, border=0, na_rep="")
+        else:
+            entry["png"] = base64.b64encode(path.read_bytes()).decode()
+        sections[item.section].append(entry)
     prov = json.loads(paths.provenance.read_text()) if paths.provenance.exists() else {}
-    links = "".join(f'<li><a href="notebooks/{p.name}">{p.stem}</a></li>' for p in notebooks)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>MVC study: {html.escape(cfg.study)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}}
-table{{border-collapse:collapse;margin:0.3em 0 1.2em}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
-figure{{margin:0.5em 0 1.5em}}img{{max-width:100%}}figcaption,.caption{{font-size:0.9em;color:#333;max-width:900px}}
-pre{{background:#f6f6f6;padding:0.5em;overflow:auto;font-size:12px}}</style>
-</head><body>
-<h1>Mixing Visual Concepts: study <code>{html.escape(cfg.study)}</code></h1>
-<p>Reproduction of Rahat and Venkateswara, <i>Dataset Augmentation by Mixing Visual Concepts</i> (WACV 2025),
-with the MVC study kit. Dataset <code>{cfg.data.dataset}</code>, backbone <code>{cfg.backbone.kind}</code>
-(<code>{html.escape(cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate")}</code>), classifier
-<code>{cfg.classify.backbone}</code>. {html.escape(_backbone_sentence(cfg))} Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>
-{sections}
-<h2>Executed notebooks</h2><ul>{links}</ul>
-<h2>Resolved params</h2><pre>{html.escape(config_to_yaml(cfg))}</pre>
-<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}</pre>
-<script>/* the page reports how many of its images decoded (checked by the tests in headless Chromium) */
-window.addEventListener("load", () => {{ const imgs = [...document.images];
-  document.body.dataset.images = imgs.length;
-  document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length; }});</script>
-</body></html>
-"""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True)
+    page = env.get_template(TEMPLATE.name).render(
+        study=cfg.study, dataset=cfg.data.dataset, backbone_kind=cfg.backbone.kind,
+        backbone_name=cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate",
+        classifier=cfg.classify.backbone, backbone_sentence=_backbone_sentence(cfg),
+        generated=time.strftime("%Y-%m-%d %H:%M"), sections=[(s, e) for s, e in sections.items() if e],
+        notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2))
     write_text(paths.index, page)
     return paths.index
 
 
-@stage("report")
+@stage("report", reader=report_index)
 def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Figures, tables and index.html for one study."""
-    tables = make_tables(cfg)
-    fig = accuracy_bars(tables["classification"])
-    save(fig, cfg.paths.figures / "classification_bars.png")
-    plt.close(fig)
-    if "few_shot" in tables:
-        fig = shot_curve(tables["few_shot"])
-        save(fig, cfg.paths.figures / "few_shot_curve.png")
-        plt.close(fig)
-    made = make_figures(cfg)
+    written = write_items(cfg)
     write_index(cfg)
-    return {"figures": len(made) + 1, "tables": len(tables)}
+    return {"figures": sum(ITEM[k].kind == "figure" for k in written),
+            "tables": sum(ITEM[k].kind == "table" for k in written)}
 
 
 def report_all(reports_root: Path | None = None) -> str:
@@ -452,7 +400,7 @@ def report_all(reports_root: Path | None = None) -> str:
     allt = pd.concat(frames)
     allt["cell"] = allt["top1"].map("{:.2f}".format) + " ± " + allt["ci95"].map("{:.2f}".format)
     wide = allt.pivot_table(index="method", columns="study", values="cell", aggfunc="first")
-    wide = wide.reindex([m for m in METHOD_ORDER if m in wide.index]).reset_index()
+    wide = wide.reindex(report_order(wide.index)).reset_index()
     write_table(wide, root / "_all" / "tables", "classification_all_studies",
                 "Top-1 accuracy (%), mean ± 95% CI over seeds, per study")
     return wide.to_markdown(index=False)

@@ -50,7 +50,8 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(unet, vae, scheduler, noise: torch.Tensor, text: torch.Tensor, empty: torch.Tensor,
-           cond: torch.Tensor | None, steps: int, s_text: float, s_image: float = 1.0, decode: bool = True) -> torch.Tensor:
+           cond: torch.Tensor | None, *, steps: int, s_text: float, s_image: float = 1.0,
+           decode: bool = True) -> torch.Tensor:
     """Denoise `noise` to images in [-1, 1]: two-scale guidance when `cond` is given, else text-only
     (`decode=False`: return the final latents)."""
     device, dtype = unet.device, unet.dtype

@@ -1,9 +1,11 @@
-"""The stage registry: every stage of a study declared once, with what it reads, needs and writes.
+"""The stage table: every stage of a study declared once, with what it reads, needs and writes.
 
-Each `Stage` names its function and its reader ("module:function", imported when used), the params it reads
-(a section such as `caption`, or a field such as `text.max_length`), the stages whose outputs it reads, the
-notebook that runs it, and the work files it writes. Run order, stage hashes, the CLI's subcommands and the
-study runner's notebook table are all derived from this one list (DVC's `deps`/`params`/`outs`, in Python).
+Each `Stage` names the params it reads (a section such as `caption`, or a field such as `text.max_length`), the
+stages whose outputs it reads, the notebook that runs it, and the work files it writes. Run order, stage hashes,
+the CLI's subcommands and the study runner's notebook table are all derived from this one list (DVC's
+`deps`/`params`/`outs`, in Python). The fine-tuning stages come from the fine-tuned models of `mvc.registry`. The
+functions are bound where they are defined (`@stage(name, reader=...)` in `mvc.state`) and collected by
+`mvc.pipeline`, which imports them; this table imports nothing heavy, since the config's hashes read it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from importlib import import_module
+from pathlib import Path
 from typing import Any, Callable
+
+from mvc.registry import MODELS, FineTunedModel
 
 # Fields that say where a study runs, not what it computes: they are in no stage's hash.
 LOCATION_FIELDS = ("study", "runs_root", "reports_root", "device")
@@ -21,26 +25,11 @@ LOCATION_FIELDS = ("study", "runs_root", "reports_root", "device")
 @dataclass(frozen=True)
 class Stage:
     name: str
-    entry: str  # "module:function" of the stage function: f(cfg, show_progress=True, ...)
-    reader: str  # "module:function" that loads the stage's result from disk: f(cfg)
     reads: tuple[str, ...]  # params read: a section ("caption") or a dotted field ("text.max_length")
     after: tuple[str, ...]  # stages whose outputs this one reads
     notebook: str  # the numbered notebook that runs it
-    outputs: tuple[str, ...]  # `StudyPaths` attributes it writes (deleted when its params change)
+    outputs: Callable[[Any], tuple[Path, ...]]  # StudyPaths -> the work files it writes (deleted on new params)
     summary: str  # one line for `mvc --help`
-
-    @property
-    def function(self) -> Callable[..., Any]:
-        return _resolve(self.entry)
-
-    def load(self, cfg) -> Any:
-        """The stage's result, read back from its outputs."""
-        return _resolve(self.reader)(cfg)
-
-
-def _resolve(ref: str) -> Callable[..., Any]:
-    module, name = ref.split(":")
-    return getattr(import_module(module), name)
 
 
 NOTEBOOKS = {
@@ -56,43 +45,42 @@ NOTEBOOKS = {
 _TEXT_ENCODER_FIELDS = ("backbone.kind", "backbone.model", "backbone.revision", "backbone.surrogate.text_hidden_size",
                         "backbone.surrogate.text_layers", "backbone.surrogate.text_heads", "backbone.surrogate.seed")
 
+
+def model_stage(model: FineTunedModel) -> Stage:
+    """The stage that fine-tunes `model` for every unit. A model other than MVC's is trained only where a synthetic
+    set the study makes is sampled from it (`generate.sets`, and below the largest level the `curve_methods`).
+    `replicates` is in no hash of a per-unit stage: replicate r's seeds do not depend on R, so a study given more
+    replicates runs the new units only (`PER_UNIT`)."""
+    reads = ("finetune",) + (() if model.always else ("curve_methods", "classify.mvc_modes", "generate.sets"))
+    return Stage(model.stage, reads, ("embed", "backbone"), "03",
+                 lambda p, m=model: (p.model(m.name, m.stage), p.model_work(m.stage), p.model_units(m.stage)),
+                 model.summary)
+
+
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "mvc.data:prepare_dataset", "mvc.artifacts:load_splits", ("data", "seed"), (), "01",
-          ("splits", "images", "skipped"), "read the dataset, make seeded splits, cache the images"),
-    Stage("caption", "mvc.captioning:caption_dataset", "mvc.artifacts:load_captions",
-          ("caption", "data.prompt_template"), ("data",), "02", ("captions",),
+    Stage("data", ("data", "seed"), (), "01", lambda p: (p.splits, p.images, p.skipped),
+          "read the dataset, make seeded splits, cache the images"),
+    Stage("caption", ("caption", "data.prompt_template"), ("data",), "02", lambda p: (p.captions,),
           "caption the images (BLIP-2 or the offline attribute captioner)"),
-    Stage("embed", "mvc.embed:embed_captions", "mvc.artifacts:load_caption_embeddings",
-          ("text",) + _TEXT_ENCODER_FIELDS, ("caption",), "02", ("embeddings",),
+    Stage("embed", ("text",) + _TEXT_ENCODER_FIELDS, ("caption",), "02", lambda p: (p.embeddings,),
           "encode every training caption once with the text encoder"),
-    Stage("backbone", "mvc.backbone:prepare_backbone", "mvc.artifacts:backbone_source",
-          ("backbone", "text.max_length", "data.generic_prompt"), ("caption",), "03", ("backbone", "backbone_loss"),
-          "pretrain the surrogate backbone (or check the pretrained one loads)"),
-    Stage("finetune", "mvc.finetune:finetune", "mvc.artifacts:mvc_model_path", ("finetune", "replicates"),
-          ("embed", "backbone"), "03", ("mvc_model", "finetune_work", "finetune_units"),
-          "MVC fine-tuning (Figure 3), under accelerate, for every shots level and replicate"),
-    Stage("finetune_text", "mvc.finetune:finetune_text_only", "mvc.artifacts:text_model_path",
-          ("finetune", "replicates", "curve_methods", "classify.mvc_modes", "generate.finetuned"),
-          ("embed", "backbone"), "03", ("text_model", "text_finetune_work", "text_finetune_units"),
-          "the sd_finetuned baseline: the backbone fine-tuned text-only (when generate.finetuned)"),
-    Stage("finetune_nomix", "mvc.finetune:finetune_without_mixing", "mvc.artifacts:nomix_model_path",
-          ("finetune", "replicates", "curve_methods", "classify.mvc_modes", "generate.nomix_trained"),
-          ("embed", "backbone"), "03", ("nomix_model", "nomix_finetune_work", "nomix_finetune_units"),
-          "the no-mixing-in-training ablation: MVC fine-tuned on own captions (when generate.nomix_trained)"),
-    Stage("generate", "mvc.generate:generate_all", "mvc.artifacts:load_manifests",
-          ("generate", "replicates", "curve_methods", "classify.mvc_modes"),
-          ("finetune", "finetune_text", "finetune_nomix"), "04", ("synthetic", "generate_units"),
+    Stage("backbone", ("backbone", "text.max_length", "data.generic_prompt"), ("caption",), "03",
+          lambda p: (p.backbone, p.backbone_loss), "pretrain the surrogate backbone (or check the pretrained one loads)"),
+    *(model_stage(m) for m in MODELS.values()),
+    Stage("generate", ("generate", "curve_methods", "classify.mvc_modes"),
+          tuple(m.stage for m in MODELS.values()), "04",
+          lambda p: (p.synthetic, p.generate_units, p.finetune_previews),
           "generate the synthetic sets (Figure 4) of every unit, sharded over accelerate processes"),
-    Stage("metrics", "mvc.metrics:image_metrics", "mvc.artifacts:load_image_metrics",
-          ("metrics", "classify", "seed"), ("generate",), "04", ("image_metrics",),
+    Stage("metrics", ("metrics", "classify", "seed"), ("generate",), "04", lambda p: (p.image_metrics,),
           "FID, KID, label fidelity and diversity of every synthetic set"),
-    Stage("classify", "mvc.classify:classify_all", "mvc.artifacts:load_results",
-          ("classify", "replicates", "curve_methods"), ("generate",), "05", ("results",),
+    Stage("classify", ("classify", "replicates", "curve_methods"), ("generate",), "05", lambda p: (p.results,),
           "train the classifiers of every method and seed (of every shots level)"),
-    Stage("report", "mvc.report:build_report", "mvc.artifacts:report_index", ("report",), ("classify", "metrics"),
-          "06", (), "figures, tables and index.html"),
+    Stage("report", ("report",), ("classify", "metrics"), "06", lambda p: (),
+          "figures, tables and index.html"),
 )
 STAGE = {s.name: s for s in STAGES}
+# stages that make one output per unit (shots level x replicate): done when every unit of the study is recorded
+PER_UNIT = frozenset([m.stage for m in MODELS.values()] + ["generate"])
 
 
 def notebook_stages(notebook: str) -> list[str]:

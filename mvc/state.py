@@ -23,7 +23,7 @@ from mvc.config import StudyConfig
 from mvc.io import ensure_writable, write_json
 from mvc.lock import study_lock
 from mvc.runtime import peak_memory, release_memory, reset_peak_memory, set_threads
-from mvc.stages import STAGE, upstream
+from mvc.stages import PER_UNIT, STAGE, upstream
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _record(cfg: StudyConfig, stage: str) -> Path:
 
 def output_paths(cfg: StudyConfig, stage: str) -> list[Path]:
     """The work files and folders `stage` writes, as the registry declares them."""
-    return [getattr(cfg.paths, attr) for attr in STAGE[stage].outputs]
+    return list(STAGE[stage].outputs(cfg.paths))
 
 
 def stage_info(cfg: StudyConfig, stage: str) -> dict:
@@ -55,17 +55,22 @@ _verified: set[tuple[str, str]] = set()  # (record path, finished) checked in th
 
 
 def fingerprint(path: Path) -> dict:
-    """What a finished output looked like: size, time and checksum of a file (row count of a CSV); file count,
-    bytes and a digest of the listing of a folder."""
+    """What a finished output looked like: size, time and checksum of a file (row count of a CSV); for a folder,
+    each file's size, time and checksum (`entries`), and a digest over the contents."""
     if path.is_file():
         st = path.stat()
         out = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
         if path.suffix == ".csv":
             out["rows"] = max(0, path.read_bytes().count(b"\n") - 1)
         return out
-    listing = sorted((str(f.relative_to(path)), f.stat().st_size) for f in path.rglob("*") if f.is_file())
-    return {"files": len(listing), "bytes": sum(n for _, n in listing),
-            "digest": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+    entries = {}
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            entries[str(f.relative_to(path))] = [st.st_size, st.st_mtime_ns, _sha256(f)]
+    return {"files": len(entries), "bytes": sum(e[0] for e in entries.values()),
+            "digest": hashlib.sha256(json.dumps({k: e[2] for k, e in entries.items()}).encode()).hexdigest(),
+            "entries": entries}
 
 
 def _sha256(path: Path) -> str:
@@ -76,13 +81,38 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def folder_problems(folder: Path, entries: dict[str, list]) -> list[str]:
+    """The files of `folder` that are missing, new, or whose contents changed since `entries` was recorded (a file
+    whose size and time are as recorded is not read again)."""
+    problems, seen = [], set()
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file():
+            continue
+        rel = str(f.relative_to(folder))
+        seen.add(rel)
+        was = entries.get(rel)
+        if was is None:
+            problems.append(f"{f} appeared after the stage finished")
+            continue
+        st = f.stat()
+        if [st.st_size, st.st_mtime_ns] != was[:2] and _sha256(f) != was[2]:
+            rows = max(0, f.read_bytes().count(b"\n") - 1)
+            what = f"{rows} rows now" if f.suffix == ".csv" else f"{st.st_size} bytes now, recorded {was[0]}"
+            problems.append(f"{f} changed after the stage finished ({what})")
+    problems += [f"{folder / rel} is missing" for rel in sorted(set(entries) - seen)]
+    return problems
+
+
 def output_problems(cfg: StudyConfig, stage: str, info: dict) -> list[str]:
-    """How the outputs of a finished stage differ from what its record says it left."""
+    """How the outputs of a finished stage differ from what its record says it left, file by file."""
     problems = []
     for rel, was in info.get("checks", {}).items():
         path = cfg.paths.run / rel
         if not path.exists():
             problems.append(f"{path} is missing")
+            continue
+        if path.is_dir() and "entries" in was:
+            problems += folder_problems(path, was["entries"])
             continue
         if path.is_file() and path.stat().st_size == was.get("size") and path.stat().st_mtime_ns == was.get("mtime_ns"):
             continue  # untouched since the stage finished
@@ -102,6 +132,8 @@ def is_done(cfg: StudyConfig, stage: str) -> bool:
     info = stage_info(cfg, stage)
     if info.get("hash") != cfg.stage_hash(stage):
         return False
+    if stage in PER_UNIT and not set(unit_labels(cfg)) <= set(info.get("unit_names", [])):
+        return False  # a unit added since (more replicates): the stage runs the new units only
     key = (str(record), info.get("finished", ""))
     if key in _verified:
         return True
@@ -109,17 +141,23 @@ def is_done(cfg: StudyConfig, stage: str) -> bool:
     if problems:
         nb = STAGE[stage].notebook
         raise DamagedOutput(f"stage '{stage}' finished, but " + "; ".join(problems) + ". Recompute it from scratch "
-                            f"with `mvc {stage} PARAMS --force` (or `mvc study PARAMS --stages {nb} --force`)")
+                            f"with `mvc {stage} PARAMS --force` (or `mvc study PARAMS --notebooks {nb} --force`)")
     _verified.add(key)
     return True
+
+
+def unit_labels(cfg: StudyConfig) -> list[str]:
+    """The study's units (shots level x replicate) as stage records name them: "main" and `shots-<n>_rep-<r>`."""
+    return [u.unit_name or "main" for u in cfg.units()]
 
 
 def mark_done(cfg: StudyConfig, stage: str, seconds: float, extra: dict | None = None) -> None:
     outputs = [p for p in output_paths(cfg, stage) if p.exists()]
     checks = {str(p.relative_to(cfg.paths.run)): fingerprint(p) for p in outputs}
+    units = {"unit_names": unit_labels(cfg)} if stage in PER_UNIT else {}
     write_json(_record(cfg, stage), {"stage": stage, "hash": cfg.stage_hash(stage), "seconds": round(seconds, 2),
                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checks": checks,
-                                     **(extra or {})})
+                                     **units, **(extra or {})})
     (cfg.paths.stages / f"{stage}.started").unlink(missing_ok=True)
 
 
@@ -155,7 +193,7 @@ def require(cfg: StudyConfig, stage: str) -> None:
     nb = STAGE[first].notebook
     raise MissingStageOutput(
         f"stage '{stage}' has no up-to-date output for study '{cfg.study}' in {cfg.paths.run}; the first stage to "
-        f"run is '{first}' (`mvc {first} PARAMS`, `mvc study PARAMS --stages {nb}-06` or notebook {nb} onwards)")
+        f"run is '{first}' (`mvc {first} PARAMS`, `mvc study PARAMS --notebooks {nb}-06` or notebook {nb} onwards)")
 
 
 def _process_state(cfg: StudyConfig):
@@ -165,9 +203,10 @@ def _process_state(cfg: StudyConfig):
     return PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
 
 
-def stage(name: str, distributed: bool = False) -> Callable:
-    """Wrap the body of stage `name`: skip it when up to date (returning its result read from disk); else
-    delete stale outputs, check the stages before it, set threads, time the body and record it as done.
+def stage(name: str, reader: Callable[[StudyConfig], Any], distributed: bool = False) -> Callable:
+    """Wrap the body of stage `name` (declared in `mvc.stages`): skip it when up to date (returning `reader(cfg)`,
+    its result read from disk); else delete stale outputs, check the stages before it, set threads, time the body
+    and record it as done.
 
     The body returns a dict of facts to record, or None when it stopped early on purpose (`max_steps` and
     the like): the stage is then not marked done and the next call resumes it. With `distributed`, only the
@@ -188,8 +227,10 @@ def stage(name: str, distributed: bool = False) -> Callable:
 
         def _run(cfg: StudyConfig, dist, main: bool, force: bool, args: tuple, kwargs: dict) -> Any:
             if not force and is_done(cfg, name):
+                for before in upstream(name):  # a damaged earlier output is named, not silently built upon
+                    is_done(cfg, before)
                 log.info("stage %s: up to date (params hash %s), skipping", name, cfg.stage_hash(name))
-                return spec.load(cfg)
+                return reader(cfg)
             if main:
                 delete_stale_outputs(cfg, name, force)
             if dist is not None:
@@ -212,8 +253,9 @@ def stage(name: str, distributed: bool = False) -> Callable:
                 mark_done(cfg, name, time.time() - start, facts)
             if dist is not None:
                 dist.wait_for_everyone()
-            return spec.load(cfg)
+            return reader(cfg)
 
+        run.stage_name = name  # what `mvc.pipeline` collects the stage functions by
         return run
 
     return wrap

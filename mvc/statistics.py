@@ -6,10 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-METHOD_ORDER = ["none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "real_two_phase", "sd_naive",
-                "sd_img2img", "sd_finetuned", "mvc_nomix", "mvc_nomix_trained", "mvc", "mvc_two_phase",
-                "mvc_randaugment"]
-MVC_METHODS = {"mvc", "mvc_two_phase", "mvc_randaugment", "mvc_nomix", "mvc_nomix_trained"}
+from mvc.registry import mvc_methods, report_order
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -30,12 +27,12 @@ def replicate_means(values: pd.Series, replicates: pd.Series | None) -> np.ndarr
 
 
 def interval(r: pd.DataFrame, column: str = "top1") -> tuple[float, float]:
-    """Mean over the runs and the 95% interval's half-width: over classifier seeds, or, with several replicates
-    of the generative pipeline, a t-interval over the per-replicate means (both sources of variance)."""
+    """The mean and the 95% t-interval's half-width of the same units: classifier seeds, or, with several
+    replicates of the generative pipeline, the per-replicate means (both sources of variance); the estimate is
+    then the mean of the replicate means, the quantity the interval is about."""
     values = r[column] * 100
     units = replicate_means(values, r["replicate"] if "replicate" in r else None)
-    _, half = mean_ci(units)
-    return float(values.mean()), half
+    return mean_ci(units)
 
 
 def at_shots(results: pd.DataFrame, shots) -> pd.DataFrame:
@@ -50,7 +47,7 @@ def accuracy_table(results: pd.DataFrame, variant: str = "main", shots=None) -> 
     image; at one shots level when `shots` is given."""
     rows = []
     sub = at_shots(results[results["variant"] == variant], shots)
-    for method in sorted(sub["method"].unique(), key=lambda m: (METHOD_ORDER + [m]).index(m)):
+    for method in report_order(sub["method"].unique()):
         r = sub[sub["method"] == method]
         m1, h1 = interval(r)
         rows.append({"method": method, "seeds": len(r),
@@ -71,9 +68,11 @@ def shots_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment of p-values for testing several hypotheses at once."""
-    order = np.argsort(p_values)
-    m, adjusted, running = len(p_values), [float("nan")] * len(p_values), 0.0
+    """Holm's step-down adjustment of p-values for testing several hypotheses at once (a NaN, no test, stays NaN
+    and does not count as a hypothesis)."""
+    tested = [i for i, p in enumerate(p_values) if not np.isnan(p)]
+    order = sorted(tested, key=lambda i: p_values[i])
+    m, adjusted, running = len(tested), [float("nan")] * len(p_values), 0.0
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
@@ -93,17 +92,23 @@ def paired_tests(results: pd.DataFrame, method: str = "mvc", comparator: str = "
     a = mine["top1"]
     replicate = mine["replicate"] if "replicate" in mine else None
     rows = []
-    for baseline in [m for m in METHOD_ORDER + sorted(set(main["method"]) - set(METHOD_ORDER))
-                     if m in set(main["method"]) and m not in MVC_METHODS]:
+    for baseline in [m for m in report_order(main["method"].unique()) if m not in mvc_methods()]:
         b = main[main["method"] == baseline].set_index("seed")["top1"]
         seeds = a.index.intersection(b.index)
         diff = (a.loc[seeds] - b.loc[seeds]) * 100
         units = replicate_means(diff, None if replicate is None else replicate.loc[seeds])
-        m, h = float(diff.mean()), mean_ci(units)[1]
-        p = float(stats.ttest_1samp(units, 0.0).pvalue) if len(units) > 1 and units.std() > 0 else 1.0
+        m, h = mean_ci(units)
+        note = ""
+        if len(units) < 2:
+            p, note = float("nan"), "one unit: no test"
+        elif np.allclose(units, units[0], rtol=0, atol=1e-9):  # no variance: no t-test (p = 1 would read "no difference")
+            p, note = float("nan"), f"every paired difference is {units[0]:+.2f}: no variance to test"
+        else:
+            p = float(stats.ttest_1samp(units, 0.0).pvalue)
         rows.append({"method": method, "baseline": baseline, "comparator": baseline == comparator,
                      "seeds": len(seeds), "replicates": len(units) if replicate is not None and
-                     replicate.nunique() > 1 else 1, "difference": round(m, 2), "ci95": round(h, 2), "p_value": p})
+                     replicate.nunique() > 1 else 1, "difference": round(m, 2), "ci95": round(h, 2), "p_value": p,
+                     "note": note})
     table = pd.DataFrame(rows)
     if len(table):
         table["p_holm"] = [round(v, 4) for v in holm(table["p_value"].tolist())]

@@ -37,7 +37,7 @@ class NotebookFailed(RuntimeError):
     """A notebook raised an error or its kernel died; the message says which and where the executed copy is."""
 
 
-def parse_stages(text: str | None) -> list[str]:
+def parse_notebooks(text: str | None) -> list[str]:
     """'01,03-05' -> ['01', '03', '04', '05']; None -> all. Empty or reversed ranges are errors."""
     if not text:
         return list(NOTEBOOKS)
@@ -47,13 +47,13 @@ def parse_stages(text: str | None) -> list[str]:
         try:
             a, b = int(lo), int(hi or lo)
         except ValueError:
-            raise ValueError(f"--stages {text!r}: expected numbers like 01,03-05 (allowed 01..06)") from None
+            raise ValueError(f"--notebooks {text!r}: expected numbers like 01,03-05 (allowed 01..06)") from None
         if b < a:
-            raise ValueError(f"--stages {text!r}: the range {part.strip()} is reversed; write it low-high, e.g. {b:02d}-{a:02d}")
+            raise ValueError(f"--notebooks {text!r}: the range {part.strip()} is reversed; write it low-high, e.g. {b:02d}-{a:02d}")
         for n in range(a, b + 1):
             key = f"{n:02d}"
             if key not in NOTEBOOKS:
-                raise ValueError(f"--stages {text!r}: no notebook {key} (allowed 01..06)")
+                raise ValueError(f"--notebooks {text!r}: no notebook {key} (allowed 01..06)")
             if key not in out:
                 out.append(key)
     return out
@@ -129,11 +129,15 @@ class StageProgress:
             self._bar.close()
 
 
-def _git_revision() -> str:
+def git_revision(own_report: Path | None = None) -> str:
+    """HEAD's commit, with `+dirty` when a tracked file differs from it; the study's own report folder, which the
+    run is writing, does not count (a committed report regenerated from a clean tree is not dirty)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        exclude = [f":(exclude){own_report.resolve().relative_to(REPO_ROOT)}"] if own_report is not None and \
+            own_report.resolve().is_relative_to(REPO_ROOT) else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *exclude],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
         return rev.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -166,7 +170,7 @@ def write_provenance(cfg: StudyConfig, stages: dict[str, dict], params_path: Pat
         "study": cfg.study, "params_file": shown(params_path), "overrides": overrides,
         "params": cfg.model_dump(mode="json"),
         "stage_hashes": {s.name: cfg.stage_hash(s.name) for s in STAGES},
-        "packages": _versions(), "python": platform.python_version(), "git_revision": _git_revision(),
+        "packages": _versions(), "python": platform.python_version(), "git_revision": git_revision(cfg.paths.report),
         "device": _device(), "host": platform.node(),
         "seeds": {"study": cfg.seed, "finetune": cfg.finetune.seed, "generate": cfg.generate.seed,
                   "classify": cfg.classify.seeds},
@@ -259,13 +263,19 @@ def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path,
     failed.unlink(missing_ok=True)
 
 
-def run_study(params: str | Path, stages: str | None = None, overrides: list[str] | None = None,
-              force: bool = False, show_progress: bool = True) -> dict[str, dict]:
-    """`mvc study`: run the chosen notebooks in order, skipping those whose stages are up to date."""
+def run_study(params: str | Path, notebooks: str | None = None, overrides: list[str] | None = None,
+              force: bool = False, show_progress: bool = True, *, stages: str | None = None) -> dict[str, dict]:
+    """`mvc study`: run the chosen notebooks (e.g. '01,03-05'; default all) in order, skipping those whose stages
+    are up to date. `stages` is the old, deprecated name of `notebooks`."""
+    if stages is not None:
+        if notebooks is not None:
+            raise ValueError("run_study: give notebooks= only (stages= is its old name)")
+        log.warning("run_study(stages=...) is now run_study(notebooks=...): it selects notebooks, not stages")
+        notebooks = stages
     overrides = list(overrides or [])
     params_path = resolve_path(params).resolve()
     cfg = load_config(params_path, overrides)
-    chosen = parse_stages(stages)
+    chosen = parse_notebooks(notebooks)
     check_memory(cfg)  # before any work: a stage that cannot fit the card (or this CPU) is refused, naming the setting
     ensure_writable(cfg.paths.run, "runs_root")
     ensure_writable(cfg.paths.report, "reports_root")

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -23,7 +28,7 @@ overrides = []  # each item overrides one field, written as for `mvc study --set
 
 # %%
 
-from mvc import artifacts, data, plots, report
+from mvc import artifacts, data, figures, report
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
@@ -40,13 +45,13 @@ print(f"{len(splits)} images, {splits['label'].nunique()} classes, each {images.
 data.split_summary(splits)
 
 # %%
-plots.class_histogram(splits);
+figures.class_histogram(splits);
 
 # %% [markdown]
 # ## The labelled training images, a row per class
 
 # %%
-plots.sample_grid(images, splits, per_class=cfg.report.examples_per_class * 2, max_classes=cfg.report.classes_in_figures);
+figures.sample_grid(images, splits, per_class=cfg.report.examples_per_class * 2, max_classes=cfg.report.classes_in_figures);
 
 # %% [markdown]
 # ## Files that could not be read (skipped, listed in `skipped.csv`)

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -23,7 +28,7 @@ overrides = []  # each item overrides one field, written as for `mvc study --set
 # %%
 import numpy as np
 
-from mvc import artifacts, captioners, captioning, embed, mixing, report
+from mvc import artifacts, captioners, captioning, embed, figures, mixing, report
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
@@ -65,7 +70,7 @@ mixing.plan_table(plan, emb.frame["text"].tolist())
 # crosses classes.
 
 # %%
-report.caption_map(cfg);
+figures.caption_map(cfg);
 
 # %% [markdown]
 # ## Summary

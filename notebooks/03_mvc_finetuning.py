@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,9 +21,9 @@
 # UNet's `conv_in` (new weights zero) and fine-tunes it with MVC conditioning: a same-class conditioning image's
 # latent concatenated to the noisy latent, MVC-mixed caption embeddings, conditioning dropout. The result,
 # `runs/<study>/mvc/`, loads in `StableDiffusionInstructPix2PixPipeline`. About 6 minutes for digits on 2 cores.
-# With `generate.finetuned: true`, the same recipe also fine-tunes the backbone text-only, with each image's own
-# caption and no conditioning image: the `sd_finetuned` baseline (`runs/<study>/text_finetuned/`); with
-# `generate.nomix_trained: true`, MVC's fine-tuning without mixing (each image's own caption): an ablation.
+# Every fine-tuned model of `mvc/registry.py` has its stage here, run when a synthetic set of `generate.sets` needs
+# it: `sd_finetuned` (the same recipe, text-only, each image's own caption, no conditioning image:
+# `runs/<study>/sd_finetuned/`) and `mvc_nomix_trained` (MVC's fine-tuning without mixing: an ablation).
 #
 # On several GPUs: `accelerate launch --multi_gpu --num_processes N -m mvc finetune PARAMS`.
 
@@ -27,20 +32,17 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-from IPython.display import Image, Markdown, display
+from IPython.display import display
 
-import mvc
-from mvc import backbone, figures, finetune, generate, plots, report
+from mvc import backbone, figures, finetune, generate, report
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
 
 # %%
 backbone.prepare_backbone(cfg)
-finetune.finetune(cfg)
-finetune.finetune_text_only(cfg)  # the sd_finetuned baseline, when generate.finetuned asks for it
-finetune.finetune_without_mixing(cfg)  # the no-mixing-in-training ablation, when generate.nomix_trained asks
-mvc.state.stage_info(cfg, "finetune")
+for stage_name, run in finetune.MODEL_STAGES.items():  # MVC's `finetune` first, then the baselines' models
+    print(stage_name, "->", run(cfg))
 
 # %% [markdown]
 # ## Inside one training batch
@@ -53,7 +55,7 @@ batch = finetune.example_batch(cfg, n=6)
 batch
 
 # %%
-report.example_batch_figure(cfg, batch);
+figures.example_batch_figure(cfg, batch);
 
 # %% [markdown]
 # ## `conv_in` before and after widening
@@ -68,15 +70,15 @@ finetune.conv_in_table(cfg)
 # ## Loss curves
 
 # %%
-report.make_figures(cfg, "diagnostics")
-display(*(Image(filename=str(cfg.paths.figures / f"{name}.png")) for name in ("backbone_loss_vae", "backbone_loss_unet", "finetune_loss") if (cfg.paths.figures / f"{name}.png").exists()))
+display(*report.draw(cfg, ["backbone_loss_vae", "backbone_loss_unet", "finetune_loss"]).values())
 
 # %% [markdown]
 # ## Samples at the kept checkpoints: the conditioning image, then images generated from it
+#
+# The report's copy of this figure is drawn by the generate stage (notebook 04), with the same seeds.
 
 # %%
-fig = figures.image_grid(generate.checkpoint_previews(cfg, n_sources=min(3, cfg.report.classes_in_figures), per_source=4))
-plots.save(fig, cfg.paths.figures / "finetune_samples.png")
+generate.preview_figure(cfg);
 
 # %% [markdown]
 # ## Summary

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -12,7 +17,7 @@
 # # 04 · Generation (Figure 4) and image metrics
 #
 # `M` images per labelled training image from the MVC model in each mixing mode (two guidance scales), and the
-# naive set (the backbone before fine-tuning, text only, same prompts and count). Then distance to the real domain
+# sets of `generate.sets` (`sd_naive`: the backbone before fine-tuning, text only, same prompts and count). Then distance to the real domain
 # (FID, KID), label fidelity and diversity per synthetic set. About 1.5 minutes for digits on 2 cores.
 #
 # Several processes: `accelerate launch --num_processes N -m mvc generate PARAMS` (each its own slice).
@@ -22,9 +27,9 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-from IPython.display import Image, Markdown, display
+from IPython.display import Markdown, display
 
-from mvc import figures, generate, metrics, report
+from mvc import generate, metrics, report
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
@@ -40,7 +45,7 @@ sets = generate.generate_all(cfg)
 # `s_I`, a column per text scale `s_T` (after the source image); same noise and mix throughout.
 
 # %%
-figures.image_grid(generate.guidance_grid(cfg), ["source"] + [f"s_T={s}" for s in (1.0, 2.0, 4.0, 7.0)]);
+generate.guidance_figure(cfg);
 
 # %% [markdown]
 # ## Image metrics
@@ -52,13 +57,14 @@ metrics.image_metrics(cfg)
 # ## Figures 1, 2 and 5, and the images closest to copies
 #
 # Label fidelity is easy to reach by replaying the training images, so every set's row above has its novelty
-# beside it: \`copies\`, the share of images whose nearest labelled training image is closer than a third of the
+# beside it: `copies`, the share of images whose nearest labelled training image is closer than a third of the
 # second nearest. The last figure shows the MVC images nearest to a copy above their nearest training image.
 
 # %%
-saved = report.make_figures(cfg, "paper")
-for name in ("figure1_real_naive_mvc", "figure2_coarse_fine", "figure5_real_mvc_naive", "memorization_pairs"):
-    display(Markdown(f"### {name}"), Image(filename=str(saved[name])))
+drawn = report.draw(cfg, ["figure1_real_naive_mvc", "figure2_coarse_fine", "figure5_real_mvc_naive",
+                          "memorization_pairs", "finetune_samples"])
+for name, fig in drawn.items():
+    display(Markdown(f"### {name}"), fig)
 
 # %% [markdown]
 # ## Summary

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -51,12 +56,12 @@ table = statistics.accuracy_table(results, shots=artifacts.shots_label(cfg.data.
 table
 
 # %%
-report.accuracy_bars(table);
+figures.accuracy_bars(table);
 
 # %% [markdown]
 # ## MVC against every baseline (paired over seeds, Holm's correction)
 #
-# The comparator named in advance (\`report.comparator\`) is marked; the others are a family of tests.
+# The comparator named in advance (`report.comparator`) is marked; the others are a family of tests.
 
 # %%
 statistics.paired_tests(results, "mvc", cfg.report.comparator, shots=artifacts.shots_label(cfg.data.max_shots))

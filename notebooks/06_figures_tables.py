@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,9 +43,8 @@ print(shown(index))
 
 # %%
 for item, label, caption in report.numbered_items(cfg):
-    path = cfg.paths.tables / f"{item.key}.csv" if item.kind == "table" else cfg.paths.figures / f"{item.key}.png"
-    if path.exists():
-        display(Markdown(f"**{label}.** {caption}"), pd.read_csv(path) if item.kind == "table" else Image(filename=str(path)))
+    path = report.item_path(cfg, item)
+    display(Markdown(f"**{label}.** {caption}"), pd.read_csv(path) if item.kind == "table" else Image(filename=str(path)))
 
 # %% [markdown]
 # ## Across studies (every `reports/*/` that has run)

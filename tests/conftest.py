@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -21,13 +22,32 @@ def smoke_config(tmp: Path, *overrides: str):
                        [f"runs_root={tmp / 'runs'}", f"reports_root={tmp / 'reports'}", "device=cpu", *overrides])
 
 
+def stage_functions() -> dict[str, Callable[..., Any]]:
+    """Each stage's name -> its function, in run order."""
+    from mvc.pipeline import stage_functions as functions
+
+    return functions()
+
+
+def run_until(cfg, last: str, **kwargs: Any) -> Any:
+    """Run the study's stages in registry order up to and including `last`, each with show_progress=False;
+    `kwargs` go to `last` only (e.g. max_steps=2). Returns the last stage's result."""
+    from mvc.stages import STAGES
+
+    functions = stage_functions()
+    names = [s.name for s in STAGES]
+    if last not in names:
+        raise ValueError(f"no stage {last!r}; the stages are {', '.join(names)}")
+    before = names[: names.index(last)]
+    for name in before:
+        functions[name](cfg, show_progress=False)
+    return functions[last](cfg, show_progress=False, **kwargs)
+
+
 def smoke_through_backbone(tmp: Path, *overrides: str):
     """A fresh smoke study run through data, caption, embed and backbone: ready to fine-tune."""
-    from mvc import backbone, captioning, data, embed
-
     cfg = smoke_config(tmp, *overrides)
-    for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
-        stage(cfg, show_progress=False)
+    run_until(cfg, "backbone")
     return cfg
 
 
@@ -40,12 +60,8 @@ def smoke(tmp_path):
 @pytest.fixture(scope="session")
 def smoke_generated(tmp_path_factory):
     """The smoke study run through `generate` once per session (shared, read-only for the tests)."""
-    from mvc.stages import STAGES, upstream
-
     cfg = smoke_config(tmp_path_factory.mktemp("smoke"))
-    for spec in STAGES:
-        if spec.name in [*upstream("generate"), "generate"]:
-            spec.function(cfg, show_progress=False)
+    run_until(cfg, "generate")
     return cfg
 
 

@@ -47,7 +47,9 @@ def test_extends_and_overrides_are_typed():
     ("finetune.mixing.include_anchor=false", ["finetune.mixing.include_anchor", "unknown key"]),
     ("generate.mixing.mode=fine", ["generate.mixing.mode", "unknown key"]),
     ("generate.modes=[fine]", ["classify.methods has mvc_nomix", "add none to generate.modes"]),
-    ("generate.naive=false", ["sd_naive", "generate.naive: true"]),
+    ("generate.sets=[sd_img2img, sd_finetuned, mvc_nomix_trained]", ["sd_naive", "add sd_naive to generate.sets"]),
+    ("generate.sets=[sd_naive, toy]", ["generate.sets", "not registered", "sd_img2img"]),
+    ("classify.methods=[none, auto_augment]", ["classify.methods", "'auto_augment'", "not registered", "autoaugment"]),
 ])
 def test_config_errors_name_the_field(override, names):
     with pytest.raises(ConfigError) as err:
@@ -109,3 +111,10 @@ def test_a_bad_study_name_touches_nothing(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2 and "study name '..'" in out.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_old_set_switches_still_read_with_a_warning():
+    with pytest.warns(UserWarning, match="generate.sets"):
+        cfg = load_config(REPO / "params/digits.yaml", ["generate.naive=false", "generate.img2img=true",
+                                                         "classify.methods=[none, mvc]"])
+    assert cfg.generate.sets == ["sd_img2img"]

@@ -7,20 +7,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvc import artifacts, statistics
+from mvc import artifacts, state, statistics
 from mvc.config import ConfigError, load_config
-from mvc.stages import STAGES
-from tests.conftest import REPO, smoke_config
+from tests.conftest import REPO, run_until, smoke_config
 
 
 @pytest.fixture(scope="module")
 def curve(tmp_path_factory):
     """The smoke study at shots [1, 2] with 2 replicates, every stage run."""
     cfg = smoke_config(tmp_path_factory.mktemp("curve"), "data.shots=[2, 1]", "replicates=2",
-                       "classify.methods=[none, randaugment, sd_img2img, sd_finetuned, mvc]", "classify.seeds=[0, 1, 2]",
+                       "classify.methods=[none, randaugment, sd_img2img, sd_finetuned, mvc]", "classify.seeds=[0, 1, 2, 3]",
                        "generate.modes=[coarse]", "classify.mvc_modes=[coarse]")
-    for s in STAGES:
-        s.function(cfg, show_progress=False)
+    run_until(cfg, "report")
     return cfg
 
 
@@ -33,17 +31,19 @@ def test_shots_levels_are_validated():
         load_config(REPO / "params/smoke.yaml", ["replicates=0"])
 
 
+@pytest.mark.slow
 def test_every_unit_has_its_models_and_sets(curve):
     units = curve.units()
     assert [u.unit_name for u in units] == [None, "shots-2_rep-1", "shots-1_rep-0", "shots-1_rep-1"]
     for u in units:
-        assert u.paths.mvc_model.is_dir() and u.paths.text_model.is_dir()
+        assert u.paths.mvc_model.is_dir() and artifacts.model_path(u, "sd_finetuned").is_dir()
         for name in artifacts.synthetic_set_names(u.generate):
             assert (u.paths.synthetic / name / "manifest.csv").exists()
     assert units[1].finetune.seed == curve.finetune.seed + 1 and units[1].generate.seed == curve.generate.seed + 1
     assert curve.stage_hash("generate") == units[3].stage_hash("generate")
 
 
+@pytest.mark.slow
 def test_smaller_levels_take_the_first_images_of_each_class(curve):
     full, one = artifacts.load_splits(curve), artifacts.load_splits(curve.unit(1, 0))
     train2 = full[full["split"] == "train"].sort_values("image_id")
@@ -56,6 +56,7 @@ def test_smaller_levels_take_the_first_images_of_each_class(curve):
         assert len(manifest) == 3 * curve.generate.images_per_source
 
 
+@pytest.mark.slow
 def test_replicates_draw_other_images_from_the_same_sources(curve):
     a, ma = artifacts.load_synthetic(curve.unit(2, 0), "mvc_coarse")
     b, mb = artifacts.load_synthetic(curve.unit(2, 1), "mvc_coarse")
@@ -64,27 +65,51 @@ def test_replicates_draw_other_images_from_the_same_sources(curve):
     assert np.abs(a.astype(float) - b.astype(float)).mean() > 1
 
 
+@pytest.mark.slow
 def test_classifier_seeds_pair_with_replicates_and_intervals_cover_them(curve):
     res = artifacts.load_results(curve)
-    assert len(res) == 2 * 5 * 3
+    assert len(res) == 2 * 5 * 4
     assert set(res["shots"].astype(str)) == {"1", "2"}
-    assert set(zip(res["seed"], res["replicate"])) == {(0, 0), (1, 1), (2, 0)}
+    assert set(zip(res["seed"], res["replicate"])) == {(0, 0), (1, 1), (2, 0), (3, 1)}
     table = statistics.accuracy_table(res, shots=2).set_index("method")
     r = res[(res["method"] == "mvc") & (res["shots"].astype(str) == "2")]
     per_replicate = (r["top1"] * 100).groupby(r["replicate"]).mean().to_numpy()
     assert table.loc["mvc", "ci95"] == round(statistics.mean_ci(per_replicate)[1], 2)
-    assert table.loc["mvc", "replicates"] == 2 and table.loc["mvc", "seeds"] == 3
+    assert table.loc["mvc", "top1"] == round(per_replicate.mean(), 2)  # the estimate the interval is about
+    assert table.loc["mvc", "replicates"] == 2 and table.loc["mvc", "seeds"] == 4
     tests = statistics.paired_tests(res, "mvc", "randaugment", shots=2)
     assert (tests["replicates"] == 2).all()
 
 
+@pytest.mark.slow
 def test_report_draws_the_few_shot_curve_and_says_what_intervals_cover(curve):
     tables, figures = curve.paths.tables, curve.paths.figures
     few = pd.read_csv(tables / "few_shot.csv")
     assert set(few["shots"].astype(str)) == {"1", "2"} and {"mvc", "sd_finetuned", "none"} <= set(few["method"])
     assert (figures / "few_shot_curve.png").exists()
     assert "replicates of the generative pipeline" in (tables / "classification.md").read_text()
+    assert "too wide to read" in (tables / "classification.md").read_text()  # R = 2: one degree of freedom
     tests = pd.read_csv(tables / "paired_tests.csv")
     assert set(tests["shots"].astype(str)) == {"1", "2"}
     main = pd.read_csv(tables / "classification.csv")
     assert set(main["method"]) == {"none", "randaugment", "sd_img2img", "sd_finetuned", "mvc"}
+
+
+def test_a_new_replicate_reuses_the_existing_ones(tmp_path):
+    """replicates 1 -> 2: only replicate 1 is fine-tuned and generated; replicate 0's model and images stay as
+    they were (its folders are not rewritten); the classifier grid reruns (seed i pairs with replicate i mod R)."""
+    one = smoke_config(tmp_path, "classify.methods=[none, mvc]", "generate.sets=[]", "generate.modes=[coarse]")
+    run_until(one, "generate")
+    before = {p: p.stat().st_mtime_ns for p in one.paths.mvc_model.rglob("*") if p.is_file()}
+    images = {p: p.stat().st_mtime_ns for p in one.paths.synthetic.rglob("*.png")}
+    two = smoke_config(tmp_path, "classify.methods=[none, mvc]", "generate.sets=[]", "generate.modes=[coarse]",
+                       "replicates=2")
+    assert two.stage_hash("finetune") == one.stage_hash("finetune")
+    assert two.stage_hash("generate") == one.stage_hash("generate")
+    assert two.stage_hash("classify") != one.stage_hash("classify")
+    run_until(two, "generate")
+    assert {p: p.stat().st_mtime_ns for p in one.paths.mvc_model.rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in one.paths.synthetic.rglob("*.png")} == images
+    new = two.unit(two.data.max_shots, 1)
+    assert new.paths.mvc_model.is_dir() and (new.paths.synthetic / "mvc_coarse" / "manifest.csv").exists()
+    assert set(state.stage_info(two, "generate")["unit_names"]) == {"main", "shots-4_rep-1"}

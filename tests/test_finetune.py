@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mvc import artifacts, backbone, captioning, components, data, embed, finetune, state
-from tests.conftest import REPO, launch_two_processes, smoke_config, smoke_through_backbone
+from mvc import artifacts, components, finetune, state
+from tests.conftest import REPO, launch_two_processes, run_until, smoke_config, smoke_through_backbone
 
 
 @pytest.fixture
@@ -60,8 +60,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     a = smoke_config(tmp_path / "a", "finetune.steps=4", "finetune.checkpoint_every=2")
     b = smoke_config(tmp_path / "b", "finetune.steps=4", "finetune.checkpoint_every=2")
     for cfg in (a, b):
-        for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
-            stage(cfg, show_progress=False)
+        run_until(cfg, "backbone")
     finetune.finetune(a, show_progress=False)
     finetune.finetune(b, show_progress=False, max_steps=2)
     finetune.finetune(b, show_progress=False)
@@ -89,22 +88,26 @@ def test_saved_model_loads_in_instruct_pix2pix_pipeline_and_generates(smoke_gene
 
 
 def test_a_text_only_batch_is_each_images_own_caption_and_no_image():
-    """The sd_finetuned baseline's batches: no conditioning image, the target's own caption (weight 1), and the
-    text dropped as often as MVC drops it in total (text alone or both)."""
+    """The sd_finetuned baseline's batches: no conditioning image, the text dropped as often as MVC drops it in
+    total (text alone or both), and MVC's caption mixing (own caption only with mixing_mode none)."""
     from mvc.config import load_config
 
     cfg = load_config(REPO / "params/smoke.yaml", ["finetune.drop_text=0.1", "finetune.drop_both=0.2"])
     labels = np.repeat(np.arange(4), 5)
     data = finetune.TrainingData(latents=torch.randn(20, 4, 2, 2), cond_latents=torch.randn(20, 4, 2, 2),
                                  labels=labels, embeddings=torch.randn(20, 3, 8), empty=torch.zeros(3, 8))
-    batch = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True)
+    batch = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True, mixing_mode="none")
     assert (batch.plan.indices[:, 0] == batch.targets).all() and batch.plan.indices.shape[1] == 1
     assert batch.cond.shape[1] == 0 and not batch.drop_image.any()
     kept = ~batch.drop_text
     assert torch.equal(batch.text[kept], data.embeddings[batch.targets[kept]])
     assert (batch.text[batch.drop_text] == 0).all() and abs(batch.drop_text.mean() - 0.3) < 0.03
-    latents, cond, text = finetune.make_batch(data, cfg, np.random.default_rng(0), 8, "text")
+    latents, cond, text = finetune.make_batch(data, cfg, np.random.default_rng(0), 8, "sd_finetuned")
     assert cond is None and latents.shape == (8, 4, 2, 2)
+    mixed = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True)  # the model's batches
+    assert cfg.finetune.mixing.mode == "coarse+fine" and mixed.plan.indices.shape[1] > 1
+    assert (mixed.plan.indices == mixed.targets[:, None]).any(1).all()  # the target's caption is in every mix
+    assert mixed.cond.shape[1] == 0 and not mixed.drop_image.any()
     mvc = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000)  # MVC's: mixed captions, an image
     assert mvc.plan.indices.shape[1] > 1 and mvc.cond.shape[1] == 4
     own = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, mixing_mode="none")  # the ablation's
@@ -116,11 +119,11 @@ def test_the_no_mixing_ablation_is_mvc_fine_tuned_on_own_captions(smoke_generate
     """mvc_nomix_trained: an image-conditioned model like MVC's, other weights; its set shares mvc_none's prompts
     (each image's own caption) and noise, so the two differ only in how the model was fine-tuned."""
     cfg = smoke_generated
-    ablation = components.load_backbone(cfg.paths.nomix_model)
+    ablation = components.load_backbone(artifacts.model_path(cfg, "mvc_nomix_trained"))
     mvc = components.load_backbone(cfg.paths.mvc_model)
     assert ablation.unet.config.in_channels == mvc.unet.config.in_channels == 8
     assert not torch.equal(ablation.unet.conv_in.weight, mvc.unet.conv_in.weight)
-    ours, theirs = (artifacts.load_manifest(cfg, n) for n in ("nomix_trained", "mvc_none"))
+    ours, theirs = (artifacts.load_manifest(cfg, n) for n in ("mvc_nomix_trained", "mvc_none"))
     assert (ours["mode"] == "none").all()
     assert ours[["source_image_id", "index", "seed"]].equals(theirs[["source_image_id", "index", "seed"]])
 
@@ -131,25 +134,26 @@ def test_text_only_baseline_is_a_fine_tuned_text_to_image_model(smoke_generated)
     from diffusers import StableDiffusionPipeline
 
     cfg = smoke_generated
-    pipe = StableDiffusionPipeline.from_pretrained(str(cfg.paths.text_model))
+    pipe = StableDiffusionPipeline.from_pretrained(str(artifacts.model_path(cfg, "sd_finetuned")))
     bb = components.load_backbone(cfg.paths.backbone)
     assert pipe.unet.config.in_channels == bb.unet.config.in_channels
     changed = [n for n, p in pipe.unet.named_parameters() if not torch.equal(p, bb.unet.get_parameter(n))]
     assert len(changed) > 0.5 * len(list(bb.unet.parameters()))
-    tuned, naive = (artifacts.load_manifest(cfg, n) for n in ("finetuned", "naive"))
+    tuned, naive = (artifacts.load_manifest(cfg, n) for n in ("sd_finetuned", "sd_naive"))
     assert tuned[["source_image_id", "index", "seed"]].equals(naive[["source_image_id", "index", "seed"]])
-    x_tuned, _ = artifacts.load_synthetic(cfg, "finetuned")
-    x_naive, _ = artifacts.load_synthetic(cfg, "naive")
+    x_tuned, _ = artifacts.load_synthetic(cfg, "sd_finetuned")
+    x_naive, _ = artifacts.load_synthetic(cfg, "sd_naive")
     assert np.abs(x_tuned.astype(float) - x_naive.astype(float)).mean() > 1
-    info = state.stage_info(cfg, "finetune_text")
+    info = state.stage_info(cfg, "finetune_sd_finetuned")
     assert info["steps"] == cfg.finetune.steps
+    assert (cfg.paths.run / "sd_finetuned").is_dir() and (cfg.paths.run / "finetune_sd_finetuned" / "loss.csv").exists()
 
 
 def test_the_text_only_stage_is_skipped_without_its_set(tmp_path):
-    cfg = smoke_through_backbone(tmp_path, "generate.finetuned=false", "classify.methods=[none]")
-    assert finetune.finetune_text_only(cfg, show_progress=False) is None  # the stage's reader: no model
-    assert "skipped" in state.stage_info(cfg, "finetune_text")
-    assert not cfg.paths.text_model.exists() and artifacts.text_model_path(cfg) is None
+    cfg = smoke_through_backbone(tmp_path, "generate.sets=[sd_naive]", "classify.methods=[none]")
+    assert finetune.finetune_model(cfg, "sd_finetuned", show_progress=False) is None  # the stage's reader: no model
+    assert "skipped" in state.stage_info(cfg, "finetune_sd_finetuned")
+    assert not (cfg.paths.run / "sd_finetuned").exists() and artifacts.trained_model(cfg, "sd_finetuned") is None
 
 
 def test_two_processes_over_gloo(tmp_path):
@@ -200,8 +204,7 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
     base = ["finetune.steps=6", "finetune.checkpoint_every=2"]
     cfgs = {name: smoke_config(tmp_path / name, *base) for name in ("whole", "killed")}
     for cfg in cfgs.values():
-        for stage in (data.prepare_dataset, captioning.caption_dataset, embed.embed_captions, backbone.prepare_backbone):
-            stage(cfg, show_progress=False)
+        run_until(cfg, "backbone")
 
     def args(cfg):
         return ["finetune", str(REPO / "params/smoke.yaml"), f"--set=runs_root={cfg.paths.run.parent}",

@@ -101,13 +101,13 @@ def test_img2img_set_is_the_backbones_sdedit_seeded_per_image(smoke_generated):
     from mvc.generate import img2img_pipeline, sdedit
 
     cfg = smoke_generated
-    manifest = load_manifest(cfg, "img2img")
+    manifest = load_manifest(cfg, "sd_img2img")
     assert (manifest["mode"] == "img2img").all() and len(manifest) == 12 * cfg.generate.images_per_source
     pipe = img2img_pipeline(load_backbone(backbone_source(cfg)), cfg.generate.scheduler, "cpu")
     sources = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
     prompts = ["a photo of the digit one"] * 2
-    a = sdedit(pipe, sources, prompts, [1, 2], cfg.generate)
-    b = sdedit(pipe, sources[:1], prompts[:1], [1], cfg.generate)
+    a = sdedit(pipe, sources, prompts, [1, 2], cfg.generate, cfg.generate.naive_guidance)
+    b = sdedit(pipe, sources[:1], prompts[:1], [1], cfg.generate, cfg.generate.naive_guidance)
     assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
     assert np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1  # the same seed, whatever the batch
     assert not np.array_equal(a[0], a[1])

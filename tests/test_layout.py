@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from mvc import stages
 from mvc.config import load_config
 from mvc.stages import LOCATION_FIELDS, STAGES, downstream, reads_field, stage_hash, upstream
-from tests.conftest import REPO, smoke_config
+from tests.conftest import REPO, run_until, smoke_config, stage_functions
 
 PACKAGE = REPO / "mvc"
 
@@ -51,11 +51,35 @@ def test_the_package_has_no_import_cycle():
             visit(module, [module])
 
 
-def test_registry_entries_resolve_and_notebooks_exist():
+def test_every_stage_has_its_function_and_notebook():
+    from mvc.pipeline import stage_function
+
     for s in STAGES:
-        assert callable(s.function) and callable(stages._resolve(s.reader)), s.name
+        assert callable(stage_function(s.name)) and stage_function(s.name).stage_name == s.name
         assert (REPO / "notebooks" / stages.NOTEBOOKS[s.notebook]).exists()
         assert all(a in [t.name for t in STAGES[: STAGES.index(s)]] for a in s.after), f"{s.name}: run order"
+
+
+def test_each_fine_tuned_model_has_its_stage_and_is_sampled_before_generation():
+    from mvc.registry import MODELS, SETS
+
+    for model in MODELS.values():
+        assert model.stage in stages.STAGE and model.stage in stages.STAGE["generate"].after
+    assert {s.model for s in SETS.values()} <= set(MODELS) | {"backbone"}
+
+
+def test_the_stage_functions_are_imported_by_name_not_by_string():
+    """The graph the cycle test reads is the graph that runs: no module loads a stage by a dotted string."""
+    for path in PACKAGE.glob("*.py"):
+        assert "import_module" not in path.read_text(), path.name
+
+
+def test_the_tests_run_until_calls_the_registrys_functions():
+    from mvc.pipeline import stage_functions as registry_functions
+
+    assert stage_functions() == registry_functions()
+    with pytest.raises(ValueError, match="no stage 'train'"):
+        run_until(None, "train")
 
 
 def _leaves(model: BaseModel, prefix: str = "") -> list[str]:
@@ -127,6 +151,7 @@ class _Recorder:
         return value
 
 
+@pytest.mark.slow
 def test_each_stage_reads_only_what_it_declares(smoke_generated, tmp_path):
     """Every stage, rerun on the smoke study through a recording stand-in of its config: each field it reads is
     declared by it or by a stage before it (whose hash it includes)."""
@@ -137,7 +162,7 @@ def test_each_stage_reads_only_what_it_declares(smoke_generated, tmp_path):
     for spec in STAGES:
         (cfg.paths.stages / f"{spec.name}.json").unlink(missing_ok=True)
         seen: set[str] = set()
-        spec.function(_Recorder(cfg, "", seen), show_progress=False)
+        stage_functions()[spec.name](_Recorder(cfg, "", seen), show_progress=False)
         covering = [spec] + [s for s in STAGES if s.name in upstream(spec.name)]
         if "*" in seen:  # the whole config was read (the report prints it): all of it must be covered
             seen = (seen - {"*"}) | set(_leaves(cfg))

@@ -164,8 +164,8 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     cfg = smoke_generated
     table = image_metrics(cfg, show_progress=False)
     assert list(table.columns) == METRIC_COLUMNS
-    assert set(table["synthetic_set"]) == {"real_train", "mvc_coarse", "mvc_fine", "mvc_none", "naive", "img2img",
-                                           "finetuned", "nomix_trained"}
+    assert set(table["synthetic_set"]) == {"real_train", "mvc_coarse", "mvc_fine", "mvc_none", "sd_naive", "sd_img2img",
+                                           "sd_finetuned", "mvc_nomix_trained"}
     assert table["label_fidelity"].between(0, 1).all() and (table["fid"] >= -1e-6).all()
     # the smoke study has 4 training images per class: every set is cut to 4 of each of the 3 classes
     assert (table["images_per_class"] == 4).all()  # FID, KID, diversity: an equal stratified sample of every set

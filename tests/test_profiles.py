@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 
 from mvc.config import load_config
-from mvc.stages import STAGES
-from tests.conftest import REPO
+from tests.conftest import REPO, run_until
 from tests.test_data import FIXTURES
 
 # field -> why it may be overridden in a rehearsal
@@ -59,6 +58,7 @@ def rehearsal_overrides(tmp_path, root, tiny_sd, tiny_blip2, inception) -> list[
     return overrides
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", PROFILES)
 def test_paper_profile_dress_rehearsal(tmp_path, tiny_sd, tiny_blip2, inception_file, profile, caplog):
     make, flag = FIXTURES[profile]
@@ -74,8 +74,7 @@ def test_paper_profile_dress_rehearsal(tmp_path, tiny_sd, tiny_blip2, inception_
         assert kept == {k: v for k, v in getattr(cfg, section).model_dump().items() if k in kept}, section
     assert cfg.metrics.feature_extractor == "inception" and cfg.finetune.mixed_precision == "bf16"
     with caplog.at_level(logging.WARNING):
-        for stage in STAGES:
-            stage.function(cfg, show_progress=False)
+        run_until(cfg, "report")
     assert "finetune.compile: torch.compile skipped on cpu" in caplog.text  # the logged fallback
     results = pd.read_csv(cfg.paths.results)
     assert set(results["method"]) == set(cfg.classify.methods) and results["seed"].nunique() == 2

@@ -156,7 +156,8 @@ def test_conditioning_latents_at_generation_equal_those_of_training_in_bf16(prep
     emb = load_caption_embeddings(prepared)
     bb = components.load_backbone(prepared.paths.mvc_model)
     trained = finetune.training_data(prepared, bb.vae).cond_latents
-    unet, vae, _, cond = generate.load_generation_models(prepared, emb, "cpu", torch.bfloat16, naive=False)["mvc"]
+    unet, vae, _, cond = generate.load_generation_models(prepared, emb, "cpu", torch.bfloat16,
+                                                         sets=["mvc_coarse"])["mvc"]
     assert unet.dtype == torch.bfloat16 and vae.dtype == torch.float32
     rows = np.arange(len(emb.frame))
     torch.testing.assert_close(cond[rows], trained, rtol=0, atol=0)
@@ -178,7 +179,7 @@ def test_sdedit_keeps_float32_latents_around_a_bf16_unet(prepared):
     bb.unet.register_forward_hook(lambda m, a, k, out: seen.append((k["encoder_hidden_states"].dtype)),
                                   with_kwargs=True)
     sources = np.full((2, 16, 16, 3), 128, np.uint8)
-    out = generate.sdedit(pipe, sources, ["a photo of a 0"] * 2, [0, 1], prepared.generate)
+    out = generate.sdedit(pipe, sources, ["a photo of a 0"] * 2, [0, 1], prepared.generate, 3.0)
     assert out.shape == (2, 16, 16, 3) and seen and set(seen) == {torch.bfloat16}  # cast on the way in only
 
 

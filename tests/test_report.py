@@ -45,6 +45,43 @@ def test_holm_adjustment():
     assert statistics.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
 
 
+def test_holm_leaves_untested_rows_out_of_the_family():
+    assert statistics.holm([0.01, float("nan"), 0.03]) == pytest.approx([0.02, float("nan"), 0.03], nan_ok=True)
+
+
+def _replicated(values: dict[str, list[float]], replicate: list[int]) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "seed": s, "replicate": replicate[s], "shots": 10, "variant": "main",
+                          "top1": v, "top5": 1.0} for m, vs in values.items() for s, v in enumerate(vs)])
+
+
+def test_the_estimate_is_the_mean_of_the_replicate_means_the_interval_is_about():
+    # replicate 0 has two runs, replicate 1 one: the mean of runs (0.8) is not the tested quantity (0.75)
+    res = _replicated({"mvc": [0.9, 0.9, 0.6], "none": [0.5, 0.5, 0.5]}, [0, 0, 1])
+    table = statistics.accuracy_table(res).set_index("method")
+    assert table.loc["mvc", "top1"] == pytest.approx(75.0)
+    half = stats.t.ppf(0.975, 1) * np.std([90, 60], ddof=1) / np.sqrt(2)
+    assert table.loc["mvc", "ci95"] == pytest.approx(half, abs=0.01)
+    tests = statistics.paired_tests(res, "mvc", "none").set_index("baseline")
+    assert tests.loc["none", "difference"] == pytest.approx(25.0)  # mean of the replicates' 40 and 10
+
+
+def test_equal_paired_differences_say_so_instead_of_p_1():
+    res = _replicated({"mvc": [0.9, 0.8, 0.7], "none": [0.8, 0.7, 0.6], "randaugment": [0.85, 0.8, 0.66]},
+                      [0, 1, 2])
+    tests = statistics.paired_tests(res, "mvc", "none").set_index("baseline")
+    assert np.isnan(tests.loc["none", "p_value"]) and "every paired difference is +10.00" in tests.loc["none", "note"]
+    assert np.isnan(tests.loc["none", "p_holm"]) and tests.loc["randaugment", "p_holm"] <= 1
+
+
+def test_seed_counts_the_replicates_do_not_divide_are_refused():
+    from mvc.config import ConfigError, load_config
+    from tests.conftest import REPO
+
+    with pytest.raises(ConfigError, match="classify.seeds has 3 seeds.*replicates: 2"):
+        load_config(REPO / "params/smoke.yaml", ["replicates=2", "classify.seeds=[0, 1, 2]"])
+    assert load_config(REPO / "params/smoke.yaml", ["replicates=2", "classify.seeds=[0, 1, 2, 3]"]).replicates == 2
+
+
 def test_tables_are_written_as_csv_markdown_and_booktabs(results, tmp_path):
     out = report.write_table(statistics.accuracy_table(results), tmp_path, "classification", "a caption")
     assert pd.read_csv(out["csv"]).shape == (4, 7)  # method, seeds, replicates, top1, ci95, top5, per source

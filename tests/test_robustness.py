@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mvc import artifacts, captioning, cli, data, state, study
+from mvc import artifacts, cli, data, state, study
 from mvc.data import DataError
 from mvc.imaging import to_array
 from mvc.io import append_rows
 from mvc.lock import StudyLocked, study_lock
-from tests.conftest import REPO, smoke_config, write_png
+from tests.conftest import REPO, run_until, smoke_config, write_png
 
 
 def _mvc(*args, env=None, timeout=300):
@@ -45,7 +45,7 @@ def test_a_second_run_on_the_same_study_fails_at_once_naming_the_holder(tmp_path
                                "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        for command in (["classify"], ["study", "--stages", "05"]):
+        for command in (["classify"], ["study", "--notebooks", "05"]):
             start = time.time()
             out = _mvc(command[0], str(REPO / "params/smoke.yaml"), *command[1:], *_sets(tmp_path))
             assert out.returncode == 2, out.stderr[-2000:]
@@ -153,6 +153,16 @@ def test_a_short_class_is_named_or_allowed_and_recorded(tmp_path):
     assert state.stage_info(allowed, "data")["short_classes"] == ["dog: train 2 of 5"]
 
 
+def test_a_short_pool_is_named_at_the_data_stage(tmp_path):
+    _folder(tmp_path, {"cat": 8, "dog": 8})
+    args = ("data.shots=2", "data.val_per_class=1", "data.pool_per_class=10", "data.test_per_class=2")
+    with pytest.raises(DataError, match="cat: pool 3 of 10.*data.pool_per_class"):
+        data.prepare_dataset(load_imagefolder(tmp_path, *args), show_progress=False)
+    allowed = load_imagefolder(tmp_path, *args, "data.allow_fewer=true")
+    data.prepare_dataset(allowed, show_progress=False)
+    assert state.stage_info(allowed, "data")["short_classes"] == ["cat: pool 3 of 10", "dog: pool 3 of 10"]
+
+
 @pytest.mark.parametrize("pair", [("Cat", "cat"), ("sea_lion", "sea-lion")])
 def test_two_folders_that_become_one_class_name_are_named(tmp_path, pair):
     _folder(tmp_path, {pair[0]: 6, pair[1]: 6, "dog": 6})
@@ -181,7 +191,9 @@ def test_a_full_disk_gets_one_clear_line(smoke, monkeypatch, capsys):
     def full(*_, **__):
         raise OSError(errno.ENOSPC, "No space left on device", "runs/smoke/images.npy")
 
-    monkeypatch.setattr(data, "prepare_dataset", full)
+    from mvc import pipeline
+
+    monkeypatch.setattr(pipeline, "stage_function", lambda name: full)
     assert cli.main(["data", str(REPO / "params/smoke.yaml"), f"--set=runs_root={smoke.runs_root}"]) == 2
     err = capsys.readouterr().err
     assert "disk full while writing runs/smoke/images.npy" in err and "run again" in err
@@ -193,8 +205,7 @@ def test_a_full_disk_gets_one_clear_line(smoke, monkeypatch, capsys):
 
 def _captioned(tmp_path):
     cfg = smoke_config(tmp_path)
-    data.prepare_dataset(cfg, show_progress=False)
-    captioning.caption_dataset(cfg, show_progress=False)
+    run_until(cfg, "caption")
     return cfg
 
 
@@ -213,6 +224,34 @@ def test_a_damaged_output_is_named_with_the_fix(tmp_path, cut):
     fixed = _mvc("caption", str(REPO / "params/smoke.yaml"), *_sets(tmp_path), "--force")
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert cfg.paths.captions.read_bytes() == raw  # recomputed exactly
+
+
+def test_damage_inside_a_folder_is_named_by_file_and_later_stages_refuse_to_build_on_it(smoke_generated, tmp_path):
+    """A PNG overwritten in place with bytes of the same size, and a manifest cut short: each named (file and
+    unit folder), and a later stage that was up to date refuses to run over them."""
+    import shutil
+
+    from mvc import metrics
+
+    cfg = smoke_config(tmp_path)
+    shutil.copytree(smoke_generated.paths.run, cfg.paths.run)  # copy2 keeps the recorded sizes and times
+    metrics.image_metrics(cfg, show_progress=False)
+    png = sorted((cfg.paths.synthetic / "mvc_coarse").rglob("*.png"))[0]
+    original = png.read_bytes()
+    raw = bytearray(original)
+    raw[-30] ^= 0xFF  # same size, other contents
+    png.write_bytes(bytes(raw))
+    state._verified.clear()  # as a new process would
+    with pytest.raises(state.DamagedOutput) as err:
+        metrics.image_metrics(cfg, show_progress=False)  # up to date itself, but built on a damaged set
+    assert str(png) in str(err.value) and "stage 'generate'" in str(err.value) and "--force" in str(err.value)
+    png.write_bytes(original)
+    manifest = cfg.paths.synthetic / "mvc_fine" / "manifest.csv"
+    manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[:-3]))
+    state._verified.clear()
+    with pytest.raises(state.DamagedOutput) as err:
+        artifacts.load_manifests(cfg)
+    assert f"{manifest} changed after the stage finished" in str(err.value) and "rows now" in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------------------

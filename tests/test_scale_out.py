@@ -6,8 +6,8 @@ import shutil
 
 import pandas as pd
 
-from mvc import artifacts, captioning, classify, data, state
-from tests.conftest import REPO, launch_two_processes, smoke_config
+from mvc import artifacts, captioning, classify, state
+from tests.conftest import REPO, launch_two_processes, run_until, smoke_config
 
 
 def _sets(cfg):
@@ -17,9 +17,8 @@ def _sets(cfg):
 
 def test_captioning_over_two_processes_equals_one(tmp_path):
     one, two = smoke_config(tmp_path / "one"), smoke_config(tmp_path / "two", "caption.batch_size=8")
-    for cfg in (one, two):
-        data.prepare_dataset(cfg, show_progress=False)
-    captioning.caption_dataset(one, show_progress=False)
+    run_until(one, "caption")
+    run_until(two, "data")
     out = launch_two_processes("caption", str(REPO / "params/smoke.yaml"), *_sets(two), "--set=caption.batch_size=8")
     assert out.returncode == 0, out.stderr[-3000:]
     assert state.stage_info(two, "caption")["processes"] == 2

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvc import backbone, captioning, data
+from mvc import backbone
 from mvc.source_domains import printed_digits
-from tests.conftest import smoke_config
+from tests.conftest import run_until, smoke_config
 
 
 def test_printed_digits_are_seeded_labelled_and_inked():
@@ -35,8 +35,7 @@ def test_printed_digits_carry_their_class_at_16_pixels():
 def test_the_source_domain_is_captioned_with_the_class_prompt(tmp_path):
     cfg = smoke_config(tmp_path, "backbone.surrogate.source_domain=printed_digits",
                        "backbone.surrogate.source_per_class=4")
-    data.prepare_dataset(cfg, show_progress=False)
-    captioning.caption_dataset(cfg, show_progress=False)
+    run_until(cfg, "caption")
     x, texts = backbone.source_domain(cfg, ["zero", "one", "two"])
     assert x.shape == (12, 3, 16, 16) and -1 <= float(x.min()) and float(x.max()) <= 1
     assert texts[0].startswith("a photo of the digit zero, ") and texts[-1].startswith("a photo of the digit two, ")

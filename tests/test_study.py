@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from mvc.paths import REPO_ROOT
 from mvc.stages import NOTEBOOKS
-from mvc.study import parse_stages
+from mvc.study import parse_notebooks
 from tests.conftest import REPO
 
 
@@ -31,13 +32,80 @@ def test_notebook_is_paired_clean_and_thin(name):
             assert not re.search(r"^\s*(def|class) ", cell.source, re.M), f"{name}: logic belongs in mvc, not a cell"
 
 
-def test_parse_stages():
-    assert parse_stages("01,03-05") == ["01", "03", "04", "05"]
-    assert parse_stages(None) == list(NOTEBOOKS)
+def test_parse_notebooks():
+    assert parse_notebooks("01,03-05") == ["01", "03", "04", "05"]
+    assert parse_notebooks(None) == list(NOTEBOOKS)
     with pytest.raises(ValueError, match="07"):
-        parse_stages("05-07")
+        parse_notebooks("05-07")
     with pytest.raises(ValueError, match="reversed"):
-        parse_stages("05-03")
+        parse_notebooks("05-03")
+
+
+@pytest.mark.parametrize("option", ["--notebooks", "--stages", "--stages="])
+def test_notebooks_option_and_its_old_name(option, monkeypatch, capsys):
+    """`--notebooks` picks notebooks; `--stages`, its old name, still works and says the new one on stderr."""
+    from mvc import cli, study
+
+    seen = {}
+    monkeypatch.setattr(study, "run_study", lambda params, notebooks, *a, **kw: seen.setdefault("notebooks", notebooks))
+    argv = [f"{option}01-02"] if option.endswith("=") else [option, "01-02"]
+    assert cli.main(["study", str(REPO / "params/smoke.yaml"), *argv]) == 0
+    assert seen["notebooks"] == "01-02"
+    err = capsys.readouterr().err
+    if option.startswith("--stages"):
+        assert err.strip() == "mvc study: note: --stages is now --notebooks (the old name still works, for now)"
+    else:
+        assert "--stages" not in err
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["study", "--help"])
+    shown = capsys.readouterr().out
+    assert "--notebooks" in shown and "--stages" not in shown  # the old name is hidden
+
+
+def test_run_study_takes_stages_as_the_old_name_of_notebooks(tmp_path, monkeypatch, caplog):
+    from mvc import study
+
+    monkeypatch.setattr(study, "_run_notebooks", lambda cfg, chosen, *a: chosen)
+    sets = [f"runs_root={tmp_path / 'runs'}", f"reports_root={tmp_path / 'reports'}"]
+    assert study.run_study(REPO / "params/smoke.yaml", notebooks="02-03", overrides=sets) == ["02", "03"]
+    assert "stages=" not in caplog.text
+    assert study.run_study(REPO / "params/smoke.yaml", overrides=sets, stages="01,04") == ["01", "04"]
+    assert "run_study(stages=...) is now run_study(notebooks=...)" in caplog.text
+    with pytest.raises(ValueError, match="notebooks= only"):
+        study.run_study(REPO / "params/smoke.yaml", "01", sets, stages="01")
+
+
+def test_notebooks_leave_out_accelerates_checkpoint_lines_not_its_warnings(tmp_path, capsys):
+    """open_study quiets the INFO line accelerate logs per checkpoint file; warnings and mvc's INFO still show."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from mvc.notebook import QUIET_AT_INFO, open_study
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in QUIET_AT_INFO}
+    try:
+        open_study(str(REPO / "params/smoke.yaml"),
+                   [f"runs_root={tmp_path / 'runs'}", f"reports_root={tmp_path / 'reports'}", "device=cpu"])
+        AcceleratorState._reset_state()  # another test in this process may have set other options
+        acc = Accelerator(cpu=True, mixed_precision="no")
+        model = torch.nn.Linear(2, 2)
+        acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        acc.save_state(str(tmp_path / "checkpoint"))
+        logging.getLogger("accelerate.checkpointing").warning("a warning still shows")
+        logging.getLogger("mvc.state").info("so do mvc's own lines")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in levels.items():
+            logging.getLogger(name).setLevel(was)
+    err = capsys.readouterr().err
+    assert (tmp_path / "checkpoint" / "random_states_0.pkl").exists()  # a checkpoint was saved, quietly
+    assert "Saving current state" not in err and "saved in" not in err, err
+    assert "WARNING accelerate.checkpointing: a warning still shows" in err
+    assert "INFO mvc.state: so do mvc's own lines" in err
 
 
 def _study(tmp_path, *args):
@@ -55,15 +123,19 @@ def smoke_study(tmp_path_factory):
     return tmp, out
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end_through_papermill(smoke_study):
     tmp_path, out = smoke_study
     report = tmp_path / "reports" / "smoke"
     for fig in ("samples", "figure1_real_naive_mvc", "figure2_coarse_fine", "figure3_training_pipeline",
                 "figure4_generation_pipeline", "figure5_real_mvc_naive", "classification_bars", "finetune_loss"):
         assert (report / "figures" / f"{fig}.png").exists() and (report / "figures" / f"{fig}.pdf").exists()
-    for table in ("classification", "ablation", "image_metrics", "paired_tests"):
+    assert (report / "figures" / "finetune_samples.png").exists()  # drawn by the generate stage, not a cell
+    for table in ("classification", "image_metrics", "paired_tests"):
         for ext in ("csv", "md", "tex"):
             assert (report / "tables" / f"{table}.{ext}").exists()
+    assert not list((report / "tables").glob("ablation.*"))  # no ablation grid here: left out, not empty
+    assert "MVC under one change each" not in (report / "index.html").read_text()
     prov = json.loads((report / "provenance.json").read_text())
     assert set(prov["stages"]) == set(NOTEBOOKS)
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in prov["stages"].values())
@@ -72,6 +144,7 @@ def test_smoke_study_end_to_end_through_papermill(smoke_study):
     assert re.search(r"03 finetune.*\d+/\d+", out.stderr)  # the running stage's progress, in the terminal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS.values()))
 def test_executed_notebooks_show_figures_and_no_noise(smoke_study, name):
     tmp_path, _ = smoke_study
@@ -84,15 +157,18 @@ def test_executed_notebooks_show_figures_and_no_noise(smoke_study, name):
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: no inline figure"
     streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "\r" not in streams, f"{name}: progress-bar output in the executed notebook"
+    assert "Saving current state" not in streams, f"{name}: accelerate's checkpoint lines in the executed notebook"
     assert str(REPO_ROOT) not in text, f"{name}: the machine's absolute repository path"
 
 
+@pytest.mark.slow
 def test_rerun_skips_up_to_date_notebooks(smoke_study):
     tmp_path, _ = smoke_study
-    again = _study(tmp_path, "--stages", "01-02")
+    again = _study(tmp_path, "--notebooks", "01-02")
     assert again.returncode == 0 and "up to date" in again.stderr
 
 
+@pytest.mark.slow
 def test_report_reads_in_order_in_headless_chromium(smoke_study):
     tmp_path, _ = smoke_study
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -115,6 +191,28 @@ def test_report_reads_in_order_in_headless_chromium(smoke_study):
 
 
 def test_a_failing_stage_exits_non_zero_with_the_notebook_named(tmp_path):
-    out = _study(tmp_path, "--stages", "03")
+    out = _study(tmp_path, "--notebooks", "03")
     assert out.returncode != 0
-    assert "the first stage to run is 'data'" in out.stderr and "--stages 01-06" in out.stderr
+    assert "the first stage to run is 'data'" in out.stderr and "--notebooks 01-06" in out.stderr
+
+
+def test_a_report_regenerated_from_a_clean_tree_is_not_dirty(tmp_path, monkeypatch):
+    """Provenance names the commit; the study's own report folder, which the run rewrites, does not make it dirty,
+    any other tracked change does."""
+    from mvc import study
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "reports" / "s").mkdir(parents=True)
+    (tmp_path / "reports" / "s" / "table.csv").write_text("a\n1\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init")
+    monkeypatch.setattr(study, "REPO_ROOT", tmp_path)
+    (tmp_path / "reports" / "s" / "table.csv").write_text("a\n2\n")
+    assert not study.git_revision(tmp_path / "reports" / "s").endswith("+dirty")
+    assert study.git_revision().endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert study.git_revision(tmp_path / "reports" / "s").endswith("+dirty")
