@@ -21,6 +21,7 @@ from mvc.imaging import images_to_tensor, to_array
 from mvc.io import read_rows
 from mvc.registry import MODELS, SETS, method_sets, set_spec, synthetic_set_names
 from mvc.state import require, stage_info
+from mvc.units import Unit, parse_shots
 
 SPLITS = ("train", "pool", "val", "test")
 
@@ -259,12 +260,12 @@ RESULT_KEY = ["shots", "variant", "method", "seed"]  # one classifier run
 
 def shots_label(shots: int | None) -> str:
     """A shots level as results.csv's `shots` column holds it: the count, or "all" (`data.shots: null`)."""
-    return str(shots) if shots else "all"
+    return Unit(shots).label
 
 
 def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
     """results.csv rows made with the current classify params (rows of an older params hash are left out,
-    and a run recorded twice counts once)."""
+    and a run recorded twice counts once); `shots` as integers (a nullable column: <NA> for all images)."""
     if require_done:
         require(cfg, "classify")
     parts = [] if require_done else sorted(cfg.paths.run.glob(".results-part-*.csv"))  # a grid in progress
@@ -272,7 +273,8 @@ def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     rows = pd.concat(frames)
-    rows = rows[rows["params_hash"].astype(str) == cfg.stage_hash("classify")]
+    rows = rows[rows["params_hash"].astype(str) == cfg.stage_hash("classify")].copy()
+    rows["shots"] = pd.array([parse_shots(v) for v in rows["shots"]], dtype="Int64")
     return rows.drop_duplicates(RESULT_KEY, keep="first").reset_index(drop=True)
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from mvc import registry
 from mvc.paths import StudyPaths, resolve_path
 from mvc.stages import stage_hash
+from mvc.units import Unit
 
 DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
 MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
@@ -435,8 +436,8 @@ class StudyConfig(Section):
                                  "caption.splits")
         return self
 
-    # the unit of the generative pipeline this view of the study is for: (shots, replicate); None: the main unit
-    _unit: tuple[int | None, int] | None = PrivateAttr(None)
+    # the unit of the generative pipeline this view of the study is for; None: the main unit
+    _unit: Unit | None = PrivateAttr(None)
     _study_dump: dict | None = PrivateAttr(None)
 
     @property
@@ -453,20 +454,24 @@ class StudyConfig(Section):
     # -- units: (shots level, replicate) of the generative pipeline ------------------------------------------
 
     @property
+    def current_unit(self) -> Unit:
+        """The unit this view is for: the main one (the largest shots level, replicate 0) outside a unit view."""
+        return self._unit or Unit(self.data.max_shots, 0)
+
+    @property
     def shots_now(self) -> int | None:
         """The labelled images per class this view trains on (the largest level outside a unit)."""
-        return self._unit[0] if self._unit else self.data.max_shots
+        return self.current_unit.shots
 
     @property
     def replicate(self) -> int:
-        return self._unit[1] if self._unit else 0
+        return self.current_unit.replicate
 
     @property
     def unit_name(self) -> str | None:
         """`shots-<n>_rep-<r>`, or None for the main unit (the largest level, replicate 0: the study's own paths)."""
-        if self._unit is None or (self._unit[0] == self.data.max_shots and self._unit[1] == 0):
-            return None
-        return f"shots-{self._unit[0] or 'all'}_rep-{self._unit[1]}"
+        unit = self.current_unit
+        return None if unit == Unit(self.data.max_shots, 0) else unit.name
 
     def unit(self, shots: int | None, replicate: int = 0) -> StudyConfig:
         """The study as unit (shots, replicate) sees it: its own fine-tuning and generation folders and seeds
@@ -474,10 +479,11 @@ class StudyConfig(Section):
         if shots not in self.data.shot_levels or not 0 <= replicate < self.replicates:
             raise ValueError(f"no unit (shots={shots}, replicate={replicate}) in this study: data.shots "
                              f"{self.data.shot_levels}, replicates {self.replicates}")
+        unit = Unit(shots, replicate)
         view = self.model_copy(update={
-            "finetune": self.finetune.model_copy(update={"seed": self.finetune.seed + replicate}),
-            "generate": self.generate.model_copy(update={"seed": self.generate.seed + replicate})})
-        view._unit, view._study_dump = (shots, replicate), self._study_dump or self.model_dump(mode="json")
+            "finetune": self.finetune.model_copy(update={"seed": unit.seed(self.finetune.seed)}),
+            "generate": self.generate.model_copy(update={"seed": unit.seed(self.generate.seed)})})
+        view._unit, view._study_dump = unit, self._study_dump or self.model_dump(mode="json")
         return view
 
     def units(self) -> list[StudyConfig]:

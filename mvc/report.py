@@ -26,7 +26,7 @@ import pandas as pd
 
 from mvc import figures
 from mvc.artifacts import (diffusion_images, load_backbone_loss, load_image_metrics, load_images, load_loss,
-                           load_results, load_splits, load_synthetic, report_index, shots_label, synthetic_set_names)
+                           load_results, load_splits, load_synthetic, report_index, synthetic_set_names)
 from mvc.config import StudyConfig, config_to_yaml
 from mvc.imaging import tensor_to_images
 from mvc.io import write_text
@@ -53,7 +53,7 @@ class ReportInputs:
 
     @cached_property
     def classification(self) -> pd.DataFrame:
-        return accuracy_table(self.results, shots=shots_label(self.cfg.data.max_shots))
+        return accuracy_table(self.results, shots=self.cfg.data.max_shots)
 
     @cached_property
     def few_shot(self) -> pd.DataFrame | None:
@@ -63,8 +63,7 @@ class ReportInputs:
     def paired(self) -> pd.DataFrame | None:
         """Each paired MVC method (`Method.paired`) minus every baseline, at every shots level."""
         ran = set(self.results["method"])
-        tests = [paired_tests(self.results, m, self.cfg.report.comparator, shots=shots_label(level))
-                 .assign(shots=shots_label(level))
+        tests = [paired_tests(self.results, m, self.cfg.report.comparator, shots=level).assign(shots=level)
                  for level in reversed(self.cfg.data.shot_levels) for m in report_order(ran) if METHODS.get(m)
                  and METHODS[m].paired]
         tests = [t for t in tests if "baseline" in t]

@@ -7,6 +7,7 @@ import pandas as pd
 from scipy import stats
 
 from mvc.registry import mvc_methods, report_order
+from mvc.units import parse_shots
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -35,11 +36,16 @@ def interval(r: pd.DataFrame, column: str = "top1") -> tuple[float, float]:
     return mean_ci(units)
 
 
-def at_shots(results: pd.DataFrame, shots) -> pd.DataFrame:
+def shots_of(results: pd.DataFrame) -> pd.Series:
+    """The results' shots levels as integers (None: all images), however the column was read."""
+    return results["shots"].map(parse_shots)
+
+
+def at_shots(results: pd.DataFrame, shots: int | None) -> pd.DataFrame:
     """The runs of one shots level (all runs when the results have no such column or `shots` is None)."""
     if shots is None or "shots" not in results:
         return results
-    return results[results["shots"].astype(str) == str(shots)]
+    return results[shots_of(results) == shots]
 
 
 def accuracy_table(results: pd.DataFrame, variant: str = "main", shots=None) -> pd.DataFrame:
@@ -60,7 +66,7 @@ def accuracy_table(results: pd.DataFrame, variant: str = "main", shots=None) -> 
 def shots_table(results: pd.DataFrame) -> pd.DataFrame:
     """Top-1 mean and 95% interval per shots level and method (the few-shot curve's numbers)."""
     main = results[results["variant"] == "main"]
-    levels = sorted({v for v in main["shots"].astype(str)}, key=lambda v: (v == "all", int(v) if v.isdigit() else 0))
+    levels = sorted(set(shots_of(main)), key=lambda v: (v is None, v or 0))
     frames = [accuracy_table(main, shots=level).assign(shots=level) for level in levels]
     if not frames:
         return pd.DataFrame(columns=["shots", "method", "seeds", "replicates", "top1", "ci95"])
@@ -124,7 +130,7 @@ def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
     seeds = set(ab["seed"])
     main = results[(results["variant"] == "main") & results["method"].isin(["mvc", "mvc_two_phase"]) & results["seed"].isin(seeds)]
     if "shots" in ab:  # the ablations run at one level (the largest)
-        main = at_shots(main, ab["shots"].astype(str).iloc[0])
+        main = at_shots(main, parse_shots(ab["shots"].iloc[0]))
     rows = []
     for (variant, method), r in pd.concat([main, ab]).groupby(["variant", "method"], sort=False):
         m, h = interval(r)

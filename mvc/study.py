@@ -148,7 +148,21 @@ def _device() -> str:
 
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"cpu: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores"
+    return f"cpu: {cpu_model()}, {psutil.cpu_count()} cores"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the flags that change CPU speed most here (AVX512-BF16, AMX, AVX2), from
+    /proc/cpuinfo where there is one: timings are compared on one CPU only."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    shown = [f for f, key in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"), ("AVX2", "avx2")) if key in flags]
+    return f"{name} ({', '.join(shown) or 'no AVX2'})"
 
 
 def _versions() -> dict[str, str]:

@@ -27,7 +27,7 @@ overrides = []  # each item overrides one field, written as for `mvc study --set
 
 # %%
 
-from mvc import artifacts, classify, figures, report, statistics
+from mvc import classify, figures, report, statistics
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
@@ -52,7 +52,7 @@ figures.marked_grid(images, synthetic);
 
 # %%
 print(report.interval_sentence(cfg))
-table = statistics.accuracy_table(results, shots=artifacts.shots_label(cfg.data.max_shots))
+table = statistics.accuracy_table(results, shots=cfg.data.max_shots)
 table
 
 # %%
@@ -64,7 +64,7 @@ figures.accuracy_bars(table);
 # The comparator named in advance (`report.comparator`) is marked; the others are a family of tests.
 
 # %%
-statistics.paired_tests(results, "mvc", cfg.report.comparator, shots=artifacts.shots_label(cfg.data.max_shots))
+statistics.paired_tests(results, "mvc", cfg.report.comparator, shots=cfg.data.max_shots)
 
 # %% [markdown]
 # ## Every shots level (the few-shot curve, when `data.shots` is a list)

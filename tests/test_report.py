@@ -104,3 +104,15 @@ def test_report_all_collects_every_study(tmp_path, results):
         report.write_table(statistics.accuracy_table(results), tmp_path / study / "tables", "classification")
     text = report.report_all(tmp_path)
     assert "digits" in text and "cifar10" in text and "82.00 ±" in text
+
+
+def test_a_unit_keeps_its_shots_an_integer_until_written():
+    from mvc.units import Unit, parse_shots
+
+    assert Unit(10, 2).name == "shots-10_rep-2" and Unit(None).label == "all" and Unit(5, 1).seed(7) == 8
+    assert [parse_shots(v) for v in ("10", 10, "all")] == [10, 10, None]
+    res = pd.DataFrame({"method": ["mvc"] * 4, "seed": [0, 1, 0, 1], "shots": ["2", "2", "10", "10"],
+                        "variant": "main", "top1": [0.5, 0.6, 0.9, 0.8], "top5": 1.0})
+    table = statistics.shots_table(res)
+    assert table["shots"].tolist() == [2, 10]  # integers, in numeric order ("10" < "2" as strings)
+    assert statistics.accuracy_table(res, shots=10)["top1"].tolist() == [85.0]
