@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
             stage_function(args.command)(cfg, force=args.force)
     except KeyboardInterrupt:
+        # one line, not the tracebacks that the kernel's shutdown logs on its way out (nbclient, asyncio)
+        logging.disable(logging.CRITICAL)
         print(f"mvc {args.command}: interrupted; run the same command again to resume (finished work is kept)",
               file=sys.stderr)
         return 130

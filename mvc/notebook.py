@@ -23,3 +23,17 @@ def open_study(params: str, overrides: list[str]) -> StudyConfig:
     check_memory(cfg)  # a setting that cannot fit the card (or this CPU) is refused here, naming what to lower
     print(f"study {cfg.study}: work in {shown(cfg.paths.run)}, report in {shown(cfg.paths.report)}")
     return cfg
+
+
+def show_items(cfg: StudyConfig, keys: list[str]) -> None:
+    """Show the report items `keys` the study has, each under its key, and close their figures (so Jupyter does
+    not show them a second time at the end of the cell)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    from mvc.report import draw  # deferred: the report's plotting stack is needed only here
+
+    for key, item in draw(cfg, keys).items():
+        display(Markdown(f"**{key}**"), item)
+        if isinstance(item, plt.Figure):
+            plt.close(item)

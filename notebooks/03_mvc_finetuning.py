@@ -32,10 +32,8 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-from IPython.display import display
-
 from mvc import backbone, figures, finetune, generate, report
-from mvc.notebook import open_study
+from mvc.notebook import open_study, show_items
 
 cfg = open_study(params, overrides)
 
@@ -70,7 +68,7 @@ finetune.conv_in_table(cfg)
 # ## Loss curves
 
 # %%
-display(*report.draw(cfg, ["backbone_loss_vae", "backbone_loss_unet", "finetune_loss"]).values())
+show_items(cfg, ["backbone_loss_vae", "backbone_loss_unet", "finetune_loss"])
 
 # %% [markdown]
 # ## Samples at the kept checkpoints: the conditioning image, then images generated from it

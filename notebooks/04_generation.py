@@ -27,10 +27,8 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-from IPython.display import Markdown, display
-
 from mvc import generate, metrics, report
-from mvc.notebook import open_study
+from mvc.notebook import open_study, show_items
 
 cfg = open_study(params, overrides)
 
@@ -61,10 +59,8 @@ metrics.image_metrics(cfg)
 # second nearest. The last figure shows the MVC images nearest to a copy above their nearest training image.
 
 # %%
-drawn = report.draw(cfg, ["figure1_real_naive_mvc", "figure2_coarse_fine", "figure5_real_mvc_naive",
-                          "memorization_pairs", "finetune_samples"])
-for name, fig in drawn.items():
-    display(Markdown(f"### {name}"), fig)
+show_items(cfg, ["figure1_real_naive_mvc", "figure2_coarse_fine", "figure5_real_mvc_naive", "memorization_pairs",
+                 "finetune_samples"])
 
 # %% [markdown]
 # ## Summary

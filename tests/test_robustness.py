@@ -263,8 +263,11 @@ def test_stale_temporaries_are_removed_and_ctrl_c_ends_with_one_line(tmp_path):
     notebooks.mkdir(parents=True)
     stale = notebooks / ".01_data_preparation.ipynb.k3j2.ipynb"
     stale.write_text("{}")
+    # Ctrl-C's default action in the child even where the test itself was started with SIGINT ignored (a shell's
+    # background job): Python then installs its KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "mvc", "study", str(REPO / "params/smoke.yaml"), *_sets(tmp_path),
-                             "--no-progress"], stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "runs" / "smoke" / "stages" / "data.json").exists() and time.time() < deadline:
         time.sleep(0.2)
