@@ -78,6 +78,16 @@ def print_memory_model(cfg, gpu_memory: float | None) -> None:
     print("# every stage fits")
 
 
+def reports_root(params: str | None, overrides: list[str]):
+    """Where `mvc report --all` looks: the params file's reports root, a `--set reports_root=...`, or the default."""
+    if params is not None:
+        return load_config(params, overrides).paths.report.parent
+    from mvc.paths import resolve_path
+
+    roots = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0].strip() == "reports_root"]
+    return resolve_path(roots[-1]) if roots and roots[-1] else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report" and getattr(args, "all", False):
             from mvc.report import report_all  # deferred: each subcommand imports only what it runs
 
-            print(report_all())
+            print(report_all(reports_root(args.params, args.overrides)))
             return 0
         if args.params is None:
             raise ConfigError("a params file is required, e.g. `mvc report params/digits.yaml` or `mvc report --all`")

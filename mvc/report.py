@@ -35,6 +35,7 @@ from mvc.registry import METHODS, report_order
 from mvc.stages import notebook_stages
 from mvc.state import stage, stage_info
 from mvc.statistics import ablation_table, accuracy_table, paired_tests, shots_table
+from mvc.units import Unit
 
 SECTIONS = ("Main result", "Few-shot curve", "What the method generates", "Ablations and tests", "Image metrics",
             "Diagnostics")
@@ -386,20 +387,46 @@ def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
             "tables": sum(ITEM[k].kind == "table" for k in written)}
 
 
+def _largest_level(study_report: Path) -> str:
+    """The shots level a study's main table is at, from its provenance ("?" when it has none)."""
+    prov = study_report / "provenance.json"
+    if not prov.exists():
+        return "?"
+    shots = json.loads(prov.read_text()).get("params", {}).get("data", {}).get("shots")
+    return Unit(max(shots) if isinstance(shots, list) else shots).label
+
+
 def report_all(reports_root: Path | None = None) -> str:
-    """`mvc report --all`: the classification table across every study under `reports/`, as Markdown."""
+    """`mvc report --all`: the classification table of every study under `reports_root`, a column per study named
+    with the shots level its table is at ("not run" where a study lacks a method), and the few-shot curves of the
+    studies that have one, a row per study, level and method; as Markdown, and under `<root>/_all/tables/`."""
     root = reports_root or REPO_ROOT / "reports"
-    frames = []
+    frames, curves = [], []
     for table in sorted(root.glob("*/tables/classification.csv")):
+        study = table.parent.parent
+        if study.name.startswith("_"):
+            continue
         t = pd.read_csv(table)
-        t["study"] = table.parent.parent.name
+        t["study"] = f"{study.name} ({_largest_level(study)} shots)"
         frames.append(t)
+        if (table.parent / "few_shot.csv").exists():
+            curves.append(pd.read_csv(table.parent / "few_shot.csv").assign(study=study.name))
     if not frames:
         raise FileNotFoundError(f"no study has a classification table under {root}/*/tables/; run `mvc study PARAMS` first")
     allt = pd.concat(frames)
     allt["cell"] = allt["top1"].map("{:.2f}".format) + " ± " + allt["ci95"].map("{:.2f}".format)
-    wide = allt.pivot_table(index="method", columns="study", values="cell", aggfunc="first")
+    wide = allt.pivot_table(index="method", columns="study", values="cell", aggfunc="first").fillna("not run")
     wide = wide.reindex(report_order(wide.index)).reset_index()
     write_table(wide, root / "_all" / "tables", "classification_all_studies",
-                "Top-1 accuracy (%), mean ± 95% CI over seeds, per study")
-    return wide.to_markdown(index=False)
+                "Top-1 accuracy (%), mean ± 95% interval as each study's Table 1 gives it, at the shots level in each "
+                "column's name; not run: a method the study did not run")
+    text = wide.to_markdown(index=False)
+    if curves:
+        few = pd.concat(curves)
+        few["cell"] = few["top1"].map("{:.2f}".format) + " ± " + few["ci95"].map("{:.2f}".format)
+        few = few.pivot_table(index=["study", "shots"], columns="method", values="cell", aggfunc="first")
+        few = few[report_order(few.columns)].fillna("not run").reset_index()
+        write_table(few, root / "_all" / "tables", "few_shot_all_studies",
+                    "Top-1 accuracy (%) per study and shots level (the studies with a few-shot curve)")
+        text += "\n\n" + few.to_markdown(index=False)
+    return text

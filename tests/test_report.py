@@ -100,10 +100,25 @@ def test_a_missing_stage_output_names_the_stage_to_run(smoke):
 
 
 def test_report_all_collects_every_study(tmp_path, results):
+    import json
+
+    from mvc import cli
+
     for study in ("digits", "cifar10"):
         report.write_table(statistics.accuracy_table(results), tmp_path / study / "tables", "classification")
+    report.write_table(statistics.accuracy_table(results[results["method"] != "mvc"]), tmp_path / "curve" / "tables",
+                       "classification")
+    report.write_table(statistics.shots_table(results), tmp_path / "curve" / "tables", "few_shot")
+    (tmp_path / "curve" / "provenance.json").write_text(json.dumps({"params": {"data": {"shots": [2, 10]}}}))
     text = report.report_all(tmp_path)
-    assert "digits" in text and "cifar10" in text and "82.00 ±" in text
+    assert "digits (? shots)" in text and "cifar10" in text and "82.00 ±" in text
+    assert "curve (10 shots)" in text  # the level each column is at
+    wide = pd.read_csv(tmp_path / "_all" / "tables" / "classification_all_studies.csv").set_index("method")
+    assert wide.loc["mvc", "curve (10 shots)"] == "not run"  # not nan
+    assert (tmp_path / "_all" / "tables" / "few_shot_all_studies.csv").exists()  # the curve is kept
+    # `mvc report --all --set reports_root=...` reads the given root, not the repository's
+    assert cli.main(["report", "--all", f"--set=reports_root={tmp_path}"]) == 0
+    assert cli.reports_root(None, [f"reports_root={tmp_path}"]) == tmp_path
 
 
 def test_a_unit_keeps_its_shots_an_integer_until_written():
