@@ -141,20 +141,10 @@ def model_path(cfg: StudyConfig, name: str) -> Path:
     return cfg.paths.model(name, model.stage)
 
 
-def model_work(cfg: StudyConfig, name: str) -> Path:
-    """The work folder (loss, checkpoints, summary) of this unit's fine-tuning of model `name`."""
-    return cfg.paths.model_work(MODELS[name].stage)
-
-
 def trained_model(cfg: StudyConfig, name: str) -> Path | None:
     """This unit's fine-tuned model `name`, or None when no set this unit makes needs it (the stage skipped it)."""
     require(cfg, MODELS[name].stage)
     return cfg.paths.model(name, MODELS[name].stage) if unit_needs_model(cfg, name) else None
-
-
-def mvc_model_path(cfg: StudyConfig) -> Path:
-    """The fine-tuned MVC model (a `StableDiffusionInstructPix2PixPipeline` folder)."""
-    return model_path(cfg, "mvc")
 
 
 def load_backbone_loss(cfg: StudyConfig) -> pd.DataFrame | None:

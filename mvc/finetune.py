@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration
-from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+import diffusers
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
@@ -316,7 +316,7 @@ def _train(cfg: StudyConfig, accelerator, model_name: str, show_progress: bool, 
                "mixed_precision": accelerator.mixed_precision, "shots": cfg.shots_now, "replicate": cfg.replicate,
                "seed": ft.seed}
     write_json(work / "summary.json", summary)
-    save_model(bb, model.eval(), out, not spec.image_conditioned)  # last: a saved model marks the unit done
+    save_model(bb, model.eval(), out, spec.pipeline)  # last: a saved model marks the unit done
     return summary
 
 
@@ -335,11 +335,10 @@ def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def save_model(bb, unet, folder: Path, text_only: bool = False) -> None:
-    """A folder that diffusers' `StableDiffusionInstructPix2PixPipeline.from_pretrained` loads (the MVC model), or
-    `StableDiffusionPipeline.from_pretrained` (the text-only baseline)."""
-    kind = StableDiffusionPipeline if text_only else StableDiffusionInstructPix2PixPipeline
-    pipe = kind(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet, scheduler=bb.scheduler,
+def save_model(bb, unet, folder: Path, pipeline: str) -> None:
+    """A folder that diffusers' `pipeline` class loads with `from_pretrained` (the model's `FineTunedModel.pipeline`:
+    `StableDiffusionInstructPix2PixPipeline` for the image-conditioned models, `StableDiffusionPipeline` else)."""
+    pipe = getattr(diffusers, pipeline)(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet, scheduler=bb.scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
