@@ -30,14 +30,30 @@ SPLITS = ("train", "pool", "val", "test")
 # data
 
 
-def load_splits(cfg: StudyConfig) -> pd.DataFrame:
-    """`splits.csv`: image_id, label, class_name, class_dir, split, source. In the view of a smaller shots level
-    (`cfg.unit(shots, r)`), the train images past the first `shots` of each class are in split `unused`."""
+def stored_splits(cfg: StudyConfig) -> pd.DataFrame:
+    """`splits.csv` as the data stage wrote it: image_id, label, class_name, class_dir, split, source, with every
+    labelled candidate (`data.labelled_per_class` per class) in split `train`."""
     require(cfg, "data")
-    splits = pd.read_csv(cfg.paths.splits, keep_default_na=False)
-    if cfg.shots_now is not None and cfg.shots_now != cfg.data.max_shots:
-        train = splits["split"] == "train"
-        rank = splits[train].sort_values("image_id").groupby("label").cumcount()
+    return pd.read_csv(cfg.paths.splits, keep_default_na=False)
+
+
+def labelled_order(splits: pd.DataFrame, seed: int, replicate: int, redraw: bool) -> pd.Series:
+    """Each train candidate's rank in its class: the data stage's order (by image id), or, for replicate r >= 1
+    of a study with `redraw_labelled`, a permutation seeded by (seed, r). A shots level takes ranks below `shots`."""
+    train = splits[splits["split"] == "train"].sort_values("image_id")
+    if not redraw or replicate == 0:
+        return train.groupby("label").cumcount()
+    rng = np.random.default_rng([seed, replicate])
+    keys = pd.Series(rng.permutation(len(train)), index=train.index)
+    return keys.groupby(train["label"]).rank(method="first").astype(int) - 1
+
+
+def load_splits(cfg: StudyConfig) -> pd.DataFrame:
+    """The splits as this view's unit sees them (`cfg.unit(shots, r)`; outside a unit view, the main unit): its
+    `shots` labelled images per class in split `train` (`labelled_order`), the other candidates in `unused`."""
+    splits = stored_splits(cfg)
+    if cfg.shots_now is not None:
+        rank = labelled_order(splits, cfg.seed, cfg.replicate, cfg.replicate > 0 and cfg.redraw_labelled)
         splits.loc[rank[rank >= cfg.shots_now].index, "split"] = "unused"
     return splits
 
@@ -238,9 +254,15 @@ def load_synthetic(cfg: StudyConfig, name: str, resolution: int | None = None,
 # metrics, classify, report
 
 
-def load_image_metrics(cfg: StudyConfig) -> pd.DataFrame:
+def load_image_metrics(cfg: StudyConfig, all_units: bool = False) -> pd.DataFrame:
+    """`image_metrics.csv`: the rows of this view's unit (outside a unit view, the main one), or with `all_units`
+    those of every unit of the study's shots levels and replicates."""
     require(cfg, "metrics")
-    return pd.read_csv(cfg.paths.image_metrics)
+    rows = pd.read_csv(cfg.paths.image_metrics, keep_default_na=True, dtype={"shots": str})
+    units = {(u.current_unit.label, u.replicate) for u in cfg.units()} if all_units else \
+        {(cfg.current_unit.label, cfg.replicate)}
+    keep = [(s, int(r)) in units for s, r in zip(rows["shots"], rows["replicate"])]
+    return rows[keep].reset_index(drop=True)
 
 
 RESULT_COLUMNS = ["dataset", "method", "seed", "replicate", "shots", "backbone", "variant", "top1", "top5", "steps",
@@ -254,8 +276,9 @@ def shots_label(shots: int | None) -> str:
 
 
 def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
-    """results.csv rows made with the current classify params (rows of an older params hash are left out,
-    and a run recorded twice counts once); `shots` as integers (a nullable column: <NA> for all images)."""
+    """results.csv rows made with the current classify params at the study's shots levels (rows of an older params
+    hash or of a level since removed are left out, and a run recorded twice counts once); `shots` as integers (a
+    nullable column: <NA> for all images)."""
     if require_done:
         require(cfg, "classify")
     parts = [] if require_done else sorted(cfg.paths.run.glob(".results-part-*.csv"))  # a grid in progress
@@ -264,6 +287,7 @@ def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     rows = pd.concat(frames)
     rows = rows[rows["params_hash"].astype(str) == cfg.stage_hash("classify")].copy()
+    rows = rows[rows["shots"].astype(str).isin([Unit(s).label for s in cfg.data.shot_levels])]
     rows["shots"] = pd.array([parse_shots(v) for v in rows["shots"]], dtype="Int64")
     return rows.drop_duplicates(RESULT_KEY, keep="first").reset_index(drop=True)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mvc.artifacts import backbone_source, class_names, diffusion_images, load_captions, load_splits
+from mvc.artifacts import backbone_source, class_names, diffusion_images, load_captions, stored_splits
 from mvc.captioners import AttributeCaptioner, caption_text
 from mvc.components import diffusion_loss, load_backbone, text_components
 from mvc.config import StudyConfig
@@ -34,6 +34,17 @@ from mvc.surrogate import build_surrogate_unet, build_surrogate_vae, noise_sched
 def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
     for _ in range(steps):
         yield torch.randint(0, n, (batch,), generator=gen)
+
+
+def source_domain_images(cfg: StudyConfig, names: list[str], labels: bool = False):
+    """The labelled source-domain images, uint8 (N, H, W, C) at the data resolution (None when there are none),
+    with their labels (indices into `names`) if `labels`."""
+    s = cfg.backbone.surrogate
+    if cfg.backbone.kind != "surrogate" or s.source_domain == "none":
+        return (None, None) if labels else None
+    images, y = printed_digits(names, s.source_per_class, cfg.data.resolution, s.seed)
+    images = np.repeat(images, 3, axis=-1) if cfg.data.channels == 3 else images
+    return (images, y) if labels else images
 
 
 def source_domain(cfg: StudyConfig, names: list[str]) -> tuple[torch.Tensor, list[str]]:
@@ -57,7 +68,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     from diffusers.optimization import get_scheduler
 
     s, res = cfg.backbone.surrogate, cfg.backbone.resolution
-    splits, captions = load_splits(cfg), load_captions(cfg)
+    splits, captions = stored_splits(cfg), load_captions(cfg)
     pool = splits[splits["split"] == "pool"]
     if pool.empty:
         raise ValueError("backbone.kind: surrogate needs an unlabelled pool to pretrain on, but the pool split is "

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
-from mvc.artifacts import load_captions, load_images, load_splits
+from mvc.artifacts import load_captions, load_images, stored_splits
 from mvc.captioners import Captioner, build_captioner, caption_text
 from mvc.config import StudyConfig
 from mvc.io import append_rows, read_rows, write_csv
@@ -56,7 +56,7 @@ def caption_dataset(cfg: StudyConfig, captioner: Captioner | None = None, show_p
     """Caption every image of `caption.splits` not captioned yet (`max_batches` stops each process early: tests
     use it to simulate an interruption)."""
     dist = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
-    splits = load_splits(cfg)
+    splits = stored_splits(cfg)
     wanted = splits[splits["split"].isin(cfg.caption.splits)]
     todo = wanted[~wanted["image_id"].isin(captioned_ids(cfg))]
     bs = cfg.caption.batch_size

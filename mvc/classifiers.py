@@ -108,6 +108,7 @@ class ClassificationData:
     num_classes: int
     synthetic: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]] = field(default_factory=dict)
     # synthetic set -> (uint8 images, source row in train_x, index j)
+    source: tuple[torch.Tensor, torch.Tensor] | None = None  # the labelled source domain (uint8 NCHW, labels)
 
 
 class SyntheticSampler:
@@ -149,13 +150,16 @@ class RunSpec:
     replicate: int = 0  # the replicate of the generative pipeline it is paired with
 
 
-def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool]]:
-    """[(steps, lr scale, synthetic allowed)] per phase; every method totals `c.steps`."""
+def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool, bool]]:
+    """[(steps, lr scale, synthetic allowed, on the source domain)] per phase; every method totals `c.steps`."""
     synthetic = bool(method_sets(method, c))
     if METHODS[method].two_phase:  # phase 2: real images only, a fresh cosine schedule at a lower rate
         second = max(1, round(c.two_phase_fraction * c.steps))
-        return [(c.steps - second, 1.0, synthetic), (second, c.two_phase_lr_scale, False)]
-    return [(c.steps, 1.0, synthetic)]
+        return [(c.steps - second, 1.0, synthetic, False), (second, c.two_phase_lr_scale, False, False)]
+    if METHODS[method].source:  # phase 1: the labelled source domain; phase 2: the labelled images, a fresh schedule
+        first = max(1, round(c.source_fraction * c.steps))
+        return [(first, 1.0, False, True), (c.steps - first, 1.0, synthetic, False)]
+    return [(c.steps, 1.0, synthetic, False)]
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -180,13 +184,16 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
     else:
         opt = adamw(model.parameters(), device, lr=c.lr, weight_decay=c.weight_decay)
     model.train()
-    for phase, (steps, lr_scale, synthetic_ok) in enumerate(phase_schedule(spec.method, c)):
+    for phase, (steps, lr_scale, synthetic_ok, on_source) in enumerate(phase_schedule(spec.method, c)):
         for group in opt.param_groups:
             group["lr"] = c.lr * lr_scale
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+        if on_source and data.source is None:
+            raise ValueError(f"method {spec.method} trains on the labelled source domain, which was not loaded")
+        pool_x, pool_y = data.source if on_source else (data.train_x, data.train_y)
         for _ in range(steps):
-            rows = rng.integers(0, len(data.train_y), c.batch_size)
-            x, y = data.train_x[rows], data.train_y[rows]
+            rows = rng.integers(0, len(pool_y), c.batch_size)
+            x, y = pool_x[rows], pool_y[rows]
             used = np.zeros(len(rows), bool)
             if sampler is not None and synthetic_ok:
                 x, used = sampler(rows, spec.p_synthetic, rng, x)

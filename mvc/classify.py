@@ -14,8 +14,9 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
-from mvc.artifacts import (RESULT_COLUMNS, RESULT_KEY, load_images, load_results, load_splits, load_synthetic,
-                           methods_at_level, shots_label)
+from mvc.artifacts import (RESULT_COLUMNS, RESULT_KEY, class_names, load_images, load_results, load_splits,
+                           load_synthetic, methods_at_level, shots_label)
+from mvc.backbone import source_domain_images
 from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, train_classifier
 from mvc.config import StudyConfig
 from mvc.imaging import to_chw
@@ -28,8 +29,9 @@ from mvc.state import stage
 log = logging.getLogger(__name__)
 
 
-def load_classification_data(cfg: StudyConfig, sets: list[str] = ()) -> ClassificationData:
-    """The real train and test images and the named synthetic sets, as tensors."""
+def load_classification_data(cfg: StudyConfig, sets: list[str] = (), source: bool = False) -> ClassificationData:
+    """The real train and test images, the named synthetic sets and (`source`) the labelled source domain, as
+    tensors."""
     splits, images = load_splits(cfg), load_images(cfg)
     train, test = splits[splits["split"] == "train"], splits[splits["split"] == cfg.classify.evaluate_on]
     data = ClassificationData(to_chw(images[train["image_id"].to_numpy()]), torch.tensor(train["label"].to_numpy()),
@@ -40,6 +42,9 @@ def load_classification_data(cfg: StudyConfig, sets: list[str] = ()) -> Classifi
         imgs, manifest = load_synthetic(cfg, name)
         data.synthetic[name] = (to_chw(imgs), row_of.loc[manifest["source_image_id"]].to_numpy(),
                                 manifest["index"].to_numpy())
+    if source:
+        images, labels = source_domain_images(cfg, class_names(splits), labels=True)
+        data.source = (to_chw(images), torch.tensor(labels))
     return data
 
 
@@ -99,11 +104,14 @@ def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int |
     for spec in progress(specs, desc="classify", unit="run", disable=not show_progress):
         if max_runs is not None and ran >= max_runs:
             break
-        unit = (spec.shots, spec.replicate if spec.synthetic_sets else 0, bool(spec.synthetic_sets))
+        # a real-data method trains on replicate 0's labelled images unless replicates redraw them
+        unit = (spec.shots, spec.replicate if spec.synthetic_sets or cfg.redraw_labelled else 0,
+                bool(spec.synthetic_sets), METHODS[spec.method].source)
         if unit not in loaded:
-            if any(shots != spec.shots for shots, _, _ in loaded):
+            if any(key[0] != spec.shots for key in loaded):
                 loaded.clear()  # the units of one shots level at a time (the grid is ordered by level)
-            loaded[unit] = load_classification_data(cfg.unit(*unit[:2]), sets_at[spec.shots] if unit[2] else [])
+            loaded[unit] = load_classification_data(cfg.unit(*unit[:2]), sets_at[spec.shots] if unit[2] else [],
+                                                    unit[3])
         data = loaded[unit]
         model = train_classifier(data, spec, cfg.classify, cfg.data.resolution, device)
         top1, top5 = evaluate(model, data.test_x, data.test_y, device)
@@ -177,7 +185,7 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
     else:
         ran = run_specs(cfg, mine, cfg.paths.run / f".results-part-{dist.process_index}-0.csv", None, show, max_runs)
     dist.wait_for_everyone()
-    if len(finished_runs(cfg)) < len(specs):
+    if any(run_key(s) not in finished_runs(cfg) for s in specs):
         return None  # stopped early: the parts stay, and the next call runs what is left
     if not dist.is_main_process:
         return {}

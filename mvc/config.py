@@ -41,10 +41,15 @@ class DataConfig(Section):
     class_names: dict[str, str] = {}  # folder name -> readable name used in prompts (e.g. a Tiny ImageNet wnid)
     resolution: int = Field(16, ge=8, le=1024)  # side of the square images stored and classified
     channels: Literal[1, 3] = 3
-    # labelled training images per class (None: all that remain); a list runs the few-shot curve: the train split
-    # holds the largest level and each smaller level is its first `n` images per class (nested), every level with
-    # its own fine-tuning, generation and classifiers; the pool (and so the backbone) is the same for all levels
+    # labelled training images per class (None: all that remain); a list runs the few-shot curve: each level is the
+    # first `n` of the labelled candidates of a class (nested), every level with its own fine-tuning, generation and
+    # classifiers. No output before fine-tuning depends on it: the splits, captions and backbone are shared by all
+    # levels, so adding or removing a level runs only the units that change
     shots: int | list[int] | None = Field(10)
+    # labelled candidates set aside per class (after test and val, before the pool); every shots level, and with
+    # `redraw_labelled` every replicate, draws its labelled images from them. None: the largest shots level (the
+    # splits then change when the largest level does: set a count to extend a curve without recomputing)
+    labelled_per_class: int | None = Field(None, ge=1)
     val_per_class: int = Field(10, ge=0)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # where the dataset has no official test split
     test_per_class: int | None = Field(None, ge=1)  # cap on test images per class (None: all)
@@ -66,6 +71,24 @@ class DataConfig(Section):
         if any(n < 1 for n in levels) or len(set(levels)) != len(levels):
             raise ValueError(f"data.shots must be positive and distinct, got {v}")
         return sorted(v) if isinstance(v, list) and len(v) > 1 else (v[0] if isinstance(v, list) else v)
+
+    @model_validator(mode="after")
+    def _labelled_candidates(self) -> DataConfig:
+        top = self.shot_levels[-1]
+        if self.labelled_per_class is None:
+            if isinstance(self.shots, list):
+                warnings.warn(f"data.shots is a curve ({self.shots}) and data.labelled_per_class is not set: the "
+                              f"labelled candidates are the largest level's {top}, so a larger level added later "
+                              f"redraws the splits and recomputes every stage; set data.labelled_per_class to the "
+                              f"largest level the curve may reach", UserWarning, stacklevel=2)
+            object.__setattr__(self, "labelled_per_class", top)  # resolved once, so that the hashes see a count
+        elif top is None:
+            raise ValueError("data.labelled_per_class is set but data.shots is null (every remaining image is "
+                             "labelled): remove one of them")
+        elif self.labelled_per_class < top:
+            raise ValueError(f"data.labelled_per_class ({self.labelled_per_class}) is below the largest level of "
+                             f"data.shots ({top}): set it to at least {top}")
+        return self
 
     @property
     def shot_levels(self) -> list[int | None]:
@@ -226,6 +249,9 @@ class GenerateConfig(Section):
     #   generating from own captions: with mvc_nomix it separates mixing at training and at generation
     sets: list[str] = ["sd_naive"]
     naive_guidance: float = Field(3.0, ge=0)  # s_T of the text-only sets (sd_naive, sd_finetuned) and of SDEdit
+    # s_T of a text-only or SDEdit set by name, as `mvc select` chooses them on validation data (a set not named
+    # here uses naive_guidance); MVC's conditioned sets use guidance_text and guidance_image
+    guidance_per_set: dict[str, float] = {}
     img2img_strength: float = Field(0.5, gt=0, le=1)  # t0: the share of the noise schedule the real image is noised
     batch_size: int = Field(100, ge=1)
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
@@ -288,6 +314,7 @@ class MetricsConfig(Section):
     judge_splits: list[Literal["train", "pool", "val"]] = Field(["val", "pool"], min_length=1)
     judge_steps: int = Field(400, ge=1)
     reference_split: Literal["test", "val"] = "test"  # the real domain the distances are measured against
+    judge_scored_on: Literal["test", "val"] = "test"  # the real split the judge's own accuracy is measured on
     kid_subsets: int = Field(100, ge=1)  # random subsets KID is estimated on (mean, std, 95 % percentile interval)
     kid_subset_size: int = Field(50, ge=2)  # images per KID subset (capped by the set size)
     max_images: int = Field(1000, ge=10)  # at most this many images per set (the same number of every class)
@@ -320,6 +347,9 @@ class ClassifyConfig(Section):
     mvc_modes: list[MixMode] = Field(["coarse"], min_length=1)
     two_phase_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps in phase 2 (real only)
     two_phase_lr_scale: float = Field(0.1, gt=0, le=1)
+    # source_pretrained (the generator's extra data used directly): the share of its steps on the labelled source
+    # domain the surrogate backbone learnt from, before the rest on the labelled images (a fresh cosine schedule)
+    source_fraction: float = Field(0.5, gt=0, lt=1)
     autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = "cifar10"
     randaugment_num_ops: int = 2
     randaugment_magnitude: int = 9
@@ -349,6 +379,26 @@ class ReportConfig(Section):
     classes_in_figures: int = Field(10, ge=1)
 
 
+class SelectConfig(Section):
+    """What `mvc select` tries on the validation split (an empty list: that knob keeps the params file's value), and
+    its rule: among the trials whose copies (of the labelled images, the pool and the source domain) are at most
+    `max_copies`, the highest label fidelity; within `fidelity_tolerance` of it, the most novel (the highest
+    nn_distance_vs_real). Classifier knobs: the highest mean validation accuracy over `seeds`."""
+
+    finetune_steps: list[int] = [300, 600, 1200]
+    cond_image: list[Literal["other", "same"]] = ["other"]
+    guidance_text: list[float] = [2.0, 4.0, 7.5]  # s_T of MVC's sets
+    guidance_image: list[float] = [1.5, 2.5]  # s_I of MVC's sets
+    text_guidance: list[float] = [2.0, 3.0, 5.0, 7.5]  # s_T of each text-only or SDEdit set, chosen per set
+    randaugment_magnitude: list[int] = [5, 9, 13]
+    randaugment_num_ops: list[int] = [1, 2]
+    p_synthetic: list[float] = [0.25, 0.5, 0.75]  # the MVC methods' synthetic share
+    seeds: list[int] = Field([0, 1, 2], min_length=1)  # classifier seeds of each classifier trial
+    max_copies: float = Field(0.05, ge=0, le=1)
+    fidelity_tolerance: float = Field(0.01, ge=0, le=1)
+    budget_minutes: float = Field(20.0, gt=0)  # no trial starts after this; untried knobs keep their values
+
+
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -359,6 +409,11 @@ class StudyConfig(Section):
     # generate.seed + r; classifier seed number i is paired with replicate i mod R, and the intervals become t
     # intervals over the R per-replicate means (they then cover the generative pipeline's variance too)
     replicates: int = Field(1, ge=1)
+    # replicates r >= 1 also redraw which images are labelled: each class's `shots` images are drawn afresh (seeded
+    # by seed and r) from its `data.labelled_per_class` candidates, the pool, val and test untouched; every method,
+    # the real-data ones included, then trains replicate r on its own draw, so the intervals cover which images
+    # were labelled. False: every replicate labels the same images (the intervals cover the generative seeds only)
+    redraw_labelled: bool = False
     # with several shots levels: the classifier methods run below the largest level (None: every method); the
     # models and synthetic sets that only the other methods need are then made at the largest level alone
     curve_methods: list[MethodName] | None = None
@@ -374,6 +429,7 @@ class StudyConfig(Section):
     metrics: MetricsConfig = MetricsConfig()
     classify: ClassifyConfig = ClassifyConfig()
     report: ReportConfig = ReportConfig()
+    select: SelectConfig = SelectConfig()  # read by `mvc select` only (in no stage's hash)
 
     @field_validator("study")
     @classmethod
@@ -399,6 +455,19 @@ class StudyConfig(Section):
                 fix = (f"add {mode} to generate.modes" if mode is not None else f"add {name} to generate.sets")
                 raise ValueError(f"classify.methods has {method}, which trains on the synthetic set {name}, which "
                                  f"this study does not make: {fix}")
+        text_only = [n for n in registry.set_names() if registry.SETS[n].sampler != "conditioned"]
+        for name in self.generate.guidance_per_set:
+            if name not in text_only:
+                raise ValueError(f"generate.guidance_per_set names {name!r}, which is not a text-only or SDEdit set "
+                                 f"({', '.join(text_only)}); MVC's sets use generate.guidance_text and "
+                                 f"generate.guidance_image")
+        needs_source = [m for m in self.classify.methods if registry.METHODS[m].source]
+        if needs_source and (self.backbone.kind != "surrogate" or self.backbone.surrogate.source_domain == "none"):
+            raise ValueError(f"classify.methods has {needs_source[0]}, which pretrains on the labelled source domain "
+                             f"the surrogate backbone learnt from, but this study has none (backbone.kind: "
+                             f"{self.backbone.kind}, backbone.surrogate.source_domain: "
+                             f"{self.backbone.surrogate.source_domain}): remove it, or set "
+                             f"backbone.surrogate.source_domain")
         if self.curve_methods is not None and not set(self.curve_methods) <= set(self.classify.methods):
             raise ValueError(f"curve_methods {sorted(set(self.curve_methods) - set(self.classify.methods))} are not "
                              f"in classify.methods: the curve runs a subset of the grid's methods")
@@ -418,6 +487,10 @@ class StudyConfig(Section):
         if self.curve_methods is not None and len(self.data.shot_levels) == 1:
             raise ValueError(f"curve_methods is set but data.shots ({self.data.shots}) is one level: it names the "
                              "methods run below the largest of several levels; remove it, or give data.shots a list")
+        if self.redraw_labelled and self.replicates > 1 and self.data.labelled_per_class == self.data.max_shots:
+            raise ValueError(f"redraw_labelled is true but data.labelled_per_class ({self.data.labelled_per_class}) "
+                             f"equals the largest shots level, so every replicate would draw the same images: set "
+                             f"data.labelled_per_class above {self.data.max_shots}")
         if self.curve_methods == []:
             raise ValueError(f"curve_methods is empty with data.shots {self.data.shots}: no method would run below "
                              f"the largest level while its models were still made; name the methods of the curve, "
@@ -596,6 +669,17 @@ def load_config(params: str | Path, overrides: list[str] | tuple[str, ...] = ())
         return StudyConfig.model_validate(tree)
     except ValidationError as err:
         raise _explain(err, str(path) + (f" with --set {list(overrides)}" if overrides else "")) from None
+
+
+def with_values(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
+    """`cfg` with dotted fields set (`{"finetune.steps": 300}`), validated again."""
+    tree = cfg.model_dump(mode="json")
+    for dotted, value in values.items():
+        _apply_override(tree, dotted.split("."), value)
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as err:
+        raise _explain(err, f"study {cfg.study!r} with {values}") from None
 
 
 def config_to_yaml(cfg: StudyConfig) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import UnidentifiedImageError
 
-from mvc.artifacts import SPLITS, load_splits
+from mvc.artifacts import SPLITS, stored_splits
 from mvc.config import DataConfig, StudyConfig
 from mvc.datasets import DataNotFound, Item, build_reader
 from mvc.imaging import to_array
@@ -68,7 +68,8 @@ def assign_splits(items: list[Item], cfg: DataConfig, seed: int) -> dict[str, tu
     """Per class, a seeded candidate order: {class: ([(split, quota, own candidates), ...], shared candidates)}.
 
     Official test items go to `test`; the others fill `test` (if the dataset has none), `val`, `train`
-    (`shots` per class) and `pool`, in that order. Candidates, not final: an unreadable item is skipped and
+    (`labelled_per_class` candidates, from which every shots level draws) and `pool`, in that order: no split
+    depends on the shots levels. Candidates, not final: an unreadable item is skipped and
     the next one taken, so quotas stay exact.
     """
     rng = np.random.default_rng(seed)
@@ -87,12 +88,12 @@ def assign_splits(items: list[Item], cfg: DataConfig, seed: int) -> dict[str, tu
         if cfg.test_per_class:
             n_test = min(n_test, cfg.test_per_class)
         quotas = [("test", n_test, test_idx if has_official_test else None), ("val", cfg.val_per_class, None),
-                  ("train", cfg.max_shots, None), ("pool", cfg.pool_per_class, None)]
+                  ("train", cfg.labelled_per_class, None), ("pool", cfg.pool_per_class, None)]
         plan[cls] = (quotas, rest)
     return plan
 
 
-@stage("data", reader=load_splits)
+@stage("data", reader=stored_splits)
 def prepare_dataset(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Read, split and cache the dataset (the splits table is what the stage returns)."""
     paths = cfg.paths

@@ -31,7 +31,7 @@ from mvc.imaging import tensor_to_images
 from mvc.io import append_rows, atomic_path, read_rows, write_csv
 from mvc.mixing import seeded_mixes
 from mvc.progress import progress
-from mvc.registry import MODELS, models_of_sets, mvc_set_names, set_mode, set_spec
+from mvc.registry import MODELS, models_of_sets, mvc_set_names, set_guidance, set_mode, set_spec
 from mvc.runtime import maybe_compile, pick_device, release_memory, run_in_dtype
 from mvc.sampling import initial_noise, make_scheduler, sample
 from mvc.state import stage
@@ -108,7 +108,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     if not todo:
         return 0
     mode, spec = set_mode(g, name), set_spec(name)[0]
-    s_text, s_image = spec.guidance(g)
+    s_text, s_image = set_guidance(g, name)
     unet, vae, sched_cfg, cond_latents = models[spec.model]
     scheduler = make_scheduler(g.scheduler, sched_cfg)
     label_of = dict(zip(emb.frame["image_id"], emb.frame["label"]))

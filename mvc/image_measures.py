@@ -212,6 +212,8 @@ def memorization(images: torch.Tensor, train: torch.Tensor, real_nearest: float,
                  ratio: float = 1 / 3) -> dict[str, float]:
     """Copies of the labelled training images: the share of images whose nearest training image is closer than
     `ratio` times the second nearest, and the median nearest distance, absolute and over real-to-real's."""
+    if len(train) < 2:
+        return {"copies": float("nan"), "nn_distance": float("nan"), "nn_distance_vs_real": float("nan")}
     d1, d2, _ = nearest_two(images, train, own)
     median = float(d1.median())
     return {"copies": float((d1 < ratio * d2).float().mean()), "nn_distance": median,

@@ -16,7 +16,14 @@ fidelity and copies use every image of a set. Measured:
   recorded as `judge_accuracy_on_real`;
 - diversity: the mean pairwise feature distance within a class, averaged over classes;
 - memorization: `copies`, the share of images whose nearest labelled training image is closer than a third of the
-  second nearest, and their median nearest distance over the real-to-real one (`nn_distance_vs_real`).
+  second nearest, and their median nearest distance over the real-to-real one (`nn_distance_vs_real`); the same
+  test against the unlabelled pool (`copies_pool`) and the labelled source domain (`copies_source`), the other
+  images the generator learnt from (NaN where the study has none).
+
+Every unit (shots level x replicate) is measured, each with its own labelled images and synthetic sets, its own
+stratified sample size and a sampling seed of its own (so a resumed stage measures as an uninterrupted one); the
+judge, the feature extractor and the reference split are shared. Each row also says how far mixing and
+other-image conditioning can act in its unit (`effective_design`).
 """
 
 from __future__ import annotations
@@ -29,23 +36,27 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mvc.artifacts import load_image_metrics, load_images, load_splits, load_synthetic, synthetic_set_names
+from mvc.artifacts import (class_names, load_captions, load_image_metrics, load_images, load_splits, load_synthetic,
+                           stored_splits, unit_set_names)
+from mvc.backbone import source_domain_images
 from mvc.classifiers import ClassificationData, RunSpec, evaluate, train_classifier
 from mvc.config import StudyConfig
 from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extract_features, feature_diversity,
                                 frechet_distance, inception_features, kid_subset_scores, kid_summary, memorization,
                                 nearest_two, stratified_sample)
 from mvc.imaging import to_chw
-from mvc.io import write_csv
+from mvc.io import read_rows, write_csv
+from mvc.progress import progress
 from mvc.registry import set_mode
 from mvc.runtime import pick_device, seed_everything
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["synthetic_set", "mode", "images", "images_per_class", "fid", "kid_mean", "kid_std", "kid_ci95_low",
-                  "kid_ci95_high", "label_fidelity", "diversity", "copies", "nn_distance", "nn_distance_vs_real",
-                  "judge_accuracy_on_real", "feature_extractor"]
+METRIC_COLUMNS = ["shots", "replicate", "synthetic_set", "mode", "images", "images_per_class", "fid", "kid_mean",
+                  "kid_std", "kid_ci95_low", "kid_ci95_high", "label_fidelity", "diversity", "copies", "nn_distance",
+                  "nn_distance_vs_real", "copies_pool", "copies_source", "judge_accuracy_on_real", "feature_extractor",
+                  "captions_per_class", "mixable_classes", "partners_per_class"]
 
 ImageSet = tuple[torch.Tensor, np.ndarray, str]  # uint8 NCHW images, labels, mode
 
@@ -58,9 +69,11 @@ class Instruments:
     features: nn.Module  # on `device`, as the judge
     reference: torch.Tensor  # features of the reference sample, float64 (N, d)
     judge_accuracy: float  # the judge's accuracy on the real test split
-    train: torch.Tensor  # the labelled training images (uint8 NCHW): what a copy would copy
+    train: torch.Tensor  # the unit's labelled training images (uint8 NCHW): what a copy would copy
     real_nearest: float  # median pixel distance from a training image to its nearest other one
     device: str = "cpu"  # where the judge and the feature extractor run
+    pool: torch.Tensor | None = None  # the unlabelled pool (uint8 NCHW), None when the study has none
+    source: torch.Tensor | None = None  # the labelled source domain at the data resolution, None when none
 
 
 def split_images(splits: pd.DataFrame, images: np.ndarray, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,14 +83,15 @@ def split_images(splits: pd.DataFrame, images: np.ndarray, names: list[str]) -> 
 
 
 def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, ClassificationData]:
-    """The small CNN trained on real images of the judge splits (crop augmentation only); test data: the test split."""
+    """The small CNN trained on real images of the judge splits (crop augmentation only); its test data: the split
+    `metrics.judge_scored_on` (test; val when `mvc select` chooses a recipe, which never reads test)."""
     splits, images = load_splits(cfg), load_images(cfg)
     train_x, train_y = split_images(splits, images, list(cfg.metrics.judge_splits))
     if len(train_y) == 0:
         raise ValueError(f"metrics.judge_splits {list(cfg.metrics.judge_splits)} hold no images in study "
                          f"{cfg.study!r} (data.val_per_class={cfg.data.val_per_class}, data.pool_per_class="
                          f"{cfg.data.pool_per_class}); give the judge a split with images (never 'train')")
-    test_x, test_y = split_images(splits, images, ["test"])
+    test_x, test_y = split_images(splits, images, [cfg.metrics.judge_scored_on])
     data = ClassificationData(train_x, train_y, test_x, test_y, int(splits["label"].max()) + 1)
     c = cfg.classify.model_copy(update={"steps": cfg.metrics.judge_steps, "backbone": "small_cnn",
                                         "pretrained": False, "small_cnn_width": 32})
@@ -100,7 +114,7 @@ def image_sets(cfg: StudyConfig) -> tuple[ImageSet, dict[str, ImageSet]]:
     ref_x, ref_y = split_images(splits, images, [cfg.metrics.reference_split])
     train_x, train_y = split_images(splits, images, ["train"])
     sets = {"real_train": (train_x, train_y.numpy(), "real")}
-    for name in synthetic_set_names(cfg.generate):
+    for name in unit_set_names(cfg):
         imgs, manifest = load_synthetic(cfg, name)
         mode = set_mode(cfg.generate, name)
         sets[name] = (to_chw(imgs), manifest["label"].to_numpy(), mode)
@@ -129,36 +143,81 @@ def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray,
     m = cfg.metrics
     kid = kid_summary(kid_subset_scores(tools.reference, feats, m.kid_subsets, m.kid_subset_size, rng))
     copies = memorization(imgs, tools.train, tools.real_nearest, own)
+    for key, bank in (("copies_pool", tools.pool), ("copies_source", tools.source)):
+        copies[key] = memorization(imgs, bank, tools.real_nearest)["copies"] if bank is not None else float("nan")
     return {"synthetic_set": name, "images": len(imgs), "fid": frechet_distance(tools.reference, feats), **kid,
             "label_fidelity": evaluate(tools.judge, imgs, torch.tensor(labels), tools.device)[0],
             "diversity": feature_diversity(feats, labels[keep]), **copies,
             "judge_accuracy_on_real": tools.judge_accuracy, "feature_extractor": m.feature_extractor}
 
 
-@stage("metrics", reader=load_image_metrics)
-def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
-    """One row per synthetic set (and the real training images as a reference) in `image_metrics.csv`."""
-    seed_everything(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = pick_device(cfg.device)  # the judge and the feature extractor run where the study runs
-    judge, judge_data = train_judge(cfg, device)
-    judge_acc = evaluate(judge, judge_data.test_x, judge_data.test_y, device)[0]
-    (ref_x, ref_y, _), sets = image_sets(cfg)
-    n = images_per_class({cfg.metrics.reference_split: ref_y, **{k: s[1] for k, s in sets.items()}},
-                         judge_data.num_classes, cfg.metrics.max_images)
-    log.info("metrics: %d images per class in every set, judge accuracy on real test images %.4f", n, judge_acc)
-    features = feature_extractor(cfg, judge).to(device).eval()
+def effective_design(cfg: StudyConfig) -> dict[str, float]:
+    """How far mixing and other-image conditioning can act in this view's unit: the mean number of distinct captions
+    among a class's labelled images, the share of classes with at least two (a coarse or fine mix of one caption is
+    that caption: mixing cannot act there), and the fewest other labelled images of a class (the partners
+    `finetune.cond_image: other` can draw; 0: the target conditions itself, 1: the partner is fixed)."""
+    splits = load_splits(cfg)
+    train = splits[splits["split"] == "train"]
+    captions = load_captions(cfg).set_index("image_id")
+    texts = captions.loc[train["image_id"], "text"].to_numpy()
+    distinct = pd.Series(texts).groupby(train["label"].to_numpy()).nunique()
+    return {"captions_per_class": round(float(distinct.mean()), 2), "mixable_classes": float((distinct > 1).mean()),
+            "partners_per_class": int(train.groupby("label").size().min()) - 1}
+
+
+def other_banks(cfg: StudyConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The other images the generator learnt from, at the data resolution: the unlabelled pool and the labelled
+    source domain (None where the study has none)."""
+    splits, images = stored_splits(cfg), load_images(cfg)
+    pool = split_images(splits, images, ["pool"])[0]
+    source = source_domain_images(cfg, class_names(splits))
+    return (pool if len(pool) else None), (to_chw(source) if source is not None else None)
+
+
+def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge_acc: float, banks: tuple,
+                 device: str) -> list[dict]:
+    """The rows of one unit: its real training images and each of its synthetic sets."""
+    rng = np.random.default_rng([unit.seed, unit.shots_now or 0, unit.replicate])
+    (ref_x, ref_y, _), sets = image_sets(unit)
+    n = images_per_class({unit.metrics.reference_split: ref_y, **{k: s[1] for k, s in sets.items()}},
+                         int(ref_y.max()) + 1, unit.metrics.max_images)
     ref = stratified_sample(ref_y, n, rng)
     train_x = sets["real_train"][0]
-    real_nearest = float(nearest_two(train_x, train_x, torch.arange(len(train_x)))[0].median())
+    real_nearest = float(nearest_two(train_x, train_x, torch.arange(len(train_x)))[0].median()) \
+        if len(train_x) > 2 else float("nan")
     tools = Instruments(judge, features, extract_features(features, ref_x[ref]), judge_acc, train_x, real_nearest,
-                        device)
+                        device, *banks)
+    design = {"shots": unit.current_unit.label, "replicate": unit.replicate, **effective_design(unit)}
     rows = []
     for name, (x, y, mode) in sets.items():
         keep = stratified_sample(y, n, rng)
         own = torch.arange(len(x)) if name == "real_train" else None  # a training image is not its own copy
-        rows.append({**measure(name, x, y, keep, cfg, tools, rng, own), "mode": mode, "images_per_class": n})
-        log.info("metrics %s: %s", name, rows[-1])
-    write_csv(cfg.paths.image_metrics, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+        rows.append({**design, **measure(name, x, y, keep, unit, tools, rng, own), "mode": mode,
+                     "images_per_class": n})
+        log.info("metrics %s %s: %s", unit.current_unit.name, name, rows[-1])
+    return rows
+
+
+@stage("metrics", reader=load_image_metrics)
+def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
+    """Rows per unit, synthetic set (and the real training images as a reference) in `image_metrics.csv`, written
+    after each unit; a unit already in it (an interrupted run, or a level added since) is not measured again."""
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)  # the judge and the feature extractor run where the study runs
+    judge, judge_data = train_judge(cfg, device)
+    judge_acc = evaluate(judge, judge_data.test_x, judge_data.test_y, device)[0]
+    log.info("metrics: judge accuracy on real %s images %.4f", cfg.metrics.judge_scored_on, judge_acc)
+    features = feature_extractor(cfg, judge).to(device).eval()
+    banks = other_banks(cfg)
+    rows = read_rows(cfg.paths.image_metrics)
+    rows = [] if rows is None else rows.to_dict("records")
+    done = {(str(r["shots"]), int(r["replicate"])) for r in rows}
+    for unit in progress(cfg.units(), desc="metrics", unit="unit", disable=not show_progress):
+        if (unit.current_unit.label, unit.replicate) in done:
+            continue
+        rows += measure_unit(unit, judge, features, judge_acc, banks, device)
+        write_csv(cfg.paths.image_metrics, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+    main = [r for r in rows if (str(r["shots"]), int(r["replicate"])) == (cfg.current_unit.label, 0)]
     return {"judge_accuracy_on_real": judge_acc, "judge_splits": list(cfg.metrics.judge_splits),
-            "judge_images": len(judge_data.train_y), "images_per_class": n, "device": str(device)}
+            "judge_images": len(judge_data.train_y), "images_per_class": main[0]["images_per_class"] if main else None,
+            "units": len(cfg.units()), "device": str(device)}

@@ -126,6 +126,14 @@ def set_mode(g, name: str) -> str:
     return mode if mode is not None else spec.mode(g)
 
 
+def set_guidance(g, name: str) -> tuple[float, float]:
+    """(s_T, s_I) of synthetic set `name` under the generate params `g`: its declaration's, with the s_T of
+    `generate.guidance_per_set` for a text-only or SDEdit set named there."""
+    spec, _ = set_spec(name)
+    s_text, s_image = spec.guidance(g)
+    return g.guidance_per_set.get(name, s_text) if spec.sampler != "conditioned" else s_text, s_image
+
+
 def set_names() -> list[str]:
     """The names a params file can put in `generate.sets` (the per-mode MVC sets come from `generate.modes`)."""
     return [n for n, s in SETS.items() if not s.per_mode]
@@ -165,7 +173,8 @@ class Method:
     """A classifier training recipe. Every method trains the same backbone for `classify.steps` steps, with the
     crop and flip of `base_transform` after its own per-image `transforms(c)`; `batch(c, num_classes)` acts on
     whole batches (MixUp, CutMix); `sets(c)` are the synthetic sets a real image of a batch may be replaced from
-    (with chance `classify.p_synthetic`); `two_phase` ends on real images only at a lower rate."""
+    (with chance `classify.p_synthetic`); `two_phase` ends on real images only at a lower rate; `source` starts on
+    the labelled source domain the surrogate backbone learnt from (`classify.source_fraction` of the steps)."""
 
     name: str
     family: Family  # real: no augmentation; classical: the augmentations the field compares with; synthetic; mvc
@@ -173,6 +182,7 @@ class Method:
     batch: Callable[[Any, int], Any] | None = None  # (ClassifyConfig, classes) -> batch transform
     sets: Callable[[Any], tuple[str, ...]] = _no_sets  # ClassifyConfig -> synthetic sets
     two_phase: bool = False
+    source: bool = False
     color: str = "#6fa8dc"  # in plots
     curve: bool = False  # drawn in the few-shot curve (with the best classical method)
     paired: bool = False  # an MVC method tested against every baseline
@@ -291,6 +301,9 @@ register_method(Method("mixup", "classical", batch=_mixup, summary="MixUp on who
 register_method(Method("cutmix", "classical", batch=_cutmix, summary="CutMix on whole batches"))
 register_method(Method("real_two_phase", "real", two_phase=True,
                        summary="real images only, with mvc_two_phase's schedule (the schedule's own effect)"))
+register_method(Method("source_pretrained", "real", source=True, color="#3d85c6", curve=True,
+                       summary="the generator's extra data used directly: the same classifier trained on the labelled "
+                               "source domain first, then on the labelled images"))
 register_method(Method("sd_naive", "synthetic", sets=_one_set("sd_naive"), summary="the sd_naive set"))
 register_method(Method("sd_img2img", "synthetic", sets=_one_set("sd_img2img"), color="#6aa84f", curve=True,
                        summary="the sd_img2img set (SDEdit)"))

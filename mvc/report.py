@@ -74,6 +74,23 @@ class ReportInputs:
         return out[["shots"] + [c for c in out.columns if c != "shots"]].reset_index(drop=True)
 
     @cached_property
+    def unit_metrics(self) -> pd.DataFrame:
+        return load_image_metrics(self.cfg, all_units=True)
+
+    @cached_property
+    def levels(self) -> pd.DataFrame:
+        """Per shots level: how far mixing and other-image conditioning can act there (`metrics.effective_design`)."""
+        return level_design(self.unit_metrics, self.cfg.finetune.cond_image)
+
+    @cached_property
+    def few_shot_marked(self) -> pd.DataFrame | None:
+        """The few-shot table with, per level, what mixing and conditioning can do there."""
+        if self.few_shot is None:
+            return None
+        marks = self.levels.set_index("shots")["what the level can show"]
+        return self.few_shot.assign(level=[marks.get(Unit(s).label, "") for s in self.few_shot["shots"]])
+
+    @cached_property
     def splits(self) -> pd.DataFrame:
         return load_splits(self.cfg)
 
@@ -89,6 +106,42 @@ class ReportInputs:
         synthetic = {n: load_synthetic(cfg, n, cfg.backbone.resolution, sources)
                      for n in synthetic_set_names(cfg.generate)}
         return sources, real, synthetic
+
+
+def level_design(unit_metrics: pd.DataFrame, cond_image: str) -> pd.DataFrame:
+    """Per shots level (over its replicates): labelled images per class, distinct captions per class, the share of
+    classes with two or more, other labelled images per class, and in words what the level can show: mixing needs
+    two distinct captions in a class, other-image conditioning a partner other than the target (with one other
+    image the partner is fixed)."""
+    real = unit_metrics[unit_metrics["synthetic_set"] == "real_train"]
+    rows = []
+    for shots, group in real.groupby("shots", sort=False):
+        mixable, partners = float(group["mixable_classes"].min()), int(group["partners_per_class"].min())
+        mixing = ("cannot act (one caption per class)" if mixable == 0 else
+                  "acts" if mixable == 1 else f"acts in {mixable:.0%} of classes")
+        conditioning = ("the target itself (finetune.cond_image: same)" if cond_image == "same" else
+                        "cannot act (the target is its own partner)" if partners == 0 else
+                        "one fixed partner" if partners == 1 else f"{partners} partners or more")
+        can = mixable > 0 and (partners >= 2 or cond_image == "same")
+        rows.append({"shots": shots, "labelled_per_class": partners + 1,
+                     "captions_per_class": round(float(group["captions_per_class"].mean()), 2),
+                     "mixable_classes": mixable, "mixing": mixing, "other_image_conditioning": conditioning,
+                     "what the level can show": "mixing and conditioning" if can else
+                     "no conclusion about mixing or conditioning" if mixable == 0 else
+                     "mixing only (no conclusion about conditioning)"})
+    out = pd.DataFrame(rows)
+    return out.sort_values("labelled_per_class").reset_index(drop=True) if len(out) else out
+
+
+def metrics_by_level(unit_metrics: pd.DataFrame) -> pd.DataFrame | None:
+    """Fidelity, copies (of the labelled images, the pool, the source domain) and distances of every set at every
+    shots level: the mean over its replicates, and how many replicates were measured."""
+    if unit_metrics["shots"].nunique() < 2 and unit_metrics["replicate"].nunique() < 2:
+        return None
+    cols = ["label_fidelity", "copies", "copies_pool", "copies_source", "nn_distance_vs_real", "fid", "diversity"]
+    table = unit_metrics.groupby(["shots", "synthetic_set"], sort=False)[cols].mean().round(4)
+    table["replicates"] = unit_metrics.groupby(["shots", "synthetic_set"], sort=False)["replicate"].nunique()
+    return table.reset_index()
 
 
 def _backbone_loss(part: str, ylabel: str) -> Callable[[ReportInputs], plt.Figure | None]:
@@ -138,7 +191,15 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "its own fine-tuning and generation; bars: {interval}.",
                lambda d: figures.shot_curve(d.few_shot) if d.few_shot is not None else None),
     ReportItem("few_shot", "table", "Few-shot curve",
-               "Top-1 accuracy (%) per labelled images per class and method; {interval}.", lambda d: d.few_shot),
+               "Top-1 accuracy (%) per labelled images per class and method; {interval}. `level`: what the level can "
+               "show (table levels); a level where mixing or other-image conditioning cannot act says nothing about "
+               "them.", lambda d: d.few_shot_marked),
+    ReportItem("levels", "table", "Few-shot curve",
+               "What mixing and other-image conditioning can do at each level (fine-tuning conditions on "
+               "{finetune.cond_image} image of the class): distinct captions among a class's labelled images (a mix "
+               "of one caption is that caption), the share of classes with two or more, and the other labelled "
+               "images a target can be conditioned on (0: the target itself; 1: a fixed partner). Minimum over "
+               "replicates.", lambda d: d.levels if len(d.cfg.data.shot_levels) > 1 else None),
     ReportItem("figure2_coarse_fine", "figure", "What the method generates",
                "A real image, then MVC images from coarse mixes (Dirichlet weights over {generate.mixing.k} captions "
                "of the class) and fine mixes (a step of at most {generate.mixing.beta_max} towards another caption) "
@@ -173,7 +234,14 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "closer than a third of the second nearest (nn_distance_vs_real: their median nearest distance over "
                "a real training image's to its nearest other). FID, KID and diversity are computed on an equal, "
                "class-stratified, seeded sample of every set (images_per_class); fidelity and copies on all its "
-               "images.", lambda d: load_image_metrics(d.cfg).round(4)),
+               "images; copies_pool and copies_source: the same test against the unlabelled pool and the labelled "
+               "source domain the generator also learnt from (empty where the study has none). Main unit "
+               "({data.max_shots} labelled images per class, replicate 0).",
+               lambda d: load_image_metrics(d.cfg).drop(columns=["shots", "replicate"]).round(4)),
+    ReportItem("image_metrics_by_level", "table", "Image metrics",
+               "The image measures of every shots level, each the mean over the level's replicates (replicates: how "
+               "many were measured); every unit has its own labelled images, fine-tuning and generation.",
+               lambda d: metrics_by_level(d.unit_metrics)),
     ReportItem("memorization_pairs", "figure", "Image metrics",
                "The MVC images closest to being copies: each generated image (top row) above its nearest labelled "
                "training image (bottom row), with the ratio of its nearest to its second-nearest training image "

@@ -20,6 +20,8 @@ from mvc.registry import MODELS, FineTunedModel
 
 # Fields that say where a study runs, not what it computes: they are in no stage's hash.
 LOCATION_FIELDS = ("study", "runs_root", "reports_root", "device")
+# Sections read by a command, not by a stage (`mvc select`): in no stage's hash either.
+TOOL_SECTIONS = ("select",)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class Stage:
     notebook: str  # the numbered notebook that runs it
     outputs: Callable[[Any], tuple[Path, ...]]  # StudyPaths -> the work files it writes (deleted on new params)
     summary: str  # one line for `mvc --help`
+    ignores: tuple[str, ...] = ()  # fields inside a section of `reads` that the stage does not read
+    # a per-unit stage's folders of one unit (StudyPaths of that unit -> paths); the main unit's are the study's own,
+    # so they move when the main unit (the largest level) changes (`mvc.state.move_main_unit`)
+    unit_outputs: Callable[[Any], tuple[Path, ...]] | None = None
 
 
 NOTEBOOKS = {
@@ -51,15 +57,16 @@ def model_stage(model: FineTunedModel) -> Stage:
     set the study makes is sampled from it (`generate.sets`, and below the largest level the `curve_methods`).
     `replicates` is in no hash of a per-unit stage: replicate r's seeds do not depend on R, so a study given more
     replicates runs the new units only (`PER_UNIT`)."""
-    reads = ("finetune",) + (() if model.always else ("curve_methods", "classify.mvc_modes", "generate.sets"))
+    reads = ("finetune", "redraw_labelled") + (() if model.always else ("curve_methods", "classify.mvc_modes",
+                                                                          "generate.sets"))
     return Stage(model.stage, reads, ("embed", "backbone"), "03",
                  lambda p, m=model: (p.model(m.name, m.stage), p.model_work(m.stage), p.model_units(m.stage)),
-                 model.summary)
+                 model.summary, unit_outputs=lambda p, m=model: (p.model(m.name, m.stage), p.model_work(m.stage)))
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", ("data", "seed"), (), "01", lambda p: (p.splits, p.images, p.skipped),
-          "read the dataset, make seeded splits, cache the images"),
+          "read the dataset, make seeded splits, cache the images", ignores=("data.shots",)),
     Stage("caption", ("caption", "data.prompt_template"), ("data",), "02", lambda p: (p.captions,),
           "caption the images (BLIP-2 or the offline attribute captioner)"),
     Stage("embed", ("text",) + _TEXT_ENCODER_FIELDS, ("caption",), "02", lambda p: (p.embeddings,),
@@ -70,17 +77,20 @@ STAGES: tuple[Stage, ...] = (
     Stage("generate", ("generate", "curve_methods", "classify.mvc_modes"),
           tuple(m.stage for m in MODELS.values()), "04",
           lambda p: (p.synthetic, p.generate_units, p.finetune_previews),
-          "generate the synthetic sets (Figure 4) of every unit, sharded over accelerate processes"),
+          "generate the synthetic sets (Figure 4) of every unit, sharded over accelerate processes",
+          unit_outputs=lambda p: (p.synthetic,)),
     Stage("metrics", ("metrics", "classify", "seed"), ("generate",), "04", lambda p: (p.image_metrics,),
           "FID, KID, label fidelity and diversity of every synthetic set"),
     Stage("classify", ("classify", "replicates", "curve_methods"), ("generate",), "05", lambda p: (p.results,),
           "train the classifiers of every method and seed (of every shots level)"),
-    Stage("report", ("report",), ("classify", "metrics"), "06", lambda p: (),
+    Stage("report", ("report", "data.shots"), ("classify", "metrics"), "06", lambda p: (),
           "figures, tables and index.html"),
 )
 STAGE = {s.name: s for s in STAGES}
-# stages that make one output per unit (shots level x replicate): done when every unit of the study is recorded
-PER_UNIT = frozenset([m.stage for m in MODELS.values()] + ["generate"])
+# stages that make one output per unit (shots level x replicate): done when every unit of the study is recorded; a
+# unit added since (a new shots level or replicate) runs alone, since neither data.shots nor replicates is in their
+# hashes (classify's holds replicates: seed i's replicate is i mod R)
+PER_UNIT = frozenset([m.stage for m in MODELS.values()] + ["generate", "metrics", "classify"])
 
 
 def notebook_stages(notebook: str) -> list[str]:
@@ -112,14 +122,22 @@ def _value(dump: dict, dotted: str) -> Any:
     return node
 
 
+def _without(value: Any, path: str, ignores: tuple[str, ...]) -> Any:
+    """`value` (the params at `path`) less the ignored fields inside it."""
+    drop = [i[len(path) + 1:] for i in ignores if i.startswith(path + ".") and "." not in i[len(path) + 1:]]
+    return {k: v for k, v in value.items() if k not in drop} if drop and isinstance(value, dict) else value
+
+
 def reads_field(stage: Stage, dotted: str) -> bool:
     """True when `stage` declares that it reads the field `dotted` (or a section that holds it)."""
+    if any(dotted == i or dotted.startswith(i + ".") for i in stage.ignores):
+        return False
     return any(dotted == r or dotted.startswith(r + ".") or r.startswith(dotted + ".") for r in stage.reads)
 
 
 def stage_hash(dump: dict, name: str) -> str:
     """A stable hash of the params `name` reads and of its upstream stages' hashes."""
     stage = STAGE[name]
-    payload = {"reads": {r: _value(dump, r) for r in stage.reads},
+    payload = {"reads": {r: _without(_value(dump, r), r, stage.ignores) for r in stage.reads},
                "after": [stage_hash(dump, u) for u in stage.after]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ with others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -24,6 +25,7 @@ from mvc.io import ensure_writable, write_json
 from mvc.lock import study_lock
 from mvc.runtime import peak_memory, release_memory, reset_peak_memory, set_threads
 from mvc.stages import PER_UNIT, STAGE, upstream
+from mvc.units import Unit
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,9 @@ def is_done(cfg: StudyConfig, stage: str) -> bool:
     info = stage_info(cfg, stage)
     if info.get("hash") != cfg.stage_hash(stage):
         return False
-    if stage in PER_UNIT and not set(unit_labels(cfg)) <= set(info.get("unit_names", [])):
-        return False  # a unit added since (more replicates): the stage runs the new units only
+    if stage in PER_UNIT and (not set(unit_labels(cfg)) <= set(info.get("unit_names", []))
+                              or info.get("main_unit") != main_unit(cfg)):
+        return False  # a unit added since (a level, a replicate): the stage runs the new units only
     key = (str(record), info.get("finished", ""))
     if key in _verified:
         return True
@@ -147,14 +150,44 @@ def is_done(cfg: StudyConfig, stage: str) -> bool:
 
 
 def unit_labels(cfg: StudyConfig) -> list[str]:
-    """The study's units (shots level x replicate) as stage records name them: "main" and `shots-<n>_rep-<r>`."""
-    return [u.unit_name or "main" for u in cfg.units()]
+    """The study's units (shots level x replicate) as stage records name them: `shots-<n>_rep-<r>`."""
+    return [u.current_unit.name for u in cfg.units()]
+
+
+def main_unit(cfg: StudyConfig) -> str:
+    """The name of the unit whose outputs are the study's own (the largest level, replicate 0)."""
+    return Unit(cfg.data.max_shots, 0).name
+
+
+def move_main_unit(cfg: StudyConfig, stage: str, was: str) -> None:
+    """The largest shots level changed since `stage` last ran: move the outputs of the old main unit `was` from the
+    study's own folders to its unit folders, and those of the new main unit (if made before) the other way, so that
+    each unit keeps what it made and nothing is recomputed or taken for another unit's."""
+    spec = STAGE[stage]
+    if spec.unit_outputs is None:
+        return
+    top = dataclasses.replace(cfg.paths, unit=None)
+    record = _record(cfg, stage)
+
+    def move(source, target) -> None:
+        for a, b in zip(spec.unit_outputs(source), spec.unit_outputs(target)):
+            if a.exists():
+                if b.exists():
+                    shutil.rmtree(b) if b.is_dir() else b.unlink()
+                b.parent.mkdir(parents=True, exist_ok=True)
+                a.rename(b)
+
+    if was:  # "": an interrupted move already emptied the study's own folders
+        move(top, dataclasses.replace(top, unit=was))
+        write_json(record, {**stage_info(cfg, stage), "main_unit": ""})
+    move(dataclasses.replace(top, unit=main_unit(cfg)), top)
+    log.info("stage %s: the main unit is now %s; %s's outputs moved to its unit folders", stage, main_unit(cfg), was)
 
 
 def mark_done(cfg: StudyConfig, stage: str, seconds: float, extra: dict | None = None) -> None:
     outputs = [p for p in output_paths(cfg, stage) if p.exists()]
     checks = {str(p.relative_to(cfg.paths.run)): fingerprint(p) for p in outputs}
-    units = {"unit_names": unit_labels(cfg)} if stage in PER_UNIT else {}
+    units = {"unit_names": unit_labels(cfg), "main_unit": main_unit(cfg)} if stage in PER_UNIT else {}
     write_json(_record(cfg, stage), {"stage": stage, "hash": cfg.stage_hash(stage), "seconds": round(seconds, 2),
                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checks": checks,
                                      **units, **(extra or {})})
@@ -168,7 +201,8 @@ def delete_stale_outputs(cfg: StudyConfig, stage: str, force: bool = False) -> N
     current = cfg.stage_hash(stage)
     started = cfg.paths.stages / f"{stage}.started"
     started_with = started.read_text().strip() if started.exists() else None
-    finished_with = stage_info(cfg, stage).get("hash")
+    info = stage_info(cfg, stage)
+    finished_with = info.get("hash")
     for out in output_paths(cfg, stage):
         for tmp in out.parent.glob(f".{out.name}.*"):  # atomic_path / atomic_dir temporaries
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
@@ -180,6 +214,8 @@ def delete_stale_outputs(cfg: StudyConfig, stage: str, force: bool = False) -> N
                 shutil.rmtree(out)
             elif out.exists():
                 out.unlink()
+    elif stage in PER_UNIT and info.get("main_unit") not in (None, main_unit(cfg)):
+        move_main_unit(cfg, stage, info["main_unit"])
     _record(cfg, stage).unlink(missing_ok=True)
     started.parent.mkdir(parents=True, exist_ok=True)
     started.write_text(current)

@@ -7,6 +7,8 @@ import torch
 
 from mvc import artifacts, classifiers, classify
 from mvc.classifiers import RunSpec, method_transform, train_classifier
+from mvc.config import ConfigError, load_config
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,29 @@ def test_phase_two_sees_no_synthetic_image_and_budgets_match(smoke):
     assert all((x != 7).any(dim=(1, 2, 3)).all() for p, _, x in two if p == 1)
     assert all(used.all() for p, used, _ in two if p == 0)  # p_synthetic = 1: every image replaced
     assert all(not used.any() for _, used, _ in seen["none"])
+
+
+def test_source_pretrained_trains_on_the_source_domain_then_on_the_labelled_images(smoke_generated):
+    """The control that gets the generator's extra data directly: its first source_fraction of steps draw from the
+    labelled source domain the surrogate learnt from (printed digits, with their labels), the rest from the shots."""
+    from mvc.classify import load_classification_data
+
+    cfg = smoke_generated
+    c = _cfg(cfg, steps=10, batch_size=6, crop_padding=0, hflip=False, source_fraction=0.4)
+    data = load_classification_data(cfg, source=True)
+    assert data.source is not None and len(data.source[1]) == 3 * cfg.backbone.surrogate.source_per_class
+    assert set(data.source[1].tolist()) == {0, 1, 2}
+    log = []
+    train_classifier(data, RunSpec("source_pretrained", 0), c, cfg.data.resolution,
+                     on_batch=lambda phase, x, used: log.append((phase, x)))
+    assert [p for p, _ in log] == [0] * 4 + [1] * 6
+    source = {bytes(x.numpy()) for x in data.source[0]}
+    real = {bytes(x.numpy()) for x in data.train_x}
+    assert all(bytes(x.numpy()) in source for p, xs in log if p == 0 for x in xs)
+    assert all(bytes(x.numpy()) in real for p, xs in log if p == 1 for x in xs)
+    with pytest.raises(ConfigError, match="source domain"):
+        load_config(REPO / "params/smoke.yaml", ["classify.methods=[none, source_pretrained]",
+                                                 "backbone.surrogate.source_domain=none"])
 
 
 def test_a_run_is_reproducible_per_seed(smoke):

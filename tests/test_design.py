@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mvc import artifacts, state, statistics
 from mvc.config import ConfigError, load_config
@@ -112,4 +113,77 @@ def test_a_new_replicate_reuses_the_existing_ones(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in one.paths.synthetic.rglob("*.png")} == images
     new = two.unit(two.data.max_shots, 1)
     assert new.paths.mvc_model.is_dir() and (new.paths.synthetic / "mvc_coarse" / "manifest.csv").exists()
-    assert set(state.stage_info(two, "generate")["unit_names"]) == {"main", "shots-4_rep-1"}
+    assert set(state.stage_info(two, "generate")["unit_names"]) == {"shots-4_rep-0", "shots-4_rep-1"}
+
+
+def _files(folder) -> dict:
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_adding_and_removing_a_level_runs_only_the_units_that_change(tmp_path):
+    """[1, 2] -> [1, 2, 3] -> [1, 3]: the splits, captions and backbone are shared by every level (the labelled
+    candidates are data.labelled_per_class, not the largest level); each existing unit keeps its model, images,
+    measures and classifier runs, the old main unit's moving to its unit folders; only the new level runs."""
+    over = ("data.labelled_per_class=3", "classify.methods=[none, mvc]", "generate.sets=[]",
+            "generate.modes=[coarse]", "classify.mvc_modes=[coarse]")
+    two = smoke_config(tmp_path, "data.shots=[1, 2]", *over)
+    run_until(two, "report")
+    kept = {s: state.stage_info(two, s)["finished"] for s in ("data", "caption", "embed", "backbone")}
+    main_model, level1 = _files(two.paths.mvc_model), _files(two.unit(1, 0).paths.mvc_model)
+    images = _files(two.paths.synthetic)
+    before = artifacts.load_results(two)
+    measured = artifacts.load_image_metrics(two, all_units=True)
+
+    three = smoke_config(tmp_path, "data.shots=[1, 2, 3]", *over)
+    assert all(three.stage_hash(s) == two.stage_hash(s) for s in ("data", "caption", "embed", "backbone", "finetune",
+                                                                    "generate", "metrics", "classify"))
+    run_until(three, "report")
+    assert {s: state.stage_info(three, s)["finished"] for s in kept} == kept  # nothing before fine-tuning reran
+    moved = three.unit(2, 0)
+    assert moved.unit_name == "shots-2_rep-0" and _files(moved.paths.mvc_model) == main_model
+    assert _files(moved.paths.synthetic) == images and _files(three.unit(1, 0).paths.mvc_model) == level1
+    assert three.paths.mvc_model.is_dir() and (three.paths.synthetic / "mvc_coarse" / "manifest.csv").exists()
+    splits = artifacts.load_splits(three)
+    assert (splits["split"] == "train").sum() == 3 * 3
+    after = artifacts.load_results(three)
+    assert set(after["shots"].astype(str)) == {"1", "2", "3"}
+    old = after[after["shots"].astype(str) != "3"].sort_values(["shots", "method", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, before.sort_values(["shots", "method", "seed"]).reset_index(drop=True))
+    measures = artifacts.load_image_metrics(three, all_units=True)
+    assert set(measures["shots"]) == {"1", "2", "3"}
+    pd.testing.assert_frame_equal(measures[measures["shots"] != "3"].reset_index(drop=True), measured)
+
+    fewer = smoke_config(tmp_path, "data.shots=[1, 3]", *over)
+    run_until(fewer, "report")
+    assert state.stage_info(fewer, "classify")["finished"] == state.stage_info(three, "classify")["finished"]
+    assert set(artifacts.load_results(fewer)["shots"].astype(str)) == {"1", "3"}
+    assert "| 2 |" not in (fewer.paths.tables / "few_shot.md").read_text()
+
+
+@pytest.mark.slow
+def test_replicates_that_redraw_the_labelled_images(tmp_path):
+    """redraw_labelled: replicate 1 labels other candidates than replicate 0, nested across levels, never from val,
+    test or the pool; every method (no augmentation too) trains replicate r on replicate r's draw."""
+    cfg = smoke_config(tmp_path, "data.shots=[1, 2]", "data.labelled_per_class=4", "replicates=2",
+                       "redraw_labelled=true", "classify.methods=[none, mvc]", "generate.sets=[]",
+                       "generate.modes=[coarse]", "classify.mvc_modes=[coarse]", "classify.seeds=[0, 1]")
+    run_until(cfg, "classify")
+    stored = artifacts.stored_splits(cfg)
+    candidates = set(stored.loc[stored["split"] == "train", "image_id"])
+    held = set(stored.loc[stored["split"].isin(["val", "test", "pool"]), "image_id"])
+    train = {(s, r): set((t := artifacts.load_splits(cfg.unit(s, r))).loc[t["split"] == "train", "image_id"])
+             for s in (1, 2) for r in (0, 1)}
+    assert train[(2, 0)] != train[(2, 1)] and train[(1, 1)] < train[(2, 1)] and train[(1, 0)] < train[(2, 0)]
+    assert all(t <= candidates and not t & held and len(t) == s * 3 for (s, _), t in train.items())
+    manifest = artifacts.load_manifest(cfg.unit(2, 1), "mvc_coarse")
+    assert set(manifest["source_image_id"]) == train[(2, 1)]
+    from mvc.classify import load_classification_data, run_specs
+    from mvc.classifiers import RunSpec
+    data = {r: load_classification_data(cfg.unit(2, r)) for r in (0, 1)}
+    assert not torch.equal(data[0].train_x, data[1].train_x)
+    res = artifacts.load_results(cfg)
+    none = res[(res["method"] == "none") & (res["shots"].astype(str) == "2")].set_index("seed")
+    part = tmp_path / "again.csv"
+    run_specs(cfg, [RunSpec("none", 1, "main", (), 0.0, shots=2, replicate=1)], part)
+    assert pd.read_csv(part)["top1"].iloc[0] == none.loc[1, "top1"]  # replicate 1's own labelled images

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from mvc import stages
 from mvc.config import load_config
-from mvc.stages import LOCATION_FIELDS, STAGES, downstream, reads_field, stage_hash, upstream
+from mvc.stages import LOCATION_FIELDS, STAGES, TOOL_SECTIONS, downstream, reads_field, stage_hash, upstream
 from tests.conftest import REPO, run_until, smoke_config, stage_functions
 
 PACKAGE = REPO / "mvc"
@@ -118,8 +118,8 @@ def test_every_field_changes_exactly_the_stages_that_read_it_and_those_after():
         changed = {s.name for s in STAGES if stage_hash(dump, s.name) != before[s.name]}
         readers = {s.name for s in STAGES if reads_field(s, field)}
         expected = readers | {d for r in readers for d in downstream(r)}
-        if field in LOCATION_FIELDS:
-            assert not changed, f"{field} says where a study runs; it must be in no hash"
+        if field in LOCATION_FIELDS or field.split(".")[0] in TOOL_SECTIONS:
+            assert not changed, f"{field} says where a study runs or what a command tries; it must be in no hash"
             continue
         assert readers, f"params field {field} is read by no stage: declare it in mvc/stages.py or remove it"
         assert changed == expected, f"{field}: changed {sorted(changed)}, expected {sorted(expected)}"
@@ -130,7 +130,7 @@ class _Recorder:
 
     # where a study lives, and the unit views (shots level x replicate: data.shots, replicates and the seeds,
     # which every stage from fine-tuning on declares or follows); reads through a unit view are recorded too
-    ROOT_ALLOWED = {"paths", "stage_hash", "shots_now", "replicate", "unit_name"}
+    ROOT_ALLOWED = {"paths", "stage_hash", "shots_now", "replicate", "unit_name", "current_unit"}
 
     def __init__(self, obj, prefix: str, seen: set[str]):
         self._obj, self._prefix, self._seen = obj, prefix, seen
@@ -166,5 +166,6 @@ def test_each_stage_reads_only_what_it_declares(smoke_generated, tmp_path):
         covering = [spec] + [s for s in STAGES if s.name in upstream(spec.name)]
         if "*" in seen:  # the whole config was read (the report prints it): all of it must be covered
             seen = (seen - {"*"}) | set(_leaves(cfg))
-        undeclared = sorted(f for f in seen if f not in LOCATION_FIELDS and not any(reads_field(s, f) for s in covering))
+        undeclared = sorted(f for f in seen if f not in LOCATION_FIELDS and f.split(".")[0] not in TOOL_SECTIONS
+                            and not any(reads_field(s, f) for s in covering))
         assert not undeclared, f"stage {spec.name} reads {undeclared} without declaring it in mvc/stages.py"

@@ -157,7 +157,7 @@ def test_judge_splits_without_images_raise(smoke_generated, monkeypatch):
 
 
 def test_metrics_stage_on_the_smoke_study(smoke_generated):
-    from mvc.artifacts import load_splits
+    from mvc.artifacts import load_captions, load_splits
     from mvc.metrics import METRIC_COLUMNS, image_metrics
     from mvc.state import stage_info
 
@@ -177,7 +177,13 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     assert info["judge_splits"] == ["val", "pool"] and info["images_per_class"] == 4
     assert info["judge_images"] == splits["split"].isin(["val", "pool"]).sum()
     assert np.allclose(table["judge_accuracy_on_real"], info["judge_accuracy_on_real"])
-    assert pd.read_csv(cfg.paths.image_metrics).equals(table)
+    assert pd.read_csv(cfg.paths.image_metrics, dtype={"shots": str}).equals(table)
+    assert (table["shots"] == "4").all() and (table["partners_per_class"] == 3).all()
+    captions = load_captions(cfg).set_index("image_id")
+    train = splits[splits["split"] == "train"]
+    distinct = captions.loc[train["image_id"], "text"].groupby(train["label"].to_numpy()).nunique()
+    assert (table["captions_per_class"] == round(distinct.mean(), 2)).all()
+    assert table["copies_pool"].between(0, 1).all() and table["copies_source"].between(0, 1).all()
 
 
 def test_memorization_finds_exact_and_near_copies_and_not_new_images():

@@ -41,6 +41,6 @@ def test_the_source_domain_is_captioned_with_the_class_prompt(tmp_path):
     assert texts[0].startswith("a photo of the digit zero, ") and texts[-1].startswith("a photo of the digit two, ")
     backbone.prepare_backbone(cfg, show_progress=False)  # pretrains on the pool and the printed digits
     assert (cfg.paths.backbone / "unet").is_dir()
-    none = smoke_config(tmp_path / "none", "backbone.surrogate.source_domain=none")
+    none = smoke_config(tmp_path / "none", "backbone.surrogate.source_domain=none", "classify.methods=[none, mvc]")
     empty, no_texts = backbone.source_domain(none, ["zero"])
     assert len(empty) == 0 and no_texts == []
