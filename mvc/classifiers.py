@@ -40,12 +40,37 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class PretrainedLite0(nn.Module):
+    """EfficientNet-Lite0 (ImageNet weights, offline) with a new linear head; takes the kit's [-1, 1] images, resizes
+    them to `size` and normalizes them as ImageNet's were."""
+
+    def __init__(self, num_classes: int, pretrained: bool, size: int) -> None:
+        super().__init__()
+        from mvc.image_measures import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
+
+        self.body, self.size = efficientnet_lite0(pretrained), size
+        self.head = nn.Linear(self.body.num_features, num_classes)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x + 1) / 2
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return self.head(self.body((x - self.mean) / self.std))
+
+
 def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
-                     width: int = 32) -> nn.Module:
-    """`small_cnn`, `resnet18` / `resnet50` (torchvision; small-image stem for resnet18), or `timm:<name>`."""
+                     width: int = 32, input_size: int = 64) -> nn.Module:
+    """`small_cnn`, `resnet18` / `resnet50` (torchvision; small-image stem for resnet18), `efficientnet_lite0`
+    (ImageNet weights from the installed registry package: offline; at `input_size` pixels), or `timm:<name>`."""
     import torchvision
 
     try:
+        if name == "efficientnet_lite0":
+            return PretrainedLite0(num_classes, pretrained, input_size)
         if name == "small_cnn":
             if pretrained:
                 raise ValueError("classify.pretrained: small_cnn has no pretrained weights; use resnet18/50 or timm:<name>")
@@ -68,7 +93,8 @@ def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrain
                                "put them in the torch hub / HF cache on a connected machine, or set "
                                "classify.pretrained: false") from err
         raise
-    raise ValueError(f"classify.backbone: {name!r} is not one of small_cnn, resnet18, resnet50, timm:<name>")
+    raise ValueError(f"classify.backbone: {name!r} is not one of small_cnn, resnet18, resnet50, efficientnet_lite0, "
+                     f"timm:<name>")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,7 +199,7 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
     seed_everything(spec.seed)
     rng = np.random.default_rng(spec.seed)
     model = build_classifier(c.backbone, data.num_classes, data.train_x.shape[1], c.pretrained,
-                             c.small_cnn_width).to(device)
+                             c.small_cnn_width, c.input_size).to(device)
     layout = torch.channels_last if c.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
     per_image = method_transform(spec.method, c, resolution)

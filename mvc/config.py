@@ -333,7 +333,10 @@ class ClassifyConfig(Section):
         "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "sd_naive", "mvc", "mvc_two_phase",
     ], min_length=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)
-    backbone: str = "small_cnn"  # small_cnn | resnet18 | resnet50 | timm:<name>
+    # small_cnn | resnet18 | resnet50 | efficientnet_lite0 (ImageNet weights installed from the registry: offline, for
+    # the CPU profiles on natural images) | timm:<name>
+    backbone: str = "small_cnn"
+    input_size: int = Field(64, ge=16, le=512)  # efficientnet_lite0: the side images are resized to
     small_cnn_width: int = Field(32, ge=4)  # channels of small_cnn's first block (x2, x4 after)
     pretrained: bool = False  # ImageNet weights (must be cached locally)
     steps: int = Field(300, ge=1)  # optimizer steps, the same for every method
@@ -377,6 +380,9 @@ class ReportConfig(Section):
     comparator: str = "randaugment"
     examples_per_class: int = Field(4, ge=1)
     classes_in_figures: int = Field(10, ge=1)
+    # a synthetic set whose label fidelity is more than this below the judge's accuracy on real images is named in
+    # the report's headline (and at the end of `mvc study`): most of its images are not of their intended class
+    fidelity_gap: float = Field(0.2, ge=0, le=1)
 
 
 class SelectConfig(Section):

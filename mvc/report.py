@@ -31,13 +31,13 @@ from mvc.config import StudyConfig, config_to_yaml
 from mvc.imaging import tensor_to_images
 from mvc.io import write_text
 from mvc.paths import REPO_ROOT
-from mvc.registry import METHODS, report_order
+from mvc.registry import METHODS, method_sets, report_order
 from mvc.stages import notebook_stages
 from mvc.state import stage, stage_info
 from mvc.statistics import ablation_table, accuracy_table, paired_tests, shots_table
 from mvc.units import Unit
 
-SECTIONS = ("Main result", "Few-shot curve", "What the method generates", "Ablations and tests", "Image metrics",
+SECTIONS = ("Main result", "How the recipe was chosen", "Few-shot curve", "What the method generates", "Ablations and tests", "Image metrics",
             "Diagnostics")
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -159,6 +159,27 @@ def _finetune_previews(d: ReportInputs) -> Path | None:
     return path if path.exists() else None
 
 
+def fidelity_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
+    """A sentence for each synthetic set whose label fidelity is more than `report.fidelity_gap` below the judge's
+    accuracy on real images (the main unit's measures): its images mostly do not carry their class."""
+    out = []
+    for row in metrics[metrics["synthetic_set"] != "real_train"].itertuples():
+        if row.label_fidelity < row.judge_accuracy_on_real - cfg.report.fidelity_gap:
+            users = [m for m in cfg.classify.methods if row.synthetic_set in method_sets(m, cfg.classify)]
+            out.append(f"The {row.synthetic_set} images carry their intended class {row.label_fidelity:.0%} of the "
+                       f"time, against {row.judge_accuracy_on_real:.0%} for real {cfg.metrics.judge_scored_on} "
+                       f"images read by the same judge: most of them are of another class or of none, so the "
+                       f"classifiers that train on them ({', '.join(users) or 'none in this study'}) learn partly "
+                       f"from mislabelled images; read their rows with that in mind (or choose the recipe with "
+                       f"`mvc select`).")
+    return out
+
+
+def _selection_log(cfg: StudyConfig) -> pd.DataFrame | None:
+    path = cfg.paths.report / "selection" / "selection.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
 def _nonempty(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     return frame if frame is not None and len(frame) else None
 
@@ -247,6 +268,10 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "training image (bottom row), with the ratio of its nearest to its second-nearest training image "
                "(a copy is below 1/3; the table's `copies` column is the share of such images).",
                lambda d: figures.memorization_figure(d.cfg)),
+    ReportItem("selection", "table", "How the recipe was chosen",
+               "`mvc select` on the validation split and the image measures only, before any test accuracy was seen: "
+               "every trial, its measures, the chosen one and why (the rule: docs/method.md, section 7). Absent when "
+               "the recipe was not chosen by `mvc select` for this study.", lambda d: _selection_log(d.cfg)),
     ReportItem("samples", "figure", "Diagnostics", "Labelled training images, a row per class.",
                lambda d: figures.sample_grid(load_images(d.cfg), d.splits, per_class=d.cfg.report.examples_per_class * 2,
                                              max_classes=d.cfg.report.classes_in_figures)),
@@ -441,6 +466,7 @@ def write_index(cfg: StudyConfig) -> Path:
         backbone_name=cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate",
         classifier=cfg.classify.backbone, backbone_sentence=_backbone_sentence(cfg),
         generated=time.strftime("%Y-%m-%d %H:%M"), sections=[(s, e) for s, e in sections.items() if e],
+        warnings=fidelity_warnings(cfg, load_image_metrics(cfg)),
         notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2))
     write_text(paths.index, page)
     return paths.index
@@ -452,7 +478,8 @@ def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     written = write_items(cfg)
     write_index(cfg)
     return {"figures": sum(ITEM[k].kind == "figure" for k in written),
-            "tables": sum(ITEM[k].kind == "table" for k in written)}
+            "tables": sum(ITEM[k].kind == "table" for k in written),
+            "warnings": fidelity_warnings(cfg, load_image_metrics(cfg))}
 
 
 def _largest_level(study_report: Path) -> str:

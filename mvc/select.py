@@ -18,11 +18,14 @@ One rule picks every generator trial (`SelectConfig`): among the trials whose co
 `select.budget_minutes` have passed; a knob left untried keeps the params file's value, and the log says so.
 
 Writes `reports/<study>/selection/selection.{csv,md}` (the log: every trial, its measures, the chosen one and why),
-and a params file that extends the given one with the chosen values (default `<params>_selected.yaml`).
+and a params file that extends the given one with the chosen values (default `<params>_selected.yaml`). Each trial's
+row is appended to `trials.jsonl` there as it finishes, keyed by its params hash: an interrupted selection resumes
+without running a finished trial again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -120,6 +123,27 @@ class Selection:
     rows: list[dict] = field(default_factory=list)
     chosen: dict[str, Any] = field(default_factory=dict)
     stopped: str | None = None
+    done: dict[str, dict] = field(default_factory=dict)  # trials measured before an interruption, by params hash
+
+    @property
+    def trials_file(self) -> Path:
+        """Each finished trial's row, appended as it finishes: an interrupted selection resumes from it."""
+        return self.study.paths.report / "selection" / "trials.jsonl"
+
+    def load_done(self) -> None:
+        if self.trials_file.exists():
+            for line in self.trials_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by the interruption
+                self.done[row["_key"]] = row
+
+    def record(self, row: dict) -> dict:
+        self.trials_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.trials_file.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        return row
 
     def within_budget(self) -> bool:
         minutes = (time.time() - self.start) / 60
@@ -133,18 +157,23 @@ class Selection:
 
     def measure_sets(self, phase: str, subject: str, values: dict[str, Any], sets: list[str]) -> dict | None:
         """Generate and measure `sets` under `values`; the trial's row (the mean over its sets), or None."""
+        g_sets = [s for s in sets if set_spec(s)[0].per_mode is False]
+        cfg = self.trial_view({**values, "generate.sets": g_sets})
+        key = f"{subject}:{cfg.stage_hash('metrics')}"
+        if key in self.done:
+            self.rows.append({**self.done[key], "_values": values})
+            return self.rows[-1]
         if not self.within_budget():
             return None
         t0 = time.time()
-        g_sets = [s for s in sets if set_spec(s)[0].per_mode is False]
-        cfg = self.trial_view({**values, "generate.sets": g_sets})
         run_through(cfg, "metrics")
         measures = load_image_metrics(cfg).set_index("synthetic_set").loc[list(sets)]
         row = {"phase": phase, "subject": subject, "trial": len([r for r in self.rows if r["subject"] == subject]),
                "knobs": knobs(values),
                **measures[LOG_COLUMNS[4:10]].mean().to_dict(), "val_top1": np.nan, "chosen": False, "why": "",
-               "seconds": round(time.time() - t0, 1), "_values": values}
-        self.rows.append(row)
+               "seconds": round(time.time() - t0, 1), "_key": key}
+        self.rows.append({**self.record(row), "_values": values})
+        row = self.rows[-1]
         log.info("select %s %s: %s", subject, row["knobs"], {k: row[k] for k in LOG_COLUMNS[4:10]})
         return row
 
@@ -162,16 +191,21 @@ class Selection:
         """Each value set of `grid` scored by the val accuracy of `methods` over the selection's seeds."""
         scored = []
         for values in grid:
-            if not self.within_budget():
-                break
-            t0 = time.time()
             cfg = self.trial_view({**values, "classify.methods": methods})
-            run_through(cfg, "classify")
-            res = load_results(cfg)
-            top1 = float(res[res["method"] == methods[-1]]["top1"].mean() * 100)
-            row = {"phase": "classifier", "subject": subject, "trial": len(scored),
-                   "knobs": knobs(values), "val_top1": round(top1, 2),
-                   "chosen": False, "why": "", "seconds": round(time.time() - t0, 1), "_values": values}
+            key = f"{subject}:{cfg.stage_hash('classify')}"
+            if key in self.done:
+                row = {**self.done[key], "_values": values}
+            elif not self.within_budget():
+                break
+            else:
+                t0 = time.time()
+                run_through(cfg, "classify")
+                res = load_results(cfg)
+                top1 = float(res[res["method"] == methods[-1]]["top1"].mean() * 100)
+                row = {"phase": "classifier", "subject": subject, "trial": len(scored),
+                       "knobs": knobs(values), "val_top1": round(top1, 2),
+                       "chosen": False, "why": "", "seconds": round(time.time() - t0, 1), "_key": key}
+                row = {**self.record(row), "_values": values}
             self.rows.append(row)
             scored.append(row)
         if scored:
@@ -195,6 +229,7 @@ def select_recipe(cfg: StudyConfig) -> Selection:
     """Run every trial of `cfg.select` that the budget allows; the selection with its log and chosen values."""
     view = selection_view(cfg)
     sel = Selection(cfg, view)
+    sel.load_done()
     adopted = adopt_shared_stages(cfg, view)
     if adopted:
         log.info("select: adopted the study's %s", ", ".join(adopted))

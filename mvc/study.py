@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -332,4 +333,6 @@ def _run_notebooks(cfg: StudyConfig, chosen: list[str], params_path: Path, overr
         from mvc.report import write_index  # deferred: the report's plotting stack is needed only here
 
         write_index(cfg)  # again, now that every executed notebook and the provenance are final
+    for warning in state.stage_info(cfg, "report").get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)  # the report's headline, where it is seen at the end
     return report

@@ -2,10 +2,13 @@
 and check that what it leaves equals an uninterrupted run: the same files, the same rows, no duplicates, no
 truncated images, the same numbers.
 
-    python scripts/kill_and_rerun.py [--kills 4] [--seed 0] [--stages caption,finetune,generate,classify]
+    python scripts/kill_and_rerun.py [--kills 4] [--seed 0] [--stages caption,finetune,generate,classify] [--units]
 
 Runs on the smoke profile, sized up so that each stage lasts a few seconds; captioning uses the BLIP-2 path on a
-tiny random BLIP-2 saved to disk. Prints one line per stage and exits non-zero if any check failed.
+tiny random BLIP-2 saved to disk. With `--units` the study is a design of four units (shots [2, 4] x 2 replicates
+that redraw the labelled images) and the kills fall in the later part of each stage, after the main unit: inside
+the other units' fine-tuning, generation and classification; every unit's outputs are compared. Prints one line
+per stage and exits non-zero if any check failed.
 """
 
 from __future__ import annotations
@@ -32,9 +35,24 @@ SIZES = ["finetune.steps=24", "finetune.checkpoint_every=4", "generate.images_pe
          "classify.seeds=[0,1,2]", "classify.steps=30", "caption.batch_size=8", "device=cpu"]
 
 
-def overrides(work: Path, blip2: Path) -> list[str]:
+UNITS = ["data.shots=[2, 4]", "data.labelled_per_class=5", "replicates=2", "redraw_labelled=true",
+         "classify.seeds=[0, 1, 2, 3]"]
+
+
+def overrides(work: Path, blip2: Path, units: bool = False) -> list[str]:
+    sizes = [s for s in SIZES if not (units and s.startswith("classify.seeds"))]
     return [f"runs_root={work / 'runs'}", f"reports_root={work / 'reports'}", "caption.backend=blip2",
-            f"caption.model={blip2}", "caption.max_new_tokens=4", *SIZES]
+            f"caption.model={blip2}", "caption.max_new_tokens=4", *sizes, *(UNITS if units else [])]
+
+
+def unit_folders(run: Path, stage: str) -> dict[str, Path]:
+    """Each unit's folder of a per-unit stage: the main unit's are the study's own."""
+    if stage == "finetune":
+        found = {"main": (run / "finetune", run / "mvc")}
+        found |= {u.name: (u / "work", u / "model") for u in sorted((run / "units" / "finetune").glob("*"))}
+        return found
+    found = {"main": run / "synthetic"}
+    return found | {u.name: u for u in sorted((run / "units" / "generate").glob("*"))}
 
 
 def run_stage(stage: str, over: list[str], kill_after: float | None = None) -> bool:
@@ -62,22 +80,37 @@ def snapshot(run: Path, stage: str) -> dict:
     if stage == "finetune":
         from safetensors.torch import load_file
 
-        return {"loss": pd.read_csv(run / "finetune" / "loss.csv"),
-                "unet": load_file(str(run / "mvc" / "unet" / "diffusion_pytorch_model.safetensors"))}
+        return {unit: {"loss": pd.read_csv(work / "loss.csv"),
+                       "unet": load_file(str(model / "unet" / "diffusion_pytorch_model.safetensors"))}
+                for unit, (work, model) in unit_folders(run, stage).items()}
     if stage == "generate":
         out = {}
-        for manifest in sorted((run / "synthetic").glob("*/manifest.csv")):
-            frame = pd.read_csv(manifest)
-            images = {}
-            for p in frame["path"]:
-                with Image.open(manifest.parent / p) as im:
-                    im.load()  # a truncated PNG fails here
-                    images[p] = np.asarray(im).astype(int)
-            out[manifest.parent.name] = (frame, images, sorted(f.name for f in manifest.parent.rglob("*") if f.is_file()))
+        for unit, folder in unit_folders(run, stage).items():
+            for manifest in sorted(folder.glob("*/manifest.csv")):
+                frame = pd.read_csv(manifest)
+                images = {}
+                for p in frame["path"]:
+                    with Image.open(manifest.parent / p) as im:
+                        im.load()  # a truncated PNG fails here
+                        images[p] = np.asarray(im).astype(int)
+                out[f"{unit}/{manifest.parent.name}"] = (frame, images,
+                                                         sorted(f.name for f in manifest.parent.rglob("*") if f.is_file()))
         return out
     if stage == "classify":
         return {"results": pd.read_csv(run / "results.csv")}
     raise ValueError(stage)
+
+
+def units_finished(run: Path, stage: str) -> int | str:
+    """How many units of a per-unit stage had finished (a model saved, a set's manifest written) at a kill."""
+    if stage == "finetune":
+        return sum((model / "model_index.json").exists() for _, model in unit_folders(run, stage).values())
+    if stage == "generate":
+        return sum(bool(list(f.glob("*/manifest.csv"))) for f in unit_folders(run, stage).values())
+    if stage == "classify":
+        rows = [pd.read_csv(f) for f in run.glob(".results-part-*.csv") if f.stat().st_size]
+        return f"{sum(len(r) for r in rows)} runs"
+    return "-"
 
 
 def compare(stage: str, a: dict, b: dict) -> list[str]:
@@ -90,13 +123,17 @@ def compare(stage: str, a: dict, b: dict) -> list[str]:
         if not x.equals(y):
             bad.append(f"captions differ ({len(x)} vs {len(y)} rows)")
     elif stage == "finetune":
-        if b["loss"]["step"].tolist() != list(range(len(a["loss"]))):
-            bad.append("loss steps not contiguous")
-        elif not np.allclose(a["loss"]["loss"], b["loss"]["loss"], rtol=1e-4, atol=1e-6):
-            bad.append("losses differ")
-        worst = max(float((a["unet"][k] - b["unet"][k]).abs().max()) for k in a["unet"])
-        if worst > 1e-4:
-            bad.append(f"final weights differ by {worst:.2e}")
+        if set(a) != set(b):
+            bad.append(f"units differ: {sorted(a)} vs {sorted(b)}")
+        for unit in set(a) & set(b):
+            x, y = a[unit], b[unit]
+            if y["loss"]["step"].tolist() != list(range(len(x["loss"]))):
+                bad.append(f"{unit}: loss steps not contiguous")
+            elif not np.allclose(x["loss"]["loss"], y["loss"]["loss"], rtol=1e-4, atol=1e-6):
+                bad.append(f"{unit}: losses differ")
+            worst = max(float((x["unet"][k] - y["unet"][k]).abs().max()) for k in x["unet"])
+            if worst > 1e-4:
+                bad.append(f"{unit}: final weights differ by {worst:.2e}")
     elif stage == "generate":
         for name, (frame, images, files) in a.items():
             other = b.get(name)
@@ -112,7 +149,7 @@ def compare(stage: str, a: dict, b: dict) -> list[str]:
                 bad.append(f"{name}: images differ")
     elif stage == "classify":
         x, y = a["results"], b["results"]
-        key = ["variant", "method", "seed"]
+        key = ["shots", "variant", "method", "seed"]
         if y.duplicated(key).any():
             bad.append("duplicate result rows")
         merged = x.merge(y, on=key, suffixes=("", "_b"))
@@ -126,6 +163,7 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=4, help="kill points per stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", default="caption,finetune,generate,classify")
+    p.add_argument("--units", action="store_true", help="a design of four units; kills after the main unit")
     args = p.parse_args()
     from tests.tiny_models import save_tiny_blip2
 
@@ -139,27 +177,29 @@ def main() -> int:
         startup = {}
         for stage in ORDER:  # the uninterrupted reference, timing each stage
             start = time.time()
-            run_stage(stage, overrides(ref, blip2))
+            run_stage(stage, overrides(ref, blip2, args.units))
             times[stage] = time.time() - start
             start = time.time()
-            run_stage(stage, overrides(ref, blip2))  # up to date: what starting up and skipping costs
+            run_stage(stage, overrides(ref, blip2, args.units))  # up to date: what starting up and skipping costs
             startup[stage] = time.time() - start
         for stage in args.stages.split(","):
             work = tmp / f"killed-{stage}"
             before = ORDER[: ORDER.index(stage)]
             for s in before:  # the stages before it, uninterrupted
-                run_stage(s, overrides(work, blip2))
-            points = sorted(rng.uniform(startup[stage], max(startup[stage] + 0.5, times[stage]))
-                            for _ in range(args.kills))
-            killed = 0
+                run_stage(s, overrides(work, blip2, args.units))
+            low = startup[stage] + (0.5 * (times[stage] - startup[stage]) if args.units else 0)
+            points = sorted(rng.uniform(low, max(low + 0.5, times[stage])) for _ in range(args.kills))
+            killed, units_then = 0, []
             for t in points:
-                if not run_stage(stage, overrides(work, blip2), kill_after=t):
+                if not run_stage(stage, overrides(work, blip2, args.units), kill_after=t):
                     killed += 1
-            run_stage(stage, overrides(work, blip2))
+                units_then.append(units_finished(work / "runs" / "smoke", stage))
+            run_stage(stage, overrides(work, blip2, args.units))
             bad = compare(stage, snapshot(ref / "runs" / "smoke", stage), snapshot(work / "runs" / "smoke", stage))
             failures += bool(bad)
             print(f"{stage}: uninterrupted {times[stage]:.1f} s (start-up {startup[stage]:.1f} s); killed at {', '.join(f'{t:.1f}' for t in points)} s "
-                  f"({killed} of {len(points)} runs were still going when killed); after the rerun: "
+                  f"({killed} of {len(points)} runs were still going when killed"
+                  + (f"; units finished at each kill: {units_then}" if args.units else "") + "); after the rerun: "
                   + ("identical to the uninterrupted run" if not bad else "; ".join(bad)), flush=True)
             shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0

@@ -157,3 +157,26 @@ def test_pretrained_weights_offline_give_a_clear_error(name, monkeypatch, tmp_pa
     with pytest.raises((RuntimeError, ValueError)) as err:
         classifiers.build_classifier(name, 3, pretrained=True)
     assert "classify.pretrained" in str(err.value)
+
+
+def test_the_pretrained_efficientnet_lite0_classifier_loads_offline_and_trains(smoke):
+    """The CPU profiles' backbone for natural images: ImageNet weights from the installed registry package (no
+    network), a new head, the kit's small images resized to classify.input_size."""
+    from mvc.image_measures import efficientnet_lite0
+
+    model = classifiers.build_classifier("efficientnet_lite0", 5, pretrained=True, input_size=32)
+    reference = efficientnet_lite0(pretrained=True).state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in model.body.state_dict().items())
+    random_init = classifiers.build_classifier("efficientnet_lite0", 5, pretrained=False, input_size=32)
+    assert not torch.equal(random_init.body.conv_stem.weight, model.body.conv_stem.weight)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    assert model(classifiers.normalize(x)).shape == (4, 5)
+    c = _cfg(smoke, backbone="efficientnet_lite0", pretrained=True, input_size=32, steps=2, batch_size=4)
+    data = classifiers.ClassificationData(x, torch.tensor([0, 1, 2, 3]), x, torch.tensor([0, 1, 2, 3]), 5)
+    from mvc.runtime import seed_everything
+
+    seed_everything(0)  # as train_classifier seeds before it builds: the same initial head
+    init = classifiers.build_classifier("efficientnet_lite0", 5, pretrained=True, input_size=32)
+    trained = train_classifier(data, RunSpec("randaugment", 0), c, 16)
+    assert trained.head.weight.shape == init.head.weight.shape
+    assert not torch.equal(trained.head.weight, init.head.weight)  # two steps moved it

@@ -6,6 +6,8 @@ import pytest
 from scipy import stats
 
 from mvc import report, statistics
+from mvc.config import load_config
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -131,3 +133,16 @@ def test_a_unit_keeps_its_shots_an_integer_until_written():
     table = statistics.shots_table(res)
     assert table["shots"].tolist() == [2, 10]  # integers, in numeric order ("10" < "2" as strings)
     assert statistics.accuracy_table(res, shots=10)["top1"].tolist() == [85.0]
+
+
+def test_a_set_far_below_the_judges_accuracy_is_named_in_the_headline():
+    from mvc.report import fidelity_warnings
+
+    cfg = load_config(REPO / "params/smoke.yaml")
+    metrics = pd.DataFrame({"synthetic_set": ["real_train", "mvc_coarse", "sd_naive"],
+                            "label_fidelity": [1.0, 0.40, 0.85], "judge_accuracy_on_real": [0.92] * 3})
+    warnings = fidelity_warnings(cfg, metrics)
+    assert len(warnings) == 1 and "mvc_coarse images carry their intended class 40%" in warnings[0]
+    assert "92%" in warnings[0] and "mvc, mvc_two_phase" in warnings[0]  # the rows it concerns
+    assert fidelity_warnings(cfg.model_copy(update={"report": cfg.report.model_copy(update={"fidelity_gap": 0.6})}),
+                             metrics) == []

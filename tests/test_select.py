@@ -83,3 +83,8 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
     assert chosen.classify.randaugment_magnitude in (5, 9) and chosen.study == cfg.study
     assert artifacts.stored_splits(view).equals(stored)  # the study's splits, adopted, not redrawn
     assert "test never read" in (cfg.paths.report / "selection" / "selection.md").read_text()
+
+    stamps = {f: f.stat().st_mtime_ns for f in view.paths.stages.glob("*.json")}
+    run_selection(cfg, params, tmp_path / "chosen.yaml")  # finished trials are not run again
+    assert pd.read_csv(cfg.paths.report / "selection" / "selection.csv").equals(log)
+    assert {f: f.stat().st_mtime_ns for f in view.paths.stages.glob("*.json")} == stamps
