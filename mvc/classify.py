@@ -17,7 +17,7 @@ from accelerate import PartialState
 from mvc.artifacts import (RESULT_COLUMNS, RESULT_KEY, class_names, load_images, load_results, load_splits,
                            load_synthetic, methods_at_level, shots_label)
 from mvc.backbone import source_domain_images
-from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, train_classifier
+from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, normalize, train_classifier
 from mvc.config import StudyConfig
 from mvc.imaging import to_chw
 from mvc.io import append_rows, read_rows, write_csv
@@ -29,9 +29,33 @@ from mvc.state import stage
 log = logging.getLogger(__name__)
 
 
-def load_classification_data(cfg: StudyConfig, sets: list[str] = (), source: bool = False) -> ClassificationData:
-    """The real train and test images, the named synthetic sets and (`source`) the labelled source domain, as
-    tensors."""
+_JUDGES: dict[tuple, object] = {}
+
+
+def judge_of(cfg: StudyConfig):
+    """The judge of `mvc.metrics` (the same recipe, data and seed, so the same network), trained once per process."""
+    from mvc.metrics import train_judge  # deferred: the metrics stack is needed only by the filtered methods
+
+    key = (str(cfg.paths.run), cfg.stage_hash("classify"))
+    if key not in _JUDGES:
+        _JUDGES[key] = train_judge(cfg, pick_device(cfg.device))[0]
+    return _JUDGES[key]
+
+
+def judged_as_intended(cfg: StudyConfig, images: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """True for each synthetic image the judge labels as its intended class (never another class: an image is kept
+    with its label, or left out)."""
+    judge, device = judge_of(cfg), pick_device(cfg.device)
+    with torch.no_grad():
+        predicted = torch.cat([judge(normalize(images[i: i + 512]).to(device)).argmax(1).cpu()
+                               for i in range(0, len(images), 512)])
+    return predicted.numpy() == np.asarray(labels)
+
+
+def load_classification_data(cfg: StudyConfig, sets: list[str] = (), source: bool = False,
+                             filtered: bool = False) -> ClassificationData:
+    """The real train and test images, the named synthetic sets (with `filtered`, only their images the judge
+    labels as intended) and (`source`) the labelled source domain, as tensors."""
     splits, images = load_splits(cfg), load_images(cfg)
     train, test = splits[splits["split"] == "train"], splits[splits["split"] == cfg.classify.evaluate_on]
     data = ClassificationData(to_chw(images[train["image_id"].to_numpy()]), torch.tensor(train["label"].to_numpy()),
@@ -42,6 +66,10 @@ def load_classification_data(cfg: StudyConfig, sets: list[str] = (), source: boo
         imgs, manifest = load_synthetic(cfg, name)
         data.synthetic[name] = (to_chw(imgs), row_of.loc[manifest["source_image_id"]].to_numpy(),
                                 manifest["index"].to_numpy())
+        if filtered:
+            keep = judged_as_intended(cfg, data.synthetic[name][0], manifest["label"].to_numpy())
+            data.synthetic[name] = tuple(part[keep] for part in data.synthetic[name])
+            log.info("classify: the judge keeps %d of %d %s images", keep.sum(), len(keep), name)
     if source:
         images, labels = source_domain_images(cfg, class_names(splits), labels=True)
         data.source = (to_chw(images), torch.tensor(labels))
@@ -106,12 +134,12 @@ def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int |
             break
         # a real-data method trains on replicate 0's labelled images unless replicates redraw them
         unit = (spec.shots, spec.replicate if spec.synthetic_sets or cfg.redraw_labelled else 0,
-                bool(spec.synthetic_sets), METHODS[spec.method].source)
+                bool(spec.synthetic_sets), METHODS[spec.method].source, METHODS[spec.method].filtered)
         if unit not in loaded:
             if any(key[0] != spec.shots for key in loaded):
                 loaded.clear()  # the units of one shots level at a time (the grid is ordered by level)
             loaded[unit] = load_classification_data(cfg.unit(*unit[:2]), sets_at[spec.shots] if unit[2] else [],
-                                                    unit[3])
+                                                    unit[3], unit[4])
         data = loaded[unit]
         model = train_classifier(data, spec, cfg.classify, cfg.data.resolution, device)
         top1, top5 = evaluate(model, data.test_x, data.test_y, device)

@@ -183,6 +183,7 @@ class Method:
     sets: Callable[[Any], tuple[str, ...]] = _no_sets  # ClassifyConfig -> synthetic sets
     two_phase: bool = False
     source: bool = False
+    filtered: bool = False  # only the synthetic images the judge labels as intended (Diff-Mix, Real-Fake)
     color: str = "#6fa8dc"  # in plots
     curve: bool = False  # drawn in the few-shot curve (with the best classical method)
     paired: bool = False  # an MVC method tested against every baseline
@@ -317,5 +318,8 @@ register_method(Method("mvc", "mvc", sets=_mvc_sets, color="#e69138", curve=True
                        summary="MVC's sets of classify.mvc_modes"))
 register_method(Method("mvc_two_phase", "mvc", sets=_mvc_sets, two_phase=True, color="#e69138", paired=True,
                        summary="MVC, then the last two_phase_fraction of steps on real images at a lower rate"))
+register_method(Method("mvc_filtered", "mvc", sets=_mvc_sets, filtered=True, color="#e69138",
+                       summary="MVC's sets, keeping only the images the judge (trained on val and pool, never on "
+                               "test or the generation sources) labels as their intended class"))
 register_method(Method("mvc_randaugment", "mvc", _randaugment, sets=_mvc_sets, color="#e69138",
                        summary="MVC's sets with RandAugment on every image"))

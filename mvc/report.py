@@ -256,7 +256,8 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "a real training image's to its nearest other). FID, KID and diversity are computed on an equal, "
                "class-stratified, seeded sample of every set (images_per_class); fidelity and copies on all its "
                "images; copies_pool and copies_source: the same test against the unlabelled pool and the labelled "
-               "source domain the generator also learnt from (empty where the study has none). Main unit "
+               "source domain the generator also learnt from (empty where the study has none). label_fidelity is "
+               "also the share of a set that the judge filter (mvc_filtered) keeps. Main unit "
                "({data.max_shots} labelled images per class, replicate 0).",
                lambda d: load_image_metrics(d.cfg).drop(columns=["shots", "replicate"]).round(4)),
     ReportItem("image_metrics_by_level", "table", "Image metrics",

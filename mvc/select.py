@@ -40,6 +40,7 @@ import yaml
 from mvc.artifacts import load_image_metrics, load_results
 from mvc.config import StudyConfig, with_values
 from mvc.io import atomic_path, write_csv
+from mvc.paths import shown
 from mvc.pipeline import stage_function
 from mvc.registry import METHODS, mvc_set_names, set_spec, synthetic_set_names
 from mvc.stages import upstream
@@ -48,7 +49,8 @@ from mvc.state import is_done, output_paths
 log = logging.getLogger(__name__)
 
 SHARED_STAGES = ("data", "caption", "embed", "backbone")  # the same in the study and its selection: adopted
-PARAM_KEYS = ("finetune.", "generate.guidance", "classify.randaugment", "classify.p_synthetic")  # recipe knobs
+PARAM_KEYS = ("finetune.steps", "finetune.cond_image", "generate.guidance", "classify.randaugment",
+              "classify.p_synthetic")  # the recipe's knobs (not the selection's scaffolding)
 LOG_COLUMNS = ["phase", "subject", "trial", "knobs", "label_fidelity", "copies", "copies_pool", "copies_source",
                "nn_distance_vs_real", "fid", "val_top1", "chosen", "why", "seconds"]
 
@@ -155,8 +157,10 @@ class Selection:
     def trial_view(self, values: dict[str, Any]) -> StudyConfig:
         return with_values(self.view, {**self.chosen, **values})
 
-    def measure_sets(self, phase: str, subject: str, values: dict[str, Any], sets: list[str]) -> dict | None:
-        """Generate and measure `sets` under `values`; the trial's row (the mean over its sets), or None."""
+    def measure_sets(self, phase: str, subject: str, values: dict[str, Any], sets: list[str],
+                     measured: list[str] | None = None) -> dict | None:
+        """Generate `sets` under `values` and measure `measured` (default: all of them); the trial's row (the mean
+        over the measured sets), or None when the budget is spent."""
         g_sets = [s for s in sets if set_spec(s)[0].per_mode is False]
         cfg = self.trial_view({**values, "generate.sets": g_sets})
         key = f"{subject}:{cfg.stage_hash('metrics')}"
@@ -167,7 +171,7 @@ class Selection:
             return None
         t0 = time.time()
         run_through(cfg, "metrics")
-        measures = load_image_metrics(cfg).set_index("synthetic_set").loc[list(sets)]
+        measures = load_image_metrics(cfg).set_index("synthetic_set").loc[list(measured or sets)]
         row = {"phase": phase, "subject": subject, "trial": len([r for r in self.rows if r["subject"] == subject]),
                "knobs": knobs(values),
                **measures[LOG_COLUMNS[4:10]].mean().to_dict(), "val_top1": np.nan, "chosen": False, "why": "",
@@ -244,7 +248,8 @@ def select_recipe(cfg: StudyConfig) -> Selection:
     for name in [n for n in synthetic_set_names(cfg.generate) if set_spec(n)[0].sampler != "conditioned"]:
         for s_text in cfg.select.text_guidance:
             sel.measure_sets("generator", name, {"generate.modes": list(cfg.classify.mvc_modes),
-                                                 f"generate.guidance_per_set.{name}": s_text}, mvc_sets + [name])
+                                                 f"generate.guidance_per_set.{name}": s_text}, mvc_sets + [name],
+                             [name])
         sel.decide(name)
     # 3. classifier knobs on val accuracy
     s, c = cfg.select, cfg.classify
@@ -277,7 +282,7 @@ def write_log(sel: Selection, folder: Path, params: Path, out: Path) -> Path:
     write_csv(folder / "selection.csv", table)
     values = chosen_values(sel)
     lines = [f"# Recipe selection for study `{sel.study.study}`", "",
-             f"`mvc select {params}` on the validation split and the image measures only (test never read): the "
+             f"`mvc select {shown(params)}` on the validation split and the image measures only (test never read): the "
              f"largest level ({sel.study.data.max_shots} labelled images per class), one replicate, classifier seeds "
              f"{sel.study.select.seeds}. Rule: {SELECT_RULE.format(s=sel.study.select)}", "",
              f"Took {(time.time() - sel.start) / 60:.1f} minutes." + (f" Stopped: {sel.stopped}." if sel.stopped else ""),

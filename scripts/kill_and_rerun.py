@@ -30,7 +30,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ORDER = ["data", "caption", "embed", "backbone", "finetune", "generate", "metrics", "classify"]
+from mvc.stages import STAGES  # noqa: E402 - after the path above
+
+ORDER = [s.name for s in STAGES if s.name != "report"]  # every stage, the fine-tuning stages of each model included
 SIZES = ["finetune.steps=24", "finetune.checkpoint_every=4", "generate.images_per_source=4", "generate.batch_size=4",
          "classify.seeds=[0,1,2]", "classify.steps=30", "caption.batch_size=8", "device=cpu"]
 

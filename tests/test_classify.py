@@ -180,3 +180,25 @@ def test_the_pretrained_efficientnet_lite0_classifier_loads_offline_and_trains(s
     trained = train_classifier(data, RunSpec("randaugment", 0), c, 16)
     assert trained.head.weight.shape == init.head.weight.shape
     assert not torch.equal(trained.head.weight, init.head.weight)  # two steps moved it
+
+
+def test_the_judge_filter_keeps_images_labelled_as_intended_and_never_relabels(smoke_generated):
+    """mvc_filtered: only the synthetic images the metrics' judge labels as their intended class; the share kept is
+    the set's label fidelity; a kept image keeps its source (and so its class)."""
+    from mvc.classify import load_classification_data
+    from mvc.classifiers import evaluate
+    from mvc.metrics import train_judge
+
+    cfg = smoke_generated
+    full = load_classification_data(cfg, ["mvc_coarse"])
+    kept = load_classification_data(cfg, ["mvc_coarse"], filtered=True)
+    x, src, idx = full.synthetic["mvc_coarse"]
+    kx, ksrc, kidx = kept.synthetic["mvc_coarse"]
+    judge = train_judge(cfg)[0]
+    fidelity = evaluate(judge, x, full.train_y[src])[0]
+    assert len(kx) == round(fidelity * len(x))  # the share kept is the label fidelity of the metrics
+    predicted = judge(classifiers.normalize(kx)).argmax(1)
+    assert torch.equal(predicted, full.train_y[ksrc])  # kept only where judged as the source's class
+    pairs = set(zip(src.tolist(), idx.tolist()))
+    assert set(zip(ksrc.tolist(), kidx.tolist())) <= pairs  # the same images, the same sources: never relabelled
+    assert artifacts.load_manifest(cfg, "mvc_coarse")["label"].tolist() == full.train_y[src].tolist()

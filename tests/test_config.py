@@ -77,7 +77,7 @@ def test_misspelt_key_in_file(tmp_path):
     assert out.returncode != 0
     assert "generate.guidance_txt" in out.stderr and "guidance_text" in out.stderr
     ok = subprocess.run([sys.executable, "-m", "mvc", "check", str(REPO / "params/digits.yaml")], capture_output=True, text=True)
-    assert ok.returncode == 0 and "guidance_text: 4.0" in ok.stdout
+    assert ok.returncode == 0 and "guidance_text: 7.5" in ok.stdout
 
 
 def test_stage_hashes_are_stable_and_flow_downstream():
