@@ -72,7 +72,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     pool = splits[splits["split"] == "pool"]
     if pool.empty:
         raise ValueError("backbone.kind: surrogate needs an unlabelled pool to pretrain on, but the pool split is "
-                         "empty; raise data.pool_per_class (or lower data.shots), or use backbone.kind: pretrained")
+                         "empty; raise data.pool_per_class (or lower data.labelled_per_class), or use backbone.kind: pretrained")
     pool_caps = captions.set_index("image_id").reindex(pool["image_id"])["caption"]
     if pool_caps.isna().any():
         raise ValueError("captions.csv lacks captions of pool images: add 'pool' to caption.splits")

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.params, args.overrides)
             out = run_selection(cfg, resolve_path(args.params), resolve_path(args.out) if args.out else None,
-                                resolve_path(args.log_copy) if args.log_copy else None)
+                                resolve_path(args.log_copy) if args.log_copy else None, args.overrides)
             print(f"chosen recipe written to {out}; the log: {cfg.paths.report / 'selection' / 'selection.md'}")
         elif args.command == "check":
             cfg = load_config(args.params, args.overrides)

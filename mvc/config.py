@@ -493,6 +493,9 @@ class StudyConfig(Section):
         if self.curve_methods is not None and len(self.data.shot_levels) == 1:
             raise ValueError(f"curve_methods is set but data.shots ({self.data.shots}) is one level: it names the "
                              "methods run below the largest of several levels; remove it, or give data.shots a list")
+        if self.redraw_labelled and self.replicates > 1 and self.data.max_shots is None:
+            raise ValueError("redraw_labelled is true but data.shots is null (every remaining image is labelled): "
+                             "there is nothing to redraw; give data.shots a count and data.labelled_per_class more")
         if self.redraw_labelled and self.replicates > 1 and self.data.labelled_per_class == self.data.max_shots:
             raise ValueError(f"redraw_labelled is true but data.labelled_per_class ({self.data.labelled_per_class}) "
                              f"equals the largest shots level, so every replicate would draw the same images: set "

@@ -50,7 +50,15 @@ class ReportInputs:
 
     @cached_property
     def results(self) -> pd.DataFrame:
-        return load_results(self.cfg)
+        """The classifier runs of the study's current grid: a run kept from another top level (its ablations, a
+        method since left out of `curve_methods`) is not read."""
+        from mvc.classify import grid, run_key  # deferred: the classify stage is needed only for its grid
+
+        rows = load_results(self.cfg)
+        keys = {run_key(spec) for spec in grid(self.cfg)}
+        keep = [(Unit(s if pd.notna(s) else None).label, v, m, int(sd)) in keys
+                for s, v, m, sd in zip(rows["shots"], rows["variant"], rows["method"], rows["seed"])]
+        return rows[keep].reset_index(drop=True)
 
     @cached_property
     def classification(self) -> pd.DataFrame:
@@ -123,14 +131,14 @@ def level_design(unit_metrics: pd.DataFrame, cond_image: str) -> pd.DataFrame:
                         "cannot act (the target is its own partner)" if partners == 0 else
                         "one fixed partner" if partners == 1 else f"{partners} partners or more")
         can = mixable > 0 and (partners >= 2 or cond_image == "same")
-        rows.append({"shots": shots, "labelled_per_class": partners + 1,
+        rows.append({"shots": shots, "labelled_min": partners + 1,
                      "captions_per_class": round(float(group["captions_per_class"].mean()), 2),
                      "mixable_classes": mixable, "mixing": mixing, "other_image_conditioning": conditioning,
                      "what the level can show": "mixing and conditioning" if can else
                      "no conclusion about mixing or conditioning" if mixable == 0 else
                      "mixing only (no conclusion about conditioning)"})
     out = pd.DataFrame(rows)
-    return out.sort_values("labelled_per_class").reset_index(drop=True) if len(out) else out
+    return out.sort_values("labelled_min").reset_index(drop=True) if len(out) else out
 
 
 def metrics_by_level(unit_metrics: pd.DataFrame) -> pd.DataFrame | None:

@@ -276,7 +276,7 @@ def log_table(sel: Selection) -> pd.DataFrame:
     return frame
 
 
-def write_log(sel: Selection, folder: Path, params: Path, out: Path) -> Path:
+def write_log(sel: Selection, folder: Path, params: Path, out: Path, overrides: list[str] = ()) -> Path:
     """The selection log as CSV and Markdown in `folder`."""
     table = log_table(sel)
     write_csv(folder / "selection.csv", table)
@@ -285,7 +285,11 @@ def write_log(sel: Selection, folder: Path, params: Path, out: Path) -> Path:
              f"`mvc select {shown(params)}` on the validation split and the image measures only (test never read): the "
              f"largest level ({sel.study.data.max_shots} labelled images per class), one replicate, classifier seeds "
              f"{sel.study.select.seeds}. Rule: {SELECT_RULE.format(s=sel.study.select)}", "",
-             f"Took {(time.time() - sel.start) / 60:.1f} minutes." + (f" Stopped: {sel.stopped}." if sel.stopped else ""),
+             f"The trials took {log_table(sel)['seconds'].sum() / 60:.1f} minutes in all (this call "
+             f"{(time.time() - sel.start) / 60:.1f}; a trial finished by an earlier call is read back, not run again), "
+             f"within a budget of {sel.study.select.budget_minutes:g} minutes per call"
+             + (f"; overrides: {' '.join(overrides)}" if overrides else "") + "."
+             + (f" Stopped: {sel.stopped}." if sel.stopped else ""),
              "", "Chosen (written to " + f"`{out.name}`" + "):", ""]
     lines += [f"- `{k}`: {v}" for k, v in values.items()] or ["- nothing (no trial ran)"]
     lines += ["", "Every trial:", "", table.fillna("").to_markdown(index=False), ""]
@@ -323,12 +327,13 @@ def default_output(params: Path) -> Path:
     return params.with_name(f"{params.stem}_selected.yaml")
 
 
-def run_selection(cfg: StudyConfig, params: Path, out: Path | None = None, log_copy: Path | None = None) -> Path:
+def run_selection(cfg: StudyConfig, params: Path, out: Path | None = None, log_copy: Path | None = None,
+                  overrides: list[str] = ()) -> Path:
     """`mvc select`: the trials, the log in the study's report folder (and a copy in `log_copy`), the params file."""
     out = out or default_output(params)
     sel = select_recipe(cfg)
     folder = cfg.paths.report / "selection"
-    md = write_log(sel, folder, params, out)
+    md = write_log(sel, folder, params, out, overrides)
     if log_copy is not None:
         log_copy.mkdir(parents=True, exist_ok=True)
         for f in (md, folder / "selection.csv"):

@@ -180,6 +180,9 @@ def move_main_unit(cfg: StudyConfig, stage: str, was: str) -> None:
     if was:  # "": an interrupted move already emptied the study's own folders
         move(top, dataclasses.replace(top, unit=was))
         write_json(record, {**stage_info(cfg, stage), "main_unit": ""})
+        started = cfg.paths.stages / f"{stage}.started"
+        if started.exists():
+            started.write_text(f"{_read_started(started)[0]}\n")
     move(dataclasses.replace(top, unit=main_unit(cfg)), top)
     log.info("stage %s: the main unit is now %s; %s's outputs moved to its unit folders", stage, main_unit(cfg), was)
 
@@ -194,15 +197,25 @@ def mark_done(cfg: StudyConfig, stage: str, seconds: float, extra: dict | None =
     (cfg.paths.stages / f"{stage}.started").unlink(missing_ok=True)
 
 
+def _read_started(started: Path) -> tuple[str | None, str | None]:
+    """The params hash of a run in progress and, for a per-unit stage, the main unit its outputs at the top belong
+    to (the record that would say so is deleted when a run starts)."""
+    if not started.exists():
+        return None, None
+    lines = started.read_text().split()
+    return (lines[0] if lines else None), (lines[1] if len(lines) > 1 else None)
+
+
 def delete_stale_outputs(cfg: StudyConfig, stage: str, force: bool = False) -> None:
     """Before running `stage`: delete the outputs that other params made (all of them with `force`), and the
     temporary files an interrupted write left; keep those of an interrupted run with the current params, so
     that it resumes."""
     current = cfg.stage_hash(stage)
     started = cfg.paths.stages / f"{stage}.started"
-    started_with = started.read_text().strip() if started.exists() else None
+    started_with, started_main = _read_started(started)
     info = stage_info(cfg, stage)
     finished_with = info.get("hash")
+    was_main = info.get("main_unit", started_main)  # an interrupted run's main unit, when it left no record
     for out in output_paths(cfg, stage):
         for tmp in out.parent.glob(f".{out.name}.*"):  # atomic_path / atomic_dir temporaries
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
@@ -214,11 +227,11 @@ def delete_stale_outputs(cfg: StudyConfig, stage: str, force: bool = False) -> N
                 shutil.rmtree(out)
             elif out.exists():
                 out.unlink()
-    elif stage in PER_UNIT and info.get("main_unit") not in (None, main_unit(cfg)):
-        move_main_unit(cfg, stage, info["main_unit"])
+    elif stage in PER_UNIT and was_main not in (None, main_unit(cfg)):
+        move_main_unit(cfg, stage, was_main)
     _record(cfg, stage).unlink(missing_ok=True)
     started.parent.mkdir(parents=True, exist_ok=True)
-    started.write_text(current)
+    started.write_text(current + (f"\n{main_unit(cfg)}" if stage in PER_UNIT else ""))
 
 
 def require(cfg: StudyConfig, stage: str) -> None:

@@ -162,7 +162,7 @@ def test_adding_and_removing_a_level_runs_only_the_units_that_change(tmp_path):
 
 
 @pytest.mark.slow
-def test_replicates_that_redraw_the_labelled_images(tmp_path):
+def test_replicates_that_redraw_the_labelled_images(tmp_path, monkeypatch):
     """redraw_labelled: replicate 1 labels other candidates than replicate 0, nested across levels, never from val,
     test or the pool; every method (no augmentation too) trains replicate r on replicate r's draw."""
     cfg = smoke_config(tmp_path, "data.shots=[1, 2]", "data.labelled_per_class=4", "replicates=2",
@@ -184,6 +184,46 @@ def test_replicates_that_redraw_the_labelled_images(tmp_path):
     assert not torch.equal(data[0].train_x, data[1].train_x)
     res = artifacts.load_results(cfg)
     none = res[(res["method"] == "none") & (res["shots"].astype(str) == "2")].set_index("seed")
+    from mvc import classify
+
+    views = []
+    real = classify.load_classification_data
+    monkeypatch.setattr(classify, "load_classification_data",
+                        lambda view, *a, **k: views.append((view.shots_now, view.replicate)) or real(view, *a, **k))
     part = tmp_path / "again.csv"
     run_specs(cfg, [RunSpec("none", 1, "main", (), 0.0, shots=2, replicate=1)], part)
-    assert pd.read_csv(part)["top1"].iloc[0] == none.loc[1, "top1"]  # replicate 1's own labelled images
+    assert views == [(2, 1)]  # no augmentation, trained on replicate 1's own labelled images
+    assert pd.read_csv(part)["top1"].iloc[0] == none.loc[1, "top1"]  # as the stage trained it
+
+
+@pytest.mark.slow
+def test_a_level_added_after_an_interrupted_fine_tuning_never_takes_another_levels_model(tmp_path, monkeypatch):
+    """[1, 2] killed while fine-tuning level 1 (the main unit, level 2, already saved; no stage record), then
+    [1, 2, 3]: the level-2 model moves to its unit folder and level 3 is trained, not given level 2's model."""
+    import json
+
+    from mvc import finetune
+
+    over = ("data.labelled_per_class=3", "classify.methods=[none, mvc]", "generate.sets=[]",
+            "generate.modes=[coarse]", "classify.mvc_modes=[coarse]")
+    two = smoke_config(tmp_path, "data.shots=[1, 2]", *over)
+    run_until(two, "backbone")
+    real = finetune.train
+
+    def killed_at_level_one(cfg, *args, **kwargs):
+        if cfg.shots_now == 1:
+            raise KeyboardInterrupt  # the process dies here: the main unit is saved, the stage is not recorded
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", killed_at_level_one)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.finetune(two, show_progress=False)
+    monkeypatch.setattr(finetune, "train", real)
+    assert not (two.paths.stages / "finetune.json").exists()
+    level2 = _files(two.paths.mvc_model)
+
+    three = smoke_config(tmp_path, "data.shots=[1, 2, 3]", *over)
+    finetune.finetune(three, show_progress=False)
+    assert _files(three.unit(2, 0).paths.mvc_model) == level2  # moved, not retrained
+    assert json.loads((three.paths.model_work("finetune") / "summary.json").read_text())["shots"] == 3
+    assert all(u.paths.mvc_model.is_dir() for u in three.units())
