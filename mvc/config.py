@@ -399,10 +399,16 @@ class SelectConfig(Section):
     randaugment_magnitude: list[int] = [5, 9, 13]
     randaugment_num_ops: list[int] = [1, 2]
     p_synthetic: list[float] = [0.25, 0.5, 0.75]  # the MVC methods' synthetic share
+    # classifier backbones (`classify.backbone`), scored by the val accuracy of `none` before the other classifier
+    # knobs; any but small_cnn is tried with its pretrained weights (efficientnet_lite0's are installed: offline)
+    classifier_backbone: list[str] = []
     seeds: list[int] = Field([0, 1, 2], min_length=1)  # classifier seeds of each classifier trial
     max_copies: float = Field(0.05, ge=0, le=1)
     fidelity_tolerance: float = Field(0.01, ge=0, le=1)
     budget_minutes: float = Field(20.0, gt=0)  # no trial starts after this; untried knobs keep their values
+    # `mvc study` runs the selection first (after the stages it shares with the study), then the study with the
+    # chosen values (the params file it writes: reports/<study>/selection/selected.yaml)
+    run_first: bool = False
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

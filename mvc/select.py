@@ -9,13 +9,15 @@ scored on val, distances are to val, classifiers are scored on val. Test images 
 2. Each text-only or SDEdit set of the study (sd_naive, sd_img2img, sd_finetuned): each `select.text_guidance`,
    with MVC's chosen fine-tuning (sd_finetuned is trained as MVC is, mixing included: it differs in the
    conditioning alone).
-3. The classifier knobs, on val accuracy over `select.seeds`: RandAugment's magnitude and operations, and MVC's
+3. The classifier knobs, on val accuracy over `select.seeds`: the classifier backbone (`select.classifier_backbone`,
+   scored by `none`; every method then trains the chosen one), RandAugment's magnitude and operations, and MVC's
    synthetic share.
 
 One rule picks every generator trial (`SelectConfig`): among the trials whose copies are at most `select.max_copies`
 (of the labelled images, the pool and the source domain), the highest label fidelity; within
 `select.fidelity_tolerance` of it, the highest novelty (`nn_distance_vs_real`). No trial starts once
-`select.budget_minutes` have passed; a knob left untried keeps the params file's value, and the log says so.
+`select.budget_minutes` have passed (the trials an earlier call finished count to it); a knob left untried keeps the
+params file's value, and the log says so. With `select.run_first`, `mvc study` runs the selection before the study.
 
 Writes `reports/<study>/selection/selection.{csv,md}` (the log: every trial, its measures, the chosen one and why),
 and a params file that extends the given one with the chosen values (default `<params>_selected.yaml`). Each trial's
@@ -49,8 +51,8 @@ from mvc.state import is_done, output_paths
 log = logging.getLogger(__name__)
 
 SHARED_STAGES = ("data", "caption", "embed", "backbone")  # the same in the study and its selection: adopted
-PARAM_KEYS = ("finetune.steps", "finetune.cond_image", "generate.guidance", "classify.randaugment",
-              "classify.p_synthetic")  # the recipe's knobs (not the selection's scaffolding)
+PARAM_KEYS = ("finetune.steps", "finetune.cond_image", "generate.guidance", "classify.backbone",
+              "classify.pretrained", "classify.randaugment", "classify.p_synthetic")  # the recipe's knobs (not the selection's scaffolding)
 LOG_COLUMNS = ["phase", "subject", "trial", "knobs", "label_fidelity", "copies", "copies_pool", "copies_source",
                "nn_distance_vs_real", "fid", "val_top1", "chosen", "why", "seconds"]
 
@@ -126,6 +128,7 @@ class Selection:
     chosen: dict[str, Any] = field(default_factory=dict)
     stopped: str | None = None
     done: dict[str, dict] = field(default_factory=dict)  # trials measured before an interruption, by params hash
+    reused_seconds: float = 0.0  # what the trials read back from an earlier call took: they count to the budget
 
     @property
     def trials_file(self) -> Path:
@@ -147,8 +150,13 @@ class Selection:
             f.write(json.dumps(row, default=float) + "\n")
         return row
 
+    def reuse(self, key: str, values: dict[str, Any]) -> dict:
+        """A trial finished by an earlier call, read back (its time counts to the budget)."""
+        self.reused_seconds += float(self.done[key].get("seconds") or 0)
+        return {**self.done[key], "_values": values}
+
     def within_budget(self) -> bool:
-        minutes = (time.time() - self.start) / 60
+        minutes = (time.time() - self.start + self.reused_seconds) / 60
         if minutes >= self.study.select.budget_minutes and self.stopped is None:
             self.stopped = (f"budget of {self.study.select.budget_minutes:g} minutes reached after {minutes:.1f}: "
                             f"the knobs not tried keep the params file's values")
@@ -165,7 +173,7 @@ class Selection:
         cfg = self.trial_view({**values, "generate.sets": g_sets})
         key = f"{subject}:{cfg.stage_hash('metrics')}"
         if key in self.done:
-            self.rows.append({**self.done[key], "_values": values})
+            self.rows.append(self.reuse(key, values))
             return self.rows[-1]
         if not self.within_budget():
             return None
@@ -198,7 +206,7 @@ class Selection:
             cfg = self.trial_view({**values, "classify.methods": methods})
             key = f"{subject}:{cfg.stage_hash('classify')}"
             if key in self.done:
-                row = {**self.done[key], "_values": values}
+                row = self.reuse(key, values)
             elif not self.within_budget():
                 break
             else:
@@ -251,9 +259,13 @@ def select_recipe(cfg: StudyConfig) -> Selection:
                                                  f"generate.guidance_per_set.{name}": s_text}, mvc_sets + [name],
                              [name])
         sel.decide(name)
-    # 3. classifier knobs on val accuracy
+    # 3. classifier knobs on val accuracy: the backbone first (every method trains it), then the augmentations'
     s, c = cfg.select, cfg.classify
     base = {"generate.modes": list(c.mvc_modes), "generate.sets": []}
+    if s.classifier_backbone:
+        sel.classifier_trials("classifier_backbone", [
+            {**base, "classify.backbone": b, "classify.pretrained": b != "small_cnn"} for b in s.classifier_backbone],
+            ["none"])
     if "randaugment" in c.methods and (s.randaugment_magnitude or s.randaugment_num_ops):
         grid = [{**base, "classify.randaugment_magnitude": m, "classify.randaugment_num_ops": n}
                 for m in (s.randaugment_magnitude or [c.randaugment_magnitude])
@@ -287,7 +299,7 @@ def write_log(sel: Selection, folder: Path, params: Path, out: Path, overrides: 
              f"{sel.study.select.seeds}. Rule: {SELECT_RULE.format(s=sel.study.select)}", "",
              f"The trials took {log_table(sel)['seconds'].sum() / 60:.1f} minutes in all (this call "
              f"{(time.time() - sel.start) / 60:.1f}; a trial finished by an earlier call is read back, not run again), "
-             f"within a budget of {sel.study.select.budget_minutes:g} minutes per call"
+             f"within a budget of {sel.study.select.budget_minutes:g} minutes (a trial read back counts to it)"
              + (f"; overrides: {' '.join(overrides)}" if overrides else "") + "."
              + (f" Stopped: {sel.stopped}." if sel.stopped else ""),
              "", "Chosen (written to " + f"`{out.name}`" + "):", ""]
@@ -319,7 +331,8 @@ def write_params(sel: Selection, params: Path, out: Path) -> Path:
     header = (f"# Chosen by `mvc select {params.name}` on the validation split and the image measures (test never "
               f"read);\n# the log: reports/{sel.study.study}/selection/selection.md. Run the study with this file.\n")
     with atomic_path(out) as tmp:
-        tmp.write_text(header + yaml.safe_dump({"extends": extends, "study": sel.study.study, **tree}, sort_keys=False))
+        tmp.write_text(header + yaml.safe_dump({"extends": extends, "study": sel.study.study, **tree,
+                                                "select": {"run_first": False}}, sort_keys=False))
     return out
 
 

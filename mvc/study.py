@@ -298,9 +298,27 @@ def run_study(params: str | Path, notebooks: str | None = None, overrides: list[
         lock_file = cfg.paths.run / ".lock"
         os.environ[LOCK_ENV] = f"{lock_file}:{lock_file.read_text().strip()}"
         try:
+            if cfg.select.run_first:
+                params_path, cfg = select_first(cfg, params_path, overrides)
             return _run_notebooks(cfg, chosen, params_path, overrides, force, show_progress)
         finally:
             os.environ.pop(LOCK_ENV, None)
+
+
+def select_first(cfg: StudyConfig, params_path: Path, overrides: list[str]) -> tuple[Path, StudyConfig]:
+    """`select.run_first`: the stages the selection shares with the study (run in the study, then adopted by the
+    selection), the selection (it resumes from its finished trials), and the study's config from the params file it
+    writes, `reports/<study>/selection/selected.yaml` (the same overrides on top)."""
+    from mvc.pipeline import stage_function  # deferred: it imports every stage's module
+    from mvc.select import SHARED_STAGES, run_selection
+
+    for name in SHARED_STAGES:
+        stage_function(name)(cfg, show_progress=False)
+    log.info("select.run_first: choosing the recipe on the validation split (budget %g minutes)",
+             cfg.select.budget_minutes)
+    out = run_selection(cfg, params_path, cfg.paths.report / "selection" / "selected.yaml", overrides=overrides)
+    print(f"recipe chosen on the validation split: {out} (the log: {out.parent / 'selection.md'})", file=sys.stderr)
+    return out, load_config(out, overrides)
 
 
 def _run_notebooks(cfg: StudyConfig, chosen: list[str], params_path: Path, overrides: list[str], force: bool,

@@ -4,7 +4,11 @@ images would:
 - `shapes`: 6 classes of coloured shapes (circle, square, triangle, star, cross, ring) on coloured backgrounds,
   random size, position and rotation, 48x48 RGB, 100 images per class;
 - `glyphs`: 12 classes of letters (A-L) in the fonts that ship with matplotlib, random size, position, rotation
-  and stroke, 24x24 greyscale, 40 images per class.
+  and stroke, 24x24 greyscale, 40 images per class;
+- `textures`: 8 classes of natural colour textures, patches of real photographs that ship with scikit-image and
+  scikit-learn (cat fur, coffee, a rocket and its sky, the Hubble deep field, stained tissue, a retina, a flower,
+  a Chinese temple), random position, scale, flip and quarter turn, 32x32 RGB, 60 images per class (needs the
+  `dev` extra's scikit-image; its photographs are in its wheel, offline).
 
     python scripts/make_imagefolders.py OUT_DIR        (writes OUT_DIR/shapes/<class>/*.png, OUT_DIR/glyphs/...)
 """
@@ -65,6 +69,32 @@ def glyph_image(letter: str, fonts: list[Path], rng: np.random.Generator, size: 
     return Image.fromarray((low + (high - low) * glyph / 255).astype(np.uint8), mode="L")
 
 
+TEXTURE_SOURCES = {"fur": "chelsea", "coffee": "coffee", "rocket": "rocket", "space": "hubble_deep_field",
+                   "tissue": "immunohistochemistry", "retina": "retina", "flower": "flower.jpg", "temple": "china.jpg"}
+
+
+def texture_photographs() -> dict[str, np.ndarray]:
+    """Each texture class's photograph (H, W, 3 uint8), from scikit-image's and scikit-learn's bundled samples."""
+    try:
+        from skimage import data
+    except ImportError as err:
+        raise SystemExit("the textures folder needs scikit-image: pip install -e '.[dev]'") from err
+    from sklearn.datasets import load_sample_image
+
+    return {name: np.asarray(load_sample_image(src) if src.endswith(".jpg") else getattr(data, src)())[..., :3]
+            for name, src in TEXTURE_SOURCES.items()}
+
+
+def texture_patch(photo: np.ndarray, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A random square patch of `photo` (a sixth to a third of its shorter side), flipped and turned at random."""
+    side = int(rng.uniform(1 / 6, 1 / 3) * min(photo.shape[:2]))
+    y, x = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
+    patch = np.rot90(photo[y:y + side, x:x + side], k=int(rng.integers(4)))
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    return Image.fromarray(np.ascontiguousarray(patch)).resize((size, size), Image.Resampling.LANCZOS)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
@@ -85,7 +115,13 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(40):
             glyph_image(letter, fonts, rng).save(folder / f"{i:03d}.png")
-    print(f"wrote {args.out / 'shapes'} (6 classes x 100, 48 px RGB) and {args.out / 'glyphs'} (12 x 40, 24 px grey)")
+    for name, photo in texture_photographs().items():
+        folder = args.out / "textures" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(60):
+            texture_patch(photo, rng).save(folder / f"{i:03d}.png")
+    print(f"wrote {args.out / 'shapes'} (6 classes x 100, 48 px RGB), {args.out / 'glyphs'} (12 x 40, 24 px grey) and "
+          f"{args.out / 'textures'} (8 x 60, 32 px RGB)")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
             "generate.modes=[coarse]", "classify.mvc_modes=[coarse]", "select.finetune_steps=[3, 6]",
             "select.guidance_text=[2.0, 4.0]", "select.guidance_image=[1.5]", "select.text_guidance=[2.0, 5.0]",
             "select.randaugment_magnitude=[5, 9]", "select.randaugment_num_ops=[1]", "select.p_synthetic=[0.5]",
-            "select.seeds=[0]"]
+            "select.classifier_backbone=[small_cnn, efficientnet_lite0]", "select.seeds=[0]"]
     cfg = smoke_config(tmp_path, *over)
     run_until(cfg, "backbone")  # the study's shared stages: the selection adopts them
     stored = artifacts.stored_splits(cfg)
@@ -72,7 +72,8 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
     assert view.metrics.judge_scored_on == "val" and view.classify.evaluate_on == "val"
     assert view.metrics.reference_split == "val" and "test" not in view.metrics.judge_splits
     log = pd.read_csv(cfg.paths.report / "selection" / "selection.csv")
-    assert log.groupby("subject").size().to_dict() == {"mvc": 4, "sd_naive": 2, "randaugment": 2, "p_synthetic": 1}
+    assert log.groupby("subject").size().to_dict() == {"mvc": 4, "sd_naive": 2, "classifier_backbone": 2,
+                                                       "randaugment": 2, "p_synthetic": 1}
     assert (log.groupby("subject")["chosen"].sum() == 1).all()
     assert log.loc[log["phase"] == "generator", "label_fidelity"].between(0, 1).all()
     chosen = load_config(out, [f"runs_root={tmp_path / 'runs'}"])
@@ -81,6 +82,10 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
     assert f"generate.guidance_text={chosen.generate.guidance_text}" in mvc_pick["knobs"]
     assert set(chosen.generate.guidance_per_set) == {"sd_naive"}
     assert chosen.classify.randaugment_magnitude in (5, 9) and chosen.study == cfg.study
+    backbones = log[log["subject"] == "classifier_backbone"].set_index("knobs")["val_top1"]
+    assert chosen.classify.backbone == backbones.idxmax().split("classify.backbone=")[1].split(",")[0]
+    assert chosen.classify.pretrained == (chosen.classify.backbone == "efficientnet_lite0")
+    assert not chosen.select.run_first  # the chosen recipe's file never selects again
     assert artifacts.stored_splits(view).equals(stored)  # the study's splits, adopted, not redrawn
     assert "test never read" in (cfg.paths.report / "selection" / "selection.md").read_text()
 
@@ -88,3 +93,28 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
     run_selection(cfg, params, tmp_path / "chosen.yaml")  # finished trials are not run again
     assert pd.read_csv(cfg.paths.report / "selection" / "selection.csv").equals(log)
     assert {f: f.stat().st_mtime_ns for f in view.paths.stages.glob("*.json")} == stamps
+
+
+def test_study_with_run_first_selects_then_runs_the_notebooks_on_the_chosen_params(tmp_path, monkeypatch):
+    """`select.run_first`: the shared stages in the study, the selection, then the notebooks on its params file
+    (the user's overrides on top); the stub below stands in for the trials, which the test above runs."""
+    from mvc import select, study
+    from mvc.state import is_done
+
+    monkeypatch.setattr(select, "select_recipe", lambda cfg: select.Selection(
+        cfg, select.selection_view(cfg), chosen={"finetune.steps": 7, "generate.sets": []}))
+    seen = {}
+    monkeypatch.setattr(study, "_run_notebooks", lambda cfg, chosen, params_path, overrides, force, progress:
+                        seen.update(cfg=cfg, params=params_path, overrides=overrides))
+    params = tmp_path / "study.yaml"
+    params.write_text("extends: " + str(artifacts.__file__).replace("mvc/artifacts.py", "params/smoke.yaml") + "\n")
+    overrides = [f"runs_root={tmp_path / 'runs'}", f"reports_root={tmp_path / 'reports'}", "device=cpu",
+                 "select.run_first=true", "classify.steps=5"]
+    cfg = load_config(params, overrides)
+    study.run_study(params, overrides=overrides, show_progress=False)
+    assert seen["params"] == cfg.paths.report / "selection" / "selected.yaml"
+    assert seen["cfg"].finetune.steps == 7 and seen["cfg"].classify.steps == 5  # chosen, and the user's override
+    assert seen["overrides"] == overrides and seen["cfg"].study == cfg.study
+    assert not load_config(seen["params"]).select.run_first  # the chosen file alone never selects again
+    assert all(is_done(cfg, s) for s in select.SHARED_STAGES)  # in the study, for the selection to adopt
+    assert (cfg.paths.report / "selection" / "selection.md").exists()
