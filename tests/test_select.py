@@ -80,7 +80,8 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
     mvc_pick = log[(log["subject"] == "mvc") & log["chosen"]].iloc[0]
     assert f"finetune.steps={chosen.finetune.steps}" in mvc_pick["knobs"]
     assert f"generate.guidance_text={chosen.generate.guidance_text}" in mvc_pick["knobs"]
-    assert set(chosen.generate.guidance_per_set) == {"sd_naive"}
+    naive_pick = log[(log["subject"] == "sd_naive") & log["chosen"]].iloc[0]["knobs"]
+    assert naive_pick == f"generate.guidance_per_set.sd_naive={chosen.generate.guidance_per_set['sd_naive']}"
     assert chosen.classify.randaugment_magnitude in (5, 9) and chosen.study == cfg.study
     backbones = log[log["subject"] == "classifier_backbone"].set_index("knobs")["val_top1"]
     assert chosen.classify.backbone == backbones.idxmax().split("classify.backbone=")[1].split(",")[0]
