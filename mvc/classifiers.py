@@ -53,13 +53,33 @@ class PretrainedLite0(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled body features of the kit's [-1, 1] images."""
         x = (x + 1) / 2
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return self.head(self.body((x - self.mean) / self.std))
+        return self.body((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+    @property
+    def features(self) -> nn.Module:
+        """The features as a module (as small_cnn's `features`): what the image measures use when this is the judge."""
+        return _Embedding(self)
+
+
+class _Embedding(nn.Module):
+    """A view of a PretrainedLite0's `embed` as a module (the network is held outside the module tree)."""
+
+    def __init__(self, network: PretrainedLite0) -> None:
+        super().__init__()
+        self.__dict__["network"] = network  # not registered: a view, not a copy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.embed(x)
 
 
 def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,

@@ -313,6 +313,10 @@ class MetricsConfig(Section):
     # images MVC generates from. With pool_per_class 0 (the paper profiles) the judge learns from `val` alone.
     judge_splits: list[Literal["train", "pool", "val"]] = Field(["val", "pool"], min_length=1)
     judge_steps: int = Field(400, ge=1)
+    # the judge's network (as classify.backbone; any but small_cnn with its pretrained weights): a small CNN reads
+    # digits, but on colour photographs it can stay near chance, where label fidelity means nothing; the own-data CPU
+    # profile uses efficientnet_lite0. Trained once per study folder and kept in runs/<study>/judge/
+    judge_backbone: str = "small_cnn"
     reference_split: Literal["test", "val"] = "test"  # the real domain the distances are measured against
     judge_scored_on: Literal["test", "val"] = "test"  # the real split the judge's own accuracy is measured on
     kid_subsets: int = Field(100, ge=1)  # random subsets KID is estimated on (mean, std, 95 % percentile interval)
@@ -383,6 +387,8 @@ class ReportConfig(Section):
     # a synthetic set whose label fidelity is more than this below the judge's accuracy on real images is named in
     # the report's headline (and at the end of `mvc study`): most of its images are not of their intended class
     fidelity_gap: float = Field(0.2, ge=0, le=1)
+    # a judge that reads fewer real images than this cannot measure label fidelity: the headline says so
+    judge_floor: float = Field(0.5, ge=0, le=1)
 
 
 class SelectConfig(Section):

@@ -28,6 +28,8 @@ other-image conditioning can act in its unit (`effective_design`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -39,13 +41,13 @@ from torch import nn
 from mvc.artifacts import (class_names, load_captions, load_image_metrics, load_images, load_splits, load_synthetic,
                            stored_splits, unit_set_names)
 from mvc.backbone import source_domain_images
-from mvc.classifiers import ClassificationData, RunSpec, evaluate, train_classifier
+from mvc.classifiers import ClassificationData, RunSpec, build_classifier, evaluate, train_classifier
 from mvc.config import StudyConfig
 from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extract_features, feature_diversity,
                                 frechet_distance, inception_features, kid_subset_scores, kid_summary, memorization,
                                 nearest_two, stratified_sample)
 from mvc.imaging import to_chw
-from mvc.io import read_rows, write_csv
+from mvc.io import atomic_path, read_rows, write_csv
 from mvc.progress import progress
 from mvc.registry import set_mode
 from mvc.runtime import pick_device, seed_everything
@@ -83,7 +85,8 @@ def split_images(splits: pd.DataFrame, images: np.ndarray, names: list[str]) -> 
 
 
 def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, ClassificationData]:
-    """The small CNN trained on real images of the judge splits (crop augmentation only); its test data: the split
+    """The judge (`metrics.judge_backbone`) trained on real images of the judge splits (crop augmentation only), or
+    read back from `runs/<study>/judge/` where the same judge was trained before; its test data: the split
     `metrics.judge_scored_on` (test; val when `mvc select` chooses a recipe, which never reads test)."""
     splits, images = load_splits(cfg), load_images(cfg)
     train_x, train_y = split_images(splits, images, list(cfg.metrics.judge_splits))
@@ -93,9 +96,23 @@ def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, Class
                          f"{cfg.data.pool_per_class}); give the judge a split with images (never 'train')")
     test_x, test_y = split_images(splits, images, [cfg.metrics.judge_scored_on])
     data = ClassificationData(train_x, train_y, test_x, test_y, int(splits["label"].max()) + 1)
-    c = cfg.classify.model_copy(update={"steps": cfg.metrics.judge_steps, "backbone": "small_cnn",
-                                        "pretrained": False, "small_cnn_width": 32})
-    return train_classifier(data, RunSpec("none", cfg.seed), c, cfg.data.resolution, device), data
+    name = cfg.metrics.judge_backbone
+    c = cfg.classify.model_copy(update={"steps": cfg.metrics.judge_steps, "backbone": name,
+                                        "pretrained": name != "small_cnn", "small_cnn_width": 32})
+    key = hashlib.sha256(json.dumps({
+        "data": cfg.stage_hash("data"), "splits": list(cfg.metrics.judge_splits), "recipe": c.model_dump(mode="json"),
+        "seed": cfg.seed, "resolution": cfg.data.resolution, "device": torch.device(device).type,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    path = cfg.paths.run / "judge" / f"{name.replace(':', '_')}-{key}.pt"
+    model = build_classifier(name, data.num_classes, train_x.shape[1], c.pretrained, c.small_cnn_width, c.input_size)
+    if path.exists():  # the same judge (the same images, recipe and seed) trained by an earlier stage or trial
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        layout = torch.channels_last if c.channels_last else torch.contiguous_format
+        return model.to(device, memory_format=layout).eval(), data
+    model = train_classifier(data, RunSpec("none", cfg.seed), c, cfg.data.resolution, device)
+    with atomic_path(path) as tmp:
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+    return model, data
 
 
 def feature_extractor(cfg: StudyConfig, judge: nn.Module) -> nn.Module:

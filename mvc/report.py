@@ -171,6 +171,13 @@ def fidelity_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
     """A sentence for each synthetic set whose label fidelity is more than `report.fidelity_gap` below the judge's
     accuracy on real images (the main unit's measures): its images mostly do not carry their class."""
     out = []
+    judge = float(metrics["judge_accuracy_on_real"].iloc[0]) if len(metrics) else 1.0
+    if judge < cfg.report.judge_floor:
+        return [f"The judge ({cfg.metrics.judge_backbone}, trained on real {' and '.join(cfg.metrics.judge_splits)} "
+                f"images) reads only {judge:.0%} of real {cfg.metrics.judge_scored_on} images, below "
+                f"report.judge_floor ({cfg.report.judge_floor:.0%}): label fidelity, the filter of mvc_filtered and "
+                f"the recipe chosen on fidelity mean little on this data; set metrics.judge_backbone: "
+                f"efficientnet_lite0 (a pretrained network) or give the judge more images."]
     for row in metrics[metrics["synthetic_set"] != "real_train"].itertuples():
         if row.label_fidelity < row.judge_accuracy_on_real - cfg.report.fidelity_gap:
             users = [m for m in cfg.classify.methods if row.synthetic_set in method_sets(m, cfg.classify)]

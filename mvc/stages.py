@@ -82,7 +82,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("metrics", ("metrics", "classify", "seed"), ("generate",), "04", lambda p: (p.image_metrics,),
           "FID, KID, label fidelity and diversity of every synthetic set"),
     Stage("classify", ("classify", "replicates", "curve_methods", "metrics.judge_splits", "metrics.judge_steps",
-                       "seed"), ("generate",), "05", lambda p: (p.results,),
+                       "metrics.judge_backbone", "seed"), ("generate",), "05", lambda p: (p.results,),
           "train the classifiers of every method and seed (of every shots level)"),
     Stage("report", ("report", "data.shots"), ("classify", "metrics"), "06", lambda p: (),
           "figures, tables and index.html"),

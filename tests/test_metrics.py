@@ -156,6 +156,27 @@ def test_judge_splits_without_images_raise(smoke_generated, monkeypatch):
         metrics.train_judge(smoke_generated)
 
 
+def test_the_judge_is_trained_once_per_study_folder_and_can_be_a_pretrained_network(smoke_generated, monkeypatch):
+    from mvc import metrics
+    from mvc.classifiers import normalize
+    from mvc.config import with_values
+
+    cfg = with_values(smoke_generated, {"metrics.judge_backbone": "efficientnet_lite0", "metrics.judge_steps": 2})
+    trained = []
+    real = metrics.train_classifier
+    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: trained.append(a[2].backbone) or real(*a, **k))
+    judge, data = metrics.train_judge(cfg)
+    again, _ = metrics.train_judge(cfg)  # the metrics stage, then classify's filter: one training
+    assert trained == ["efficientnet_lite0"] and len(list((cfg.paths.run / "judge").glob("efficientnet_lite0-*")))
+    x = normalize(data.test_x[:6])
+    with torch.no_grad():
+        assert torch.allclose(judge(x), again(x), atol=1e-5)
+        features = metrics.feature_extractor(cfg, again)(data.test_x[:6])  # the image measures' features
+    assert features.shape == (6, judge.body.num_features) and torch.isfinite(features).all()
+    metrics.train_judge(with_values(cfg, {"metrics.judge_steps": 3}))  # another recipe: another judge
+    assert trained == ["efficientnet_lite0"] * 2
+
+
 def test_metrics_stage_on_the_smoke_study(smoke_generated):
     from mvc.artifacts import load_captions, load_splits
     from mvc.metrics import METRIC_COLUMNS, image_metrics

@@ -146,3 +146,7 @@ def test_a_set_far_below_the_judges_accuracy_is_named_in_the_headline():
     assert "92%" in warnings[0] and "mvc, mvc_two_phase" in warnings[0]  # the rows it concerns
     assert fidelity_warnings(cfg.model_copy(update={"report": cfg.report.model_copy(update={"fidelity_gap": 0.6})}),
                              metrics) == []
+    blind = metrics.assign(judge_accuracy_on_real=0.25)  # a judge near chance cannot measure fidelity
+    warnings = fidelity_warnings(cfg, blind)
+    assert len(warnings) == 1 and "reads only 25% of real test images" in warnings[0]
+    assert "metrics.judge_backbone" in warnings[0]
