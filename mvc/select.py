@@ -51,8 +51,9 @@ from mvc.state import is_done, output_paths
 log = logging.getLogger(__name__)
 
 SHARED_STAGES = ("data", "caption", "embed", "backbone")  # the same in the study and its selection: adopted
+# the recipe's knobs (not the selection's scaffolding)
 PARAM_KEYS = ("finetune.steps", "finetune.cond_image", "generate.guidance", "classify.backbone",
-              "classify.pretrained", "classify.randaugment", "classify.p_synthetic")  # the recipe's knobs (not the selection's scaffolding)
+              "classify.pretrained", "classify.randaugment", "classify.p_synthetic")
 LOG_COLUMNS = ["phase", "subject", "trial", "knobs", "label_fidelity", "copies", "copies_pool", "copies_source",
                "nn_distance_vs_real", "fid", "val_top1", "chosen", "why", "seconds"]
 

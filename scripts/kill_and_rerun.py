@@ -6,8 +6,9 @@ truncated images, the same numbers.
 
 Runs on the smoke profile, sized up so that each stage lasts a few seconds; captioning uses the BLIP-2 path on a
 tiny random BLIP-2 saved to disk. With `--units` the study is a design of four units (shots [2, 4] x 2 replicates
-that redraw the labelled images) and the kills fall in the later part of each stage, after the main unit: inside
-the other units' fine-tuning, generation and classification; every unit's outputs are compared. Prints one line
+that redraw the labelled images) and each kill falls inside a unit after the main one: a moment after the first,
+second, ... unit (or a share of the classifier runs) has finished, in the other units' fine-tuning, generation and
+classification; every unit's outputs are compared. Prints one line
 per stage and exits non-zero if any check failed.
 """
 
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -57,17 +59,21 @@ def unit_folders(run: Path, stage: str) -> dict[str, Path]:
     return found | {u.name: u for u in sorted((run / "units" / "generate").glob("*"))}
 
 
-def run_stage(stage: str, over: list[str], kill_after: float | None = None) -> bool:
-    """Run `mvc <stage>`; with `kill_after`, SIGKILL it after that many seconds. True if it finished."""
+def run_stage(stage: str, over: list[str], kill_after: float | None = None,
+              kill_when: Callable[[], bool] | None = None) -> bool:
+    """Run `mvc <stage>`; with `kill_after`, SIGKILL it after that many seconds; with `kill_when`, as soon as that
+    holds (polled every 0.05 s), then `kill_after` seconds later. True if it finished."""
     cmd = [sys.executable, "-m", "mvc", stage, str(ROOT / "params/smoke.yaml"), *[f"--set={o}" for o in over]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if kill_after is None:
-        _, err = proc.communicate()
-        if proc.returncode:
-            raise RuntimeError(f"mvc {stage} failed:\n{err[-3000:]}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kill_after is None and kill_when is None:
+        if proc.wait():
+            proc = subprocess.run(cmd, capture_output=True, text=True)  # again, for its error
+            raise RuntimeError(f"mvc {stage} failed:\n{proc.stderr[-3000:]}")
         return True
+    while kill_when is not None and proc.poll() is None and not kill_when():
+        time.sleep(0.05)
     try:
-        proc.wait(timeout=kill_after)
+        proc.wait(timeout=kill_after or 0)
         return proc.returncode == 0
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
@@ -103,16 +109,21 @@ def snapshot(run: Path, stage: str) -> dict:
     raise ValueError(stage)
 
 
-def units_finished(run: Path, stage: str) -> int | str:
-    """How many units of a per-unit stage had finished (a model saved, a set's manifest written) at a kill."""
+def units_finished(run: Path, stage: str) -> int:
+    """How far a per-unit stage is: units finished (a model saved, a set's manifest written), or classifier runs."""
     if stage == "finetune":
         return sum((model / "model_index.json").exists() for _, model in unit_folders(run, stage).values())
     if stage == "generate":
         return sum(bool(list(f.glob("*/manifest.csv"))) for f in unit_folders(run, stage).values())
     if stage == "classify":
-        rows = [pd.read_csv(f) for f in run.glob(".results-part-*.csv") if f.stat().st_size]
-        return f"{sum(len(r) for r in rows)} runs"
-    return "-"
+        parts = [f for f in run.glob(".results-part-*.csv") if f.stat().st_size]
+        return sum(max(0, len(f.read_text().splitlines()) - 1) for f in parts) if parts else \
+            (len(pd.read_csv(run / "results.csv")) if (run / "results.csv").exists() else 0)
+    return 0
+
+
+def what(stage: str) -> str:
+    return "classifier runs" if stage == "classify" else "units"
 
 
 def compare(stage: str, a: dict, b: dict) -> list[str]:
@@ -189,19 +200,31 @@ def main() -> int:
             before = ORDER[: ORDER.index(stage)]
             for s in before:  # the stages before it, uninterrupted
                 run_stage(s, overrides(work, blip2, args.units))
-            low = startup[stage] + (0.5 * (times[stage] - startup[stage]) if args.units else 0)
-            points = sorted(rng.uniform(low, max(low + 0.5, times[stage])) for _ in range(args.kills))
+            run = work / "runs" / "smoke"
+            if args.units and stage != "caption":  # kill inside a unit after the main one: once k units (runs) are done
+                total = units_finished(ref / "runs" / "smoke", stage)
+                targets = sorted({max(1, min(total - 1, round(total * (i + 1) / (args.kills + 1))))
+                                  for i in range(args.kills)})
+                points = [rng.uniform(0.1, 1.0) for _ in targets]  # seconds after the target is reached
+                kills = [dict(kill_after=t, kill_when=lambda k=k: units_finished(run, stage) >= k)
+                         for k, t in zip(targets, points)]
+            else:
+                targets, points = [], sorted(rng.uniform(startup[stage], max(startup[stage] + 0.5, times[stage]))
+                                             for _ in range(args.kills))
+                kills = [dict(kill_after=t) for t in points]
             killed, units_then = 0, []
-            for t in points:
-                if not run_stage(stage, overrides(work, blip2, args.units), kill_after=t):
+            for kill in kills:
+                if not run_stage(stage, overrides(work, blip2, args.units), **kill):
                     killed += 1
-                units_then.append(units_finished(work / "runs" / "smoke", stage))
+                units_then.append(units_finished(run, stage))
             run_stage(stage, overrides(work, blip2, args.units))
             bad = compare(stage, snapshot(ref / "runs" / "smoke", stage), snapshot(work / "runs" / "smoke", stage))
             failures += bool(bad)
-            print(f"{stage}: uninterrupted {times[stage]:.1f} s (start-up {startup[stage]:.1f} s); killed at {', '.join(f'{t:.1f}' for t in points)} s "
-                  f"({killed} of {len(points)} runs were still going when killed"
-                  + (f"; units finished at each kill: {units_then}" if args.units else "") + "); after the rerun: "
+            when = (f"killed {', '.join(f'{t:.1f} s after {k} {what(stage)} had finished' for k, t in zip(targets, points))}"
+                    if targets else f"killed at {', '.join(f'{t:.1f}' for t in points)} s")
+            print(f"{stage}: uninterrupted {times[stage]:.1f} s (start-up {startup[stage]:.1f} s); {when} "
+                  f"({killed} of {len(kills)} runs were still going when killed"
+                  + (f"; {what(stage)} finished at each kill: {units_then}" if args.units else "") + "); after the rerun: "
                   + ("identical to the uninterrupted run" if not bad else "; ".join(bad)), flush=True)
             shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
