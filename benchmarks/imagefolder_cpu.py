@@ -50,6 +50,7 @@ def run(folder: Path, study: str) -> dict:
                     f"--set=data.root={folder}", f"--set=study={study}"], check=True)
     wall = time.time() - start
     prov = json.loads((reports / "provenance.json").read_text())
+    shutil.copy2(reports / "selection" / "selection.md", ROOT / "benchmarks" / f"selection_{study}.md")
     metrics = pd.read_csv(reports / "tables" / "image_metrics.csv").set_index("synthetic_set")
     table = pd.read_csv(reports / "tables" / "classification.csv").set_index("method")
     return {"study": study, "wall_s": round(wall, 1), "peak_rss_mb": prov["peak_rss_mb"], "cpu": prov["device"],
@@ -114,7 +115,8 @@ def write_markdown(results: list[dict]) -> None:
             f"{k}: {v}" for k, v in r["selection"]["chosen"].items()))
         lines += [f"  - warning: {w}" for w in r["warnings"]] or ["  - no warning"]
     lines += ["", "Reports (not committed): " + ", ".join(f"`reports/{r['study']}/index.html`" for r in results)
-              + "; each selection log: `reports/<study>/selection/selection.md`."]
+              + "; each selection log, copied here: " + ", ".join(f"[`selection_{r['study']}.md`](selection_{r['study']}.md)"
+                                                                for r in results) + "."]
     (ROOT / "benchmarks/imagefolder_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

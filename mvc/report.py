@@ -178,6 +178,8 @@ def fidelity_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
                 f"report.judge_floor ({cfg.report.judge_floor:.0%}): label fidelity, the filter of mvc_filtered and "
                 f"the recipe chosen on fidelity mean little on this data; set metrics.judge_backbone: "
                 f"efficientnet_lite0 (a pretrained network) or give the judge more images."]
+    selected = (cfg.paths.report / "selection" / "selection.csv").exists()
+    hint = "even with the recipe `mvc select` chose on val" if selected else "or choose the recipe with `mvc select`"
     for row in metrics[metrics["synthetic_set"] != "real_train"].itertuples():
         if row.label_fidelity < row.judge_accuracy_on_real - cfg.report.fidelity_gap:
             users = [m for m in cfg.classify.methods if row.synthetic_set in method_sets(m, cfg.classify)]
@@ -185,8 +187,8 @@ def fidelity_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
                        f"time, against {row.judge_accuracy_on_real:.0%} for real {cfg.metrics.judge_scored_on} "
                        f"images read by the same judge: most of them are of another class or of none, so the "
                        f"classifiers that train on them ({', '.join(users) or 'none in this study'}) learn partly "
-                       f"from mislabelled images; read their rows with that in mind (or choose the recipe with "
-                       f"`mvc select`).")
+                       f"from mislabelled images; read their rows with that in mind ({hint}; `mvc_filtered` keeps "
+                       f"only the images the judge labels as intended).")
     return out
 
 
