@@ -104,8 +104,9 @@ def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, Class
         "seed": cfg.seed, "resolution": cfg.data.resolution, "device": torch.device(device).type,
     }, sort_keys=True).encode()).hexdigest()[:16]
     path = cfg.paths.run / "judge" / f"{name.replace(':', '_')}-{key}.pt"
-    model = build_classifier(name, data.num_classes, train_x.shape[1], c.pretrained, c.small_cnn_width, c.input_size)
     if path.exists():  # the same judge (the same images, recipe and seed) trained by an earlier stage or trial
+        model = build_classifier(name, data.num_classes, train_x.shape[1], c.pretrained, c.small_cnn_width,
+                                 c.input_size)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         layout = torch.channels_last if c.channels_last else torch.contiguous_format
         return model.to(device, memory_format=layout).eval(), data
