@@ -42,7 +42,7 @@ from mvc.artifacts import (class_names, load_captions, load_image_metrics, load_
                            stored_splits, unit_set_names)
 from mvc.backbone import source_domain_images
 from mvc.classifiers import ClassificationData, RunSpec, build_classifier, evaluate, train_classifier
-from mvc.config import StudyConfig
+from mvc.config import ClassifyConfig, StudyConfig
 from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extract_features, feature_diversity,
                                 frechet_distance, inception_features, kid_subset_scores, kid_summary, memorization,
                                 nearest_two, stratified_sample)
@@ -51,6 +51,7 @@ from mvc.io import atomic_path, read_rows, write_csv
 from mvc.progress import progress
 from mvc.registry import set_mode
 from mvc.runtime import pick_device, seed_everything
+from mvc.stages import JUDGE_RECIPE
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,8 @@ def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, Class
     test_x, test_y = split_images(splits, images, [cfg.metrics.judge_scored_on])
     data = ClassificationData(train_x, train_y, test_x, test_y, int(splits["label"].max()) + 1)
     name = cfg.metrics.judge_backbone
-    c = cfg.classify.model_copy(update={"steps": cfg.metrics.judge_steps, "backbone": name,
-                                        "pretrained": name != "small_cnn", "small_cnn_width": 32})
+    c = ClassifyConfig(**{f: getattr(cfg.classify, f) for f in JUDGE_RECIPE}, methods=["none"],
+                       steps=cfg.metrics.judge_steps, backbone=name, pretrained=name != "small_cnn", small_cnn_width=32)
     key = hashlib.sha256(json.dumps({
         "data": cfg.stage_hash("data"), "splits": list(cfg.metrics.judge_splits), "recipe": c.model_dump(mode="json"),
         "seed": cfg.seed, "resolution": cfg.data.resolution, "device": torch.device(device).type,
@@ -216,6 +217,19 @@ def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge
     return rows
 
 
+def judge_accuracy(cfg: StudyConfig, judge: nn.Module, data: ClassificationData, device: str = "cpu") -> float:
+    """The judge's accuracy on the real images of `metrics.judge_scored_on`; nan where it learnt from that split (the
+    selection of a study without a pool trains and scores it on val): its own training images would overstate it."""
+    split = cfg.metrics.judge_scored_on
+    if split in cfg.metrics.judge_splits:
+        log.info("metrics: the judge learnt from the %s images it would be scored on: its accuracy on real images is "
+                 "not measured (nan)", split)
+        return float("nan")
+    acc = evaluate(judge, data.test_x, data.test_y, device)[0]
+    log.info("metrics: judge accuracy on real %s images %.4f", split, acc)
+    return acc
+
+
 @stage("metrics", reader=load_image_metrics)
 def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Rows per unit, synthetic set (and the real training images as a reference) in `image_metrics.csv`, written
@@ -223,8 +237,7 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)  # the judge and the feature extractor run where the study runs
     judge, judge_data = train_judge(cfg, device)
-    judge_acc = evaluate(judge, judge_data.test_x, judge_data.test_y, device)[0]
-    log.info("metrics: judge accuracy on real %s images %.4f", cfg.metrics.judge_scored_on, judge_acc)
+    judge_acc = judge_accuracy(cfg, judge, judge_data, device)
     features = feature_extractor(cfg, judge).to(device).eval()
     banks = other_banks(cfg)
     rows = read_rows(cfg.paths.image_metrics)

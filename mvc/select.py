@@ -65,7 +65,8 @@ def knobs(values: dict[str, Any]) -> str:
 
 def selection_view(cfg: StudyConfig) -> StudyConfig:
     """The study as the selection runs it: its own folders, its largest level, one replicate, nothing read from
-    test (the judge learns from the pool, or from val where there is none, and is scored on val)."""
+    test (the judge learns from the pool, or from val where there is none, and is scored on val: without a pool its
+    accuracy on real images is not measured, since val taught it)."""
     pool = cfg.data.pool_per_class != 0
     return with_values(cfg, {
         "study": f"{cfg.study}-select", "data.shots": cfg.data.max_shots, "replicates": 1, "redraw_labelled": False,

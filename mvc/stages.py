@@ -47,6 +47,12 @@ NOTEBOOKS = {
     "06": "06_figures_tables.ipynb",
 }
 
+# The classifier recipe the judge of label fidelity is trained with (`mvc.metrics.train_judge`): the fields of
+# `classify` that a `none` run reads, less the network, its weights and its steps, which `metrics.judge_*` set. The
+# metrics stage reads these and no other classifier field, so a new method or seed does not re-measure the sets.
+JUDGE_RECIPE = ("input_size", "batch_size", "optimizer", "lr", "weight_decay", "crop_padding", "hflip",
+                "channels_last")
+
 # The surrogate's text encoder is built from these fields (a pretrained backbone's from `backbone.model`).
 _TEXT_ENCODER_FIELDS = ("backbone.kind", "backbone.model", "backbone.revision", "backbone.surrogate.text_hidden_size",
                         "backbone.surrogate.text_layers", "backbone.surrogate.text_heads", "backbone.surrogate.seed")
@@ -79,7 +85,7 @@ STAGES: tuple[Stage, ...] = (
           lambda p: (p.synthetic, p.generate_units, p.finetune_previews),
           "generate the synthetic sets (Figure 4) of every unit, sharded over accelerate processes",
           unit_outputs=lambda p: (p.synthetic,)),
-    Stage("metrics", ("metrics", "classify", "seed"), ("generate",), "04", lambda p: (p.image_metrics,),
+    Stage("metrics", ("metrics", "seed", *(f"classify.{f}" for f in JUDGE_RECIPE)), ("generate",), "04", lambda p: (p.image_metrics,),
           "FID, KID, label fidelity and diversity of every synthetic set"),
     Stage("classify", ("classify", "replicates", "curve_methods", "metrics.judge_splits", "metrics.judge_steps",
                        "metrics.judge_backbone", "seed"), ("generate",), "05", lambda p: (p.results,),

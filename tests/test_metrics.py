@@ -173,8 +173,26 @@ def test_the_judge_is_trained_once_per_study_folder_and_can_be_a_pretrained_netw
         assert torch.allclose(judge(x), again(x), atol=1e-5)
         features = metrics.feature_extractor(cfg, again)(data.test_x[:6])  # the image measures' features
     assert features.shape == (6, judge.body.num_features) and torch.isfinite(features).all()
+    methods = [m for m in cfg.classify.methods if m != "mixup"]
+    metrics.train_judge(with_values(cfg, {"classify.methods": methods, "classify.seeds": [5]}))  # not its recipe
+    assert trained == ["efficientnet_lite0"]
     metrics.train_judge(with_values(cfg, {"metrics.judge_steps": 3}))  # another recipe: another judge
-    assert trained == ["efficientnet_lite0"] * 2
+    metrics.train_judge(with_values(cfg, {"classify.lr": 0.01}))
+    assert trained == ["efficientnet_lite0"] * 3
+
+
+def test_the_judge_is_not_scored_on_the_images_it_learnt_from(smoke_generated):
+    from mvc import metrics
+    from mvc.config import with_values
+
+    judge, data = metrics.train_judge(with_values(smoke_generated, {"metrics.judge_steps": 2}))
+    scored = metrics.judge_accuracy(smoke_generated, judge, data)
+    assert 0 <= scored <= 1 and list(smoke_generated.metrics.judge_splits) == ["val", "pool"]
+    # a selection without a pool: the judge learns from val and is scored on val
+    no_pool = with_values(smoke_generated, {"metrics.judge_splits": ["val"], "metrics.judge_scored_on": "val"})
+    assert np.isnan(metrics.judge_accuracy(no_pool, judge, data))
+    with_pool = with_values(smoke_generated, {"metrics.judge_splits": ["pool"], "metrics.judge_scored_on": "val"})
+    assert metrics.judge_accuracy(with_pool, judge, data) == scored
 
 
 def test_metrics_stage_on_the_smoke_study(smoke_generated):
