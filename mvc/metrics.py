@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["shots", "replicate", "synthetic_set", "mode", "images", "images_per_class", "fid", "kid_mean",
                   "kid_std", "kid_ci95_low", "kid_ci95_high", "label_fidelity", "diversity", "copies", "nn_distance",
                   "nn_distance_vs_real", "copies_pool", "copies_source", "judge_accuracy_on_real", "feature_extractor",
-                  "captions_per_class", "mixable_classes", "partners_per_class"]
+                  "captions_per_class", "distinct_caption_share", "mixable_classes", "partners_per_class"]
 
 ImageSet = tuple[torch.Tensor, np.ndarray, str]  # uint8 NCHW images, labels, mode
 
@@ -172,15 +172,20 @@ def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray,
 
 def effective_design(cfg: StudyConfig) -> dict[str, float]:
     """How far mixing and other-image conditioning can act in this view's unit: the mean number of distinct captions
-    among a class's labelled images, the share of classes with at least two (a coarse or fine mix of one caption is
-    that caption: mixing cannot act there), and the fewest other labelled images of a class (the partners
-    `finetune.cond_image: other` can draw; 0: the target conditions itself, 1: the partner is fixed)."""
+    among a class's labelled images, the mean share of a class's labelled images whose caption is distinct (distinct
+    captions / images: 1 when the captioner tells every image apart; under half, mixing has little to mix), the share
+    of classes with at least two (a coarse or fine mix of one caption is that caption: mixing cannot act there), and
+    the fewest other labelled images of a class (the partners `finetune.cond_image: other` can draw; 0: the target
+    conditions itself, 1: the partner is fixed)."""
     splits = load_splits(cfg)
     train = splits[splits["split"] == "train"]
     captions = load_captions(cfg).set_index("image_id")
     texts = captions.loc[train["image_id"], "text"].to_numpy()
-    distinct = pd.Series(texts).groupby(train["label"].to_numpy()).nunique()
-    return {"captions_per_class": round(float(distinct.mean()), 2), "mixable_classes": float((distinct > 1).mean()),
+    by_class = pd.Series(texts).groupby(train["label"].to_numpy())
+    distinct = by_class.nunique()
+    return {"captions_per_class": round(float(distinct.mean()), 2),
+            "distinct_caption_share": round(float((distinct / by_class.size()).mean()), 3),
+            "mixable_classes": float((distinct > 1).mean()),
             "partners_per_class": int(train.groupby("label").size().min()) - 1}
 
 

@@ -133,6 +133,8 @@ def level_design(unit_metrics: pd.DataFrame, cond_image: str) -> pd.DataFrame:
         can = mixable > 0 and (partners >= 2 or cond_image == "same")
         rows.append({"shots": shots, "labelled_min": partners + 1,
                      "captions_per_class": round(float(group["captions_per_class"].mean()), 2),
+                     "distinct_caption_share": round(float(group["distinct_caption_share"].min()), 3)
+                     if "distinct_caption_share" in group else float("nan"),
                      "mixable_classes": mixable, "mixing": mixing, "other_image_conditioning": conditioning,
                      "what the level can show": "mixing and conditioning" if can else
                      "no conclusion about mixing or conditioning" if mixable == 0 else
@@ -165,6 +167,32 @@ def _backbone_loss(part: str, ylabel: str) -> Callable[[ReportInputs], plt.Figur
 def _finetune_previews(d: ReportInputs) -> Path | None:
     path = d.cfg.paths.finetune_previews  # drawn by the generate stage
     return path if path.exists() else None
+
+
+def design_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
+    """Sentences for the headline on what the design lets the generator show: synthetic images drawn below the
+    resolution the classifier reads (upsampled), and captions that barely tell a class's images apart (under half of
+    them distinct: mixing has little to mix)."""
+    out = []
+    if cfg.generation_upsampled:
+        out.append(f"The synthetic images were drawn at {cfg.backbone.resolution} px (backbone.resolution) and "
+                   f"upsampled to the {cfg.data.resolution} px the classifier and the judge read (data.resolution): "
+                   f"they carry less detail than the real images; set backbone.resolution to {cfg.data.resolution} "
+                   f"to draw them at the classifier's resolution.")
+    real = metrics[metrics["synthetic_set"] == "real_train"]
+    if len(real) and "distinct_caption_share" in real and float(real["distinct_caption_share"].min()) < 0.5:
+        share = float(real["distinct_caption_share"].min())
+        out.append(f"Only {share:.0%} of a class's labelled images have a caption of their own "
+                   f"({cfg.caption.backend} captioner; the rest share theirs with another image of the class): mixing "
+                   f"has little to mix here, so the mixing results (coarse, fine, no-mix) say little about the "
+                   f"method.")
+    return out
+
+
+def headline_warnings(cfg: StudyConfig) -> list[str]:
+    """Every sentence of the report's headline that warns the reader: the design's and the label fidelity's."""
+    metrics = load_image_metrics(cfg)
+    return design_warnings(cfg, metrics) + fidelity_warnings(cfg, metrics)
 
 
 def fidelity_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
@@ -274,7 +302,9 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "class-stratified, seeded sample of every set (images_per_class); fidelity and copies on all its "
                "images; copies_pool and copies_source: the same test against the unlabelled pool and the labelled "
                "source domain the generator also learnt from (empty where the study has none). label_fidelity is "
-               "also the share of a set that the judge filter (mvc_filtered) keeps. Main unit "
+               "also the share of a set that the judge filter (mvc_filtered) keeps. captions_per_class and "
+               "distinct_caption_share: distinct captions among a class's labelled images, as a count and as a share "
+               "of its images (under half: mixing has little to mix, and the headline says so). Main unit "
                "({data.max_shots} labelled images per class, replicate 0).",
                lambda d: load_image_metrics(d.cfg).drop(columns=["shots", "replicate"]).round(4)),
     ReportItem("image_metrics_by_level", "table", "Image metrics",
@@ -484,7 +514,7 @@ def write_index(cfg: StudyConfig) -> Path:
         backbone_name=cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate",
         classifier=cfg.classify.backbone, backbone_sentence=_backbone_sentence(cfg),
         generated=time.strftime("%Y-%m-%d %H:%M"), sections=[(s, e) for s, e in sections.items() if e],
-        warnings=fidelity_warnings(cfg, load_image_metrics(cfg)),
+        warnings=headline_warnings(cfg),
         notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2))
     write_text(paths.index, page)
     return paths.index
@@ -497,7 +527,7 @@ def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     write_index(cfg)
     return {"figures": sum(ITEM[k].kind == "figure" for k in written),
             "tables": sum(ITEM[k].kind == "table" for k in written),
-            "warnings": fidelity_warnings(cfg, load_image_metrics(cfg))}
+            "warnings": headline_warnings(cfg)}
 
 
 def _largest_level(study_report: Path) -> str:

@@ -54,7 +54,8 @@ JUDGE_RECIPE = ("input_size", "batch_size", "optimizer", "lr", "weight_decay", "
                 "channels_last")
 
 # The surrogate's text encoder is built from these fields (a pretrained backbone's from `backbone.model`).
-_TEXT_ENCODER_FIELDS = ("backbone.kind", "backbone.model", "backbone.revision", "backbone.surrogate.text_hidden_size",
+_TEXT_ENCODER_FIELDS = ("backbone.kind", "backbone.model", "backbone.revision", "backbone.surrogate.text_encoder",
+                        "backbone.surrogate.text_hidden_size",
                         "backbone.surrogate.text_layers", "backbone.surrogate.text_heads", "backbone.surrogate.seed")
 
 

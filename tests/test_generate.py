@@ -111,3 +111,22 @@ def test_img2img_set_is_the_backbones_sdedit_seeded_per_image(smoke_generated):
     assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
     assert np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1  # the same seed, whatever the batch
     assert not np.array_equal(a[0], a[1])
+
+
+def test_synthetic_images_are_drawn_at_the_classifiers_resolution(tmp_path):
+    """imagefolder_cpu's layout on the smoke study: 32 px images through a three-level VAE (8x8 latents): the PNGs
+    are 32 px as drawn, never upsampled from a smaller generation size."""
+    from PIL import Image
+
+    from tests.conftest import run_until, smoke_config
+
+    cfg = smoke_config(tmp_path, "data.resolution=32", "backbone.resolution=32",
+                       "backbone.surrogate.vae_channels=[8, 16, 16]", "generate.sets=[]", "generate.modes=[coarse]",
+                       "classify.methods=[none, mvc]")
+    run_until(cfg, "generate")
+    pngs = sorted((cfg.paths.synthetic / "mvc_coarse").rglob("*.png"))
+    assert pngs and {Image.open(p).size for p in pngs} == {(32, 32)}
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(cfg.paths.backbone, subfolder="vae")
+    assert vae.config.sample_size == 32 and len(vae.config.block_out_channels) == 3

@@ -222,6 +222,8 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     train = splits[splits["split"] == "train"]
     distinct = captions.loc[train["image_id"], "text"].groupby(train["label"].to_numpy()).nunique()
     assert (table["captions_per_class"] == round(distinct.mean(), 2)).all()
+    share = (distinct / train.groupby("label").size().to_numpy()).mean()
+    assert (table["distinct_caption_share"] == round(share, 3)).all() and 0 < share <= 1
     assert table["copies_pool"].between(0, 1).all() and table["copies_source"].between(0, 1).all()
 
 

@@ -61,7 +61,9 @@ def test_a_registered_augmentation_and_synthetic_set_reach_every_stage(toy_vocab
     assert len(toy) == len(naive) and (toy["seed"].to_numpy() == naive["seed"].to_numpy()).all()
     x_toy, _ = artifacts.load_synthetic(cfg, "toy_guided")
     x_naive, _ = artifacts.load_synthetic(cfg, "sd_naive")
-    assert np.abs(x_toy.astype(int) - x_naive.astype(int)).mean() > 1  # another guidance, other images
+    # another guidance, other images: with the same guidance, prompts and noise the two sets would be equal to the bit
+    # (the smoke backbone's tiny random text encoder moves them by a fraction of a grey level on average)
+    assert np.abs(x_toy.astype(int) - x_naive.astype(int)).mean() > 0.05
 
     # classification: the toy method sees its synthetic images; the toy augmentation changes every image
     spec = next(s for s in classify.grid(cfg) if s.method == "toy_guided")

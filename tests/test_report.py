@@ -150,3 +150,30 @@ def test_a_set_far_below_the_judges_accuracy_is_named_in_the_headline():
     warnings = fidelity_warnings(cfg, blind)
     assert len(warnings) == 1 and "reads only 25% of real test images" in warnings[0]
     assert "metrics.judge_backbone" in warnings[0]
+
+
+def test_upsampled_generation_and_indistinct_captions_are_said_in_the_headline():
+    from mvc.report import design_warnings
+
+    with pytest.warns(UserWarning, match="backbone.resolution \\(16\\) is below data.resolution \\(32\\)"):
+        low = load_config(REPO / "params/smoke.yaml", ["data.resolution=32"])
+    assert low.generation_upsampled
+    metrics = pd.DataFrame({"synthetic_set": ["real_train", "mvc_coarse"], "distinct_caption_share": [0.4, 0.4]})
+    said = design_warnings(low, metrics)
+    assert len(said) == 2 and "drawn at 16 px" in said[0] and "upsampled to the 32 px" in said[0]
+    assert "Only 40% of a class's labelled images have a caption of their own" in said[1]
+    assert "mixing has little to mix" in said[1]
+    same = load_config(REPO / "params/smoke.yaml")  # 16 px drawn, 16 px classified; captions mostly distinct
+    assert not same.generation_upsampled
+    assert design_warnings(same, metrics.assign(distinct_caption_share=0.8)) == []
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "params").glob("*.yaml")))
+def test_no_profile_upsamples_its_synthetic_images(profile):
+    """Every profile draws at or above the resolution its classifier reads (the paper profiles draw at 512 px)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        cfg = load_config(REPO / "params" / profile)
+    assert cfg.backbone.resolution >= cfg.data.resolution
