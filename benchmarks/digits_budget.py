@@ -25,7 +25,8 @@ BUDGETS = {  # seconds, from the issues
 }
 # the committed study before this round (2026-11-29, commit 6b33b60: the printed-digit source domain, two workers)
 BEFORE = {"stage_s": {"data": 0.25, "caption": 0.34, "embed": 3.16, "backbone": 165.56, "finetune": 164.43,
-                      "finetune_sd_finetuned": 0.0, "finetune_mvc_nomix_trained": 0.0, "generate": 68.76, "metrics": 8.64,
+                      "finetune_sd_finetuned": 0.0, "finetune_mvc_nomix_trained": 0.0, "generate": 68.76,
+                      "metrics": 8.64,
                       "classify": 162.45, "report": 8.73},
           "notebooks_s": {"01": 8.4, "02": 9.9, "03": 349.2, "04": 96.0, "05": 171.1, "06": 14.9}, "peak_rss_mb": 3534}
 CHANGES = {
@@ -105,7 +106,8 @@ def main() -> None:
     lines += [f"| {k} | {BEFORE['stage_s'][k]:.0f} | {sec[k]:.0f} | {CHANGES.get(k, '')} |" for k in BEFORE["stage_s"]]
     lines += ["", "Before: the committed study of 2026-11-29 (printed-digit source domain, two classifier workers); "
               "after: this run. Both on this repository's 2-core machine, alone."]
-    lines += ["", "Label fidelity (share of generated images a classifier trained on real digits labels as intended):", "",
+    lines += ["", "Label fidelity (share of generated images a classifier trained on real digits labels as intended):",
+              "",
               "| synthetic set | judge CNN (metrics stage) | RBF SVM (probe's check) | copies |", "|---|---|---|---|"]
     for g, v in result["label_fidelity_svm"].items():
         lines.append(f"| {g} | {result['label_fidelity_judge_cnn'].get(g, float('nan'))} | {v:.4f} | "

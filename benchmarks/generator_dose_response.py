@@ -58,7 +58,8 @@ def run(dataset: str, strength: str, overrides: list[str], data: Path, out: Path
     contrast = tests[(tests["method"] == "mvc") & (tests["baseline"] == "none")].iloc[0]
     mvc, real = metrics.loc["mvc_coarse"], metrics.loc["real_train"]
     return {"dataset": dataset, "strength": strength, "minutes": round((time.time() - start) / 60, 1),
-            "fidelity": round(float(mvc["label_fidelity"]), 3), "judge_on_real": round(float(mvc["judge_accuracy_on_real"]), 3),
+            "fidelity": round(float(mvc["label_fidelity"]), 3),
+            "judge_on_real": round(float(mvc["judge_accuracy_on_real"]), 3),
             "fid_lite0": round(float(mvc["fid"]), 2), "copies": round(float(mvc["copies"]), 4),
             "copies_pool": round(float(mvc["copies_pool"]), 4),
             "distinct_captions": round(float(real.get("distinct_caption_share", float("nan"))), 3),
@@ -77,7 +78,8 @@ def write(rows: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="digits,shapes,glyphs,textures")
-    p.add_argument("--data", type=Path, default=None, help="where make_imagefolders.py wrote (default: a temporary folder)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="where make_imagefolders.py wrote (default: a temporary folder)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     from mvc.study import cpu_model

@@ -37,22 +37,27 @@ def _sd15_parts(tiny: bool):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if tiny:
-        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+                                    cross_attention_dim=32,
                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, norm_num_groups=8)
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8,
+                                    norm_num_groups=8)
         vae = AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
                             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16)
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4))
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=4))
     else:
         unet = UNet2DConditionModel(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                             sample_size=512, scaling_factor=0.18215)
         text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
+                                            num_attention_heads=12, max_position_embeddings=77,
+                                            hidden_act="quick_gelu"))
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                           steps_offset=1)
     return unet, vae, text, sched
@@ -162,9 +167,10 @@ def bench_train(args, device: str) -> dict:
     for bs in args.memory_batches:
         reset_peak(device)
         try:
-            lat, cond, txt = cached_latents[:1].expand(bs, -1, -1, -1), cached_cond[:1].expand(bs, -1, -1, -1), cached_text[:1].expand(bs, -1, -1)
+            lat = cached_latents[:1].expand(bs, -1, -1, -1)
+            cond, txt = cached_cond[:1].expand(bs, -1, -1, -1), cached_text[:1].expand(bs, -1, -1)
 
-            def step():
+            def step(lat=lat, txt=txt, cond=cond):
                 with torch.autocast(device, dtype=torch.bfloat16):
                     loss = diffusion_loss(unet, sched, lat.contiguous(), txt.contiguous(), cond.contiguous())
                 loss.backward()
@@ -176,7 +182,6 @@ def bench_train(args, device: str) -> dict:
         except torch.OutOfMemoryError:
             out["memory_gc_bf16"][bs] = "out of memory"
         print("gc+bf16 batch", bs, out["memory_gc_bf16"][bs], flush=True)
-    del opt, unet, vae, text
     return out
 
 
@@ -185,10 +190,9 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
     from PIL import Image
 
     from mvc.components import widen_conv_in
+    from mvc.runtime import run_in_dtype
     from mvc.sampling import initial_noise, make_scheduler, sample
     from mvc.surrogate import clip_tokenizer
-
-    from mvc.runtime import run_in_dtype
 
     res, steps = (16 if args.tiny else args.res), args.gen_steps
     unet, vae, text, sched = sd15_parts(args.tiny, device)
@@ -249,7 +253,8 @@ def bench_generate(args, device: str, checkpoint=lambda out: None) -> dict:
     best = max((k for k in out if k.startswith("mvc_")), key=lambda k: out[k]["images_per_s"])
     out["speedup_vs_pipeline"] = out[best]["images_per_s"] / out["pipeline_bf16"]["images_per_s"]
     if args.profile:
-        out["top_kernels"] = top_kernels(lambda: sample(unet, vae, scheduler, noise, txt, empty, cond, steps=2, s_text=3.0, s_image=1.5,
+        out["top_kernels"] = top_kernels(lambda: sample(unet, vae, scheduler, noise, txt, empty, cond, steps=2,
+                                                        s_text=3.0, s_image=1.5,
                                                         decode=False), device)
     return out
 
@@ -287,7 +292,8 @@ def top_kernels(fn, device: str, n: int = 10) -> list[dict]:
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:n]
     total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
-    return [{"name": e.key[:90], "ms": round(getattr(e, key, 0) / 1e3, 2), "share": round(getattr(e, key, 0) / total, 3)}
+    return [{"name": e.key[:90], "ms": round(getattr(e, key, 0) / 1e3, 2),
+             "share": round(getattr(e, key, 0) / total, 3)}
             for e in events]
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"shapes": "6 classes x 100 images, 48 px, colour shapes", "glyphs": "12 classes x 40 images, 24 px, grey letters",
+FOLDERS = {"shapes": "6 classes x 100 images, 48 px, colour shapes",
+           "glyphs": "12 classes x 40 images, 24 px, grey letters",
            "textures": "8 classes x 60 images, 32 px, patches of colour photographs"}
 METHODS = ("none", "randaugment", "autoaugment", "sd_naive", "mvc", "mvc_filtered")
 BEFORE = {"finetune.steps": 600, "generate.guidance_text": 7.5, "generate.guidance_image": 1.5}  # the digits recipe
@@ -33,8 +34,10 @@ def before_and_after(reports: Path) -> dict:
     log = pd.read_csv(reports / "selection" / "selection.csv")
     mvc = log[log["subject"] == "mvc"]
     before = mvc[mvc["knobs"].map(lambda k: all(f"{key}={value}" in k for key, value in BEFORE.items()))]
-    pick = lambda rows: rows[["knobs", "label_fidelity", "copies", "nn_distance_vs_real"]].iloc[0].to_dict() \
-        if len(rows) else {}
+
+    def pick(rows):
+        return rows[["knobs", "label_fidelity", "copies", "nn_distance_vs_real"]].iloc[0].to_dict() if len(rows) else {}
+
     chosen = log[log["chosen"]]
     return {"before": pick(before), "after": pick(mvc[mvc["chosen"]]),
             "chosen": dict(zip(chosen["subject"], chosen["knobs"])), "selection_s": float(log["seconds"].sum())}
@@ -57,14 +60,16 @@ def run(folder: Path, study: str) -> dict:
             "selection": before_and_after(reports), "backbone": prov["params"]["classify"]["backbone"],
             "warnings": json.loads((ROOT / "runs" / study / "stages" / "report.json").read_text()).get("warnings", []),
             "notebooks_s": {k: v["wall_s"] for k, v in prov["stages"].items()},
-            "label_fidelity": metrics["label_fidelity"].round(3).to_dict(), "copies": metrics["copies"].round(3).to_dict(),
+            "label_fidelity": metrics["label_fidelity"].round(3).to_dict(),
+            "copies": metrics["copies"].round(3).to_dict(),
             "top1": table["top1"].to_dict(), "ci95": table["ci95"].to_dict(),
             "judge_accuracy_on_real": float(metrics["judge_accuracy_on_real"].iloc[0])}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=None, help="where to make the ImageFolders (default: a temporary folder)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="where to make the ImageFolders (default: a temporary folder)")
     p.add_argument("--only", nargs="*", default=list(FOLDERS), choices=list(FOLDERS), help="the folders to run")
     args = p.parse_args()
     out = ROOT / "benchmarks/imagefolder_cpu.json"
@@ -81,7 +86,8 @@ def main() -> None:
 
 def write_markdown(results: list[dict]) -> None:
     lines = ["# Your own ImageFolder on a CPU: `params/imagefolder_cpu.yaml`", "",
-             "Each study from scratch with `mvc study params/imagefolder_cpu.yaml --set data.root=DIR --set study=NAME` "
+             "Each study from scratch with "
+             "`mvc study params/imagefolder_cpu.yaml --set data.root=DIR --set study=NAME` "
              "(made by `python benchmarks/imagefolder_cpu.py`): the recipe is chosen on the folder's validation split "
              "first (`select.run_first`; test never read), then the study runs with it. Goal: at most 30 minutes each, "
              "selection included.", "", "## Time, and what the selection changed", "",
@@ -115,8 +121,8 @@ def write_markdown(results: list[dict]) -> None:
             f"{k}: {v}" for k, v in r["selection"]["chosen"].items()))
         lines += [f"  - warning: {w}" for w in r["warnings"]] or ["  - no warning"]
     lines += ["", "Reports (not committed): " + ", ".join(f"`reports/{r['study']}/index.html`" for r in results)
-              + "; each selection log, copied here: " + ", ".join(f"[`selection_{r['study']}.md`](selection_{r['study']}.md)"
-                                                                for r in results) + "."]
+              + "; each selection log, copied here: "
+              + ", ".join(f"[`selection_{r['study']}.md`](selection_{r['study']}.md)" for r in results) + "."]
     (ROOT / "benchmarks/imagefolder_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

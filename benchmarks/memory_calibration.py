@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CASES = ["vae_encode:1", "vae_encode:4", "unet_train:1", "unet_train:2", "unet_train_full:1", "unet_sample:1", "unet_sample:2",
+CASES = ["vae_encode:1", "vae_encode:4", "unet_train:1", "unet_train:2", "unet_train_full:1", "unet_sample:1",
+         "unet_sample:2",
          "vae_decode:1", "vae_decode:4"]
 
 
@@ -65,7 +66,8 @@ def one(case: str, batch: int, res: int) -> dict:
             unet.train()
             opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=True)
             x = torch.randn(batch, 8, latent, latent, device=device)
-            loss = unet(x, torch.tensor([500] * batch, device=device), encoder_hidden_states=text).sample.square().mean()
+            loss = unet(x, torch.tensor([500] * batch, device=device),
+                        encoder_hidden_states=text).sample.square().mean()
             loss.backward()
             opt.step()
         else:

@@ -6,15 +6,21 @@ with an RBF SVM trained on printed digits (the source domain) and one trained on
 
 Results: benchmarks/surrogate_recipes.md, "The source domain".
 """
-import sys, subprocess, numpy as np, torch
+import subprocess
+import sys
+
+import numpy as np
+import torch
 from sklearn.svm import SVC
-from mvc.config import load_config
+
 from mvc import artifacts
 from mvc.components import load_backbone
-from mvc.generate import mixes_of, item_seed
-from mvc.sampling import initial_noise, make_scheduler, sample
+from mvc.config import load_config
+from mvc.generate import item_seed, mixes_of
 from mvc.imaging import tensor_to_images
+from mvc.sampling import initial_noise, make_scheduler, sample
 from mvc.source_domains import printed_digits
+
 over = ["study=bbexp"] + sys.argv[1:]
 for st in ("data", "caption", "embed", "backbone"):
     subprocess.run([sys.executable, "-m", "mvc", st, "params/digits.yaml"] + [f"--set={o}" for o in over], check=True,
@@ -31,12 +37,19 @@ with torch.no_grad():
         r, s = rows[lo:lo+100], seeds[lo:lo+100]
         text = mixes_of(emb, r, s, "coarse", g.mixing)
         noise = initial_noise(s, (bb.unet.config.out_channels, bb.unet.config.sample_size, bb.unet.config.sample_size))
-        x = sample(bb.unet.eval(), bb.vae.eval(), make_scheduler(g.scheduler, bb.scheduler.config), noise, text, emb.empty, None, steps=g.steps, s_text=g.naive_guidance)
+        x = sample(bb.unet.eval(), bb.vae.eval(), make_scheduler(g.scheduler, bb.scheduler.config), noise, text,
+                   emb.empty, None, steps=g.steps, s_text=g.naive_guidance)
         xs.append(tensor_to_images(x))
-x = np.concatenate(xs); y = emb.labels[rows]
+x = np.concatenate(xs)
+y = emb.labels[rows]
 splits, images = artifacts.load_splits(cfg), artifacts.load_images(cfg)
 names = artifacts.class_names(splits)
-f = lambda a: a.astype(np.float32).mean(-1).reshape(len(a), -1) / 255
+
+
+def f(a):
+    return a.astype(np.float32).mean(-1).reshape(len(a), -1) / 255
+
+
 src, sy = printed_digits(names, 100, 16, 0)
 tgt = splits[splits["split"].isin(["val", "pool"])]
 src_judge = SVC(gamma="scale").fit(f(src), sy)

@@ -52,7 +52,8 @@ def main() -> None:
     table = pd.DataFrame(rows)
     (ROOT / "benchmarks/text_encoder_mixing.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = ["# How far mixing moves the class words, per text encoder", "",
-          f"The digits study's {len(texts)} labelled captions ({labels.max() + 1} classes), each mixed 10 times per mode "
+          f"The digits study's {len(texts)} labelled captions ({labels.max() + 1} classes), "
+          "each mixed 10 times per mode "
           f"(seed 0, `generate.mixing` defaults); mean over tokens of |mixed - own| / |own|. `class_tokens`: the class "
           f"prompt's tokens; `attribute_tokens`: the 8 tokens after the comma. Made by "
           f"`python benchmarks/text_encoder_mixing.py`.", "", table.to_markdown(index=False), ""]

@@ -21,11 +21,11 @@ from mvc.components import diffusion_loss, load_backbone, text_components
 from mvc.config import StudyConfig
 from mvc.embedding_cache import EMPTY_PROMPT
 from mvc.encoders import TextEncoder
-from mvc.runtime import adamw
 from mvc.imaging import images_to_tensor
 from mvc.io import atomic_dir, write_csv
 from mvc.progress import progress
 from mvc.resources import check_memory
+from mvc.runtime import adamw
 from mvc.source_domains import printed_digits
 from mvc.state import stage
 from mvc.surrogate import build_surrogate_unet, build_surrogate_vae, noise_scheduler
@@ -72,7 +72,8 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     pool = splits[splits["split"] == "pool"]
     if pool.empty:
         raise ValueError("backbone.kind: surrogate needs an unlabelled pool to pretrain on, but the pool split is "
-                         "empty; raise data.pool_per_class (or lower data.labelled_per_class), or use backbone.kind: pretrained")
+                         "empty; raise data.pool_per_class (or lower data.labelled_per_class), "
+                         "or use backbone.kind: pretrained")
     pool_caps = captions.set_index("image_id").reindex(pool["image_id"])["caption"]
     if pool_caps.isna().any():
         raise ValueError("captions.csv lacks captions of pool images: add 'pool' to caption.splits")
@@ -117,8 +118,8 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     scheduler = noise_scheduler(s)
     opt = adamw(unet.parameters(), "cpu", lr=s.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, s.unet_steps // 10), num_training_steps=s.unet_steps)
-    for step, idx in enumerate(progress(_batches(len(latents), s.unet_batch_size, s.unet_steps, gen), total=s.unet_steps,
-                                    desc="backbone: UNet", disable=not show_progress)):
+    batches = _batches(len(latents), s.unet_batch_size, s.unet_steps, gen)
+    for step, idx in enumerate(progress(batches, total=s.unet_steps, desc="backbone: UNet", disable=not show_progress)):
         text = table[text_idx[idx]]
         drop = torch.rand(len(idx), generator=gen) < 0.1  # keep an unconditional model for guidance
         text = torch.where(drop[:, None, None], empty, text)

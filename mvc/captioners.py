@@ -35,7 +35,8 @@ class AttributeCaptioner:
     """Describes what can be measured in an image, in words: no class names, no weights, no network.
 
     The foreground ("ink") is what differs from the median of the image border. Measured: stroke or edge
-    thickness (the shorter of the mean horizontal and vertical ink runs), slant (shear of the foreground's second moments),
+    thickness (the shorter of the mean horizontal and vertical ink runs), slant (shear of the foreground's second
+    moments),
     size and position of the mass, brightness, contrast and dominant colour. Identical images get
     identical captions; images that differ in one of these get different ones.
     """

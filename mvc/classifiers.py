@@ -22,7 +22,6 @@ from mvc.registry import METHODS, method_sets
 from mvc.runtime import adamw, seed_everything
 
 
-
 class SmallCNN(nn.Module):
     """Three conv blocks and a linear head, for small images (the digits profile's 16x16)."""
 
@@ -33,7 +32,8 @@ class SmallCNN(nn.Module):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
         self.features = nn.Sequential(block(in_channels, width), nn.MaxPool2d(2), block(width, 2 * width),
-                                      nn.MaxPool2d(2), block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                                      nn.MaxPool2d(2), block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten())
         self.head = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,8 @@ def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrain
             return PretrainedLite0(num_classes, pretrained, input_size)
         if name == "small_cnn":
             if pretrained:
-                raise ValueError("classify.pretrained: small_cnn has no pretrained weights; use resnet18/50 or timm:<name>")
+                raise ValueError("classify.pretrained: small_cnn has no pretrained weights; "
+                                 "use resnet18/50 or timm:<name>")
             return SmallCNN(num_classes, in_channels, width)
         if name in ("resnet18", "resnet50"):
             weights = "DEFAULT" if pretrained else None

@@ -14,8 +14,17 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
-from mvc.artifacts import (RESULT_COLUMNS, RESULT_KEY, class_names, load_images, load_results, load_splits,
-                           load_synthetic, methods_at_level, shots_label)
+from mvc.artifacts import (
+    RESULT_COLUMNS,
+    RESULT_KEY,
+    class_names,
+    load_images,
+    load_results,
+    load_splits,
+    load_synthetic,
+    methods_at_level,
+    shots_label,
+)
 from mvc.backbone import source_domain_images
 from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, normalize, train_classifier
 from mvc.config import StudyConfig

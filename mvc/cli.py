@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "the predicted peak memory of each stage"))
     check.add_argument("--gpu-memory", type=float, metavar="GiB",
                        help="predict for a GPU with this much memory (default: the card present, else this CPU)")
-    select = with_params(sub.add_parser("select", help="choose the recipe (fine-tuning, guidance, augmentation knobs) on "
-                                                       "the validation split and image measures, never test, and "
-                                                       "write it to a params file"))
+    select = with_params(sub.add_parser("select",
+                                        help="choose the recipe (fine-tuning, guidance, augmentation knobs) on "
+                                             "the validation split and image measures, never test, and "
+                                             "write it to a params file"))
     select.add_argument("--out", help="the params file to write (default: <params>_selected.yaml beside it)")
     select.add_argument("--log-copy", metavar="DIR", help="also copy the selection log there (e.g. benchmarks)")
     for spec in STAGES:
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             run_study(args.params, args.notebooks, args.overrides, force=args.force,
                       show_progress=not args.no_progress)
         elif args.command == "select":
-            from mvc.select import run_selection  # deferred: it imports every stage's module
             from mvc.paths import resolve_path
+            from mvc.select import run_selection  # deferred: it imports every stage's module
 
             cfg = load_config(args.params, args.overrides)
             out = run_selection(cfg, resolve_path(args.params), resolve_path(args.out) if args.out else None,

@@ -67,7 +67,8 @@ class DataConfig(Section):
     def _shot_levels(cls, v):
         levels = v if isinstance(v, list) else [v] if v is not None else []
         if isinstance(v, list) and not v:
-            raise ValueError("data.shots is an empty list: give a count, a list of counts such as [1, 2, 5, 10], or null")
+            raise ValueError("data.shots is an empty list: give a count, a list of counts such as [1, 2, 5, 10], "
+                             "or null")
         if any(n < 1 for n in levels) or len(set(levels)) != len(levels):
             raise ValueError(f"data.shots must be positive and distinct, got {v}")
         return sorted(v) if isinstance(v, list) and len(v) > 1 else (v[0] if isinstance(v, list) else v)
@@ -333,7 +334,8 @@ class MetricsConfig(Section):
     @model_validator(mode="after")
     def _judge_not_on_sources(self) -> MetricsConfig:
         if "train" in self.judge_splits:
-            raise ValueError(f"metrics.judge_splits must not contain 'train' (got {self.judge_splits}): the train split "
+            raise ValueError(f"metrics.judge_splits must not contain 'train' (got {self.judge_splits}): "
+                             "the train split "
                              "holds the images MVC generates from, so a judge trained on them would score label "
                              "fidelity on its own training sources; use 'val' and/or 'pool'")
         return self

@@ -116,7 +116,8 @@ class CifarReader(Reader):
     def items(self) -> list[Item]:
         folder = self._dir()
         if self.hundred:
-            batches, meta, key, names_key = [("train", "train"), ("test", "test")], "meta", "fine_labels", "fine_label_names"
+            batches = [("train", "train"), ("test", "test")]
+            meta, key, names_key = "meta", "fine_labels", "fine_label_names"
         else:
             batches = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
             meta, key, names_key = "batches.meta", "labels", "label_names"

@@ -14,7 +14,8 @@ class TextEncoder:
 
     def __init__(self, tokenizer, model: torch.nn.Module, max_length: int = 77, device: str = "cpu",
                  name: str = "clip"):
-        self.tokenizer, self.model, self.max_length, self.device = tokenizer, model.to(device).eval(), max_length, device
+        self.tokenizer, self.model = tokenizer, model.to(device).eval()
+        self.max_length, self.device = max_length, device
         self.name = name
 
     @torch.inference_mode()

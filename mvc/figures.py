@@ -59,8 +59,8 @@ def png_figure(path: Path, dpi: int = 150) -> plt.Figure:
 def class_histogram(splits: pd.DataFrame) -> plt.Figure:
     """Images per class, one bar colour per split."""
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * splits["class_name"].nunique()), 3.5))
-    sns.countplot(data=splits, x="class_name", hue="split", ax=ax, hue_order=[s for s in ("train", "pool", "val", "test")
-                                                                               if s in set(splits["split"])])
+    sns.countplot(data=splits, x="class_name", hue="split", ax=ax,
+                  hue_order=[s for s in ("train", "pool", "val", "test") if s in set(splits["split"])])
     ax.set_xlabel("class")
     ax.set_ylabel("images")
     ax.tick_params(axis="x", rotation=45)
@@ -131,7 +131,8 @@ def figure1(cfg: StudyConfig, real: dict, splits: pd.DataFrame, synthetic: dict,
         cls = train[train["label"] == label]
         src = int(cls["image_id"].iloc[0])
         reals = [real[i] for i in cls["image_id"].iloc[:n] if i in real]
-        naive = _by_source(synthetic["sd_naive"][1], synthetic["sd_naive"][0], src)[:n] if "sd_naive" in synthetic else []
+        naive = (_by_source(synthetic["sd_naive"][1], synthetic["sd_naive"][0], src)[:n]
+                 if "sd_naive" in synthetic else [])
         mvc = _by_source(synthetic[mvc_name][1], synthetic[mvc_name][0], src)[:n]
         columns.append((reals, naive, mvc))
         names.append(str(cls["class_name"].iloc[0]))
@@ -246,7 +247,8 @@ def loss_curve(loss: pd.DataFrame, ylabel: str = "loss", title: str = "", window
     return fig
 
 
-def embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: list[str], mixes: dict[str, tuple]) -> plt.Figure:
+def embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: list[str],
+                  mixes: dict[str, tuple]) -> plt.Figure:
     """PCA of flattened caption embeddings coloured by class; mixes ({mode: (embeddings, labels)}) drawn among them."""
     from sklearn.decomposition import PCA
 

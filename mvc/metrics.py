@@ -38,14 +38,32 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mvc.artifacts import (class_names, load_captions, load_image_metrics, load_images, load_splits, load_synthetic,
-                           stored_splits, unit_set_names)
+from mvc.artifacts import (
+    class_names,
+    load_captions,
+    load_image_metrics,
+    load_images,
+    load_splits,
+    load_synthetic,
+    stored_splits,
+    unit_set_names,
+)
 from mvc.backbone import source_domain_images
 from mvc.classifiers import ClassificationData, RunSpec, build_classifier, evaluate, train_classifier
 from mvc.config import ClassifyConfig, StudyConfig
-from mvc.image_measures import (FeatureModule, efficientnet_lite0_features, extract_features, feature_diversity,
-                                frechet_distance, inception_features, kid_subset_scores, kid_summary, memorization,
-                                nearest_two, stratified_sample)
+from mvc.image_measures import (
+    FeatureModule,
+    efficientnet_lite0_features,
+    extract_features,
+    feature_diversity,
+    frechet_distance,
+    inception_features,
+    kid_subset_scores,
+    kid_summary,
+    memorization,
+    nearest_two,
+    stratified_sample,
+)
 from mvc.imaging import to_chw
 from mvc.io import atomic_path, read_rows, write_csv
 from mvc.progress import progress

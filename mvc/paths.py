@@ -40,7 +40,8 @@ class StudyPaths:
         paths = cls(run=runs / name, report=reports / name, unit=unit)
         for folder, root in ((paths.run, runs), (paths.report, reports)):
             if folder.resolve().parent != root.resolve():
-                raise ValueError(f"study name {name!r} resolves to {folder.resolve()}, outside {root}; use a plain name")
+                raise ValueError(f"study name {name!r} resolves to {folder.resolve()}, outside {root}; "
+                                 "use a plain name")
         return paths
 
     # runs/<study>/

@@ -6,7 +6,8 @@ by that name and checks the collection against the stage table (`mvc.stages.STAG
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mvc import backbone, captioning, classify, data, embed, finetune, generate, metrics, report
 from mvc.stages import STAGES

@@ -15,8 +15,9 @@ method that draws from one set shares its name (`sd_naive` trains on the set `sd
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 Family = Literal["real", "classical", "synthetic", "mvc"]
 Sampler = Literal["conditioned", "text", "sdedit"]

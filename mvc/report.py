@@ -15,18 +15,29 @@ import base64
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jinja2
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from mvc import figures
-from mvc.artifacts import (diffusion_images, load_backbone_loss, load_image_metrics, load_images, load_loss,
-                           load_results, load_splits, load_synthetic, report_index, synthetic_set_names)
+from mvc.artifacts import (
+    diffusion_images,
+    load_backbone_loss,
+    load_image_metrics,
+    load_images,
+    load_loss,
+    load_results,
+    load_splits,
+    load_synthetic,
+    report_index,
+    synthetic_set_names,
+)
 from mvc.config import StudyConfig, config_to_yaml
 from mvc.imaging import tensor_to_images
 from mvc.io import write_text
@@ -37,7 +48,8 @@ from mvc.state import stage, stage_info
 from mvc.statistics import ablation_table, accuracy_table, paired_tests, shots_table
 from mvc.units import Unit
 
-SECTIONS = ("Main result", "How the recipe was chosen", "Few-shot curve", "What the method generates", "Ablations and tests", "Image metrics",
+SECTIONS = ("Main result", "How the recipe was chosen", "Few-shot curve", "What the method generates",
+            "Ablations and tests", "Image metrics",
             "Diagnostics")
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -321,7 +333,8 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "every trial, its measures, the chosen one and why (the rule: docs/method.md, section 7). Absent when "
                "the recipe was not chosen by `mvc select` for this study.", lambda d: _selection_log(d.cfg)),
     ReportItem("samples", "figure", "Diagnostics", "Labelled training images, a row per class.",
-               lambda d: figures.sample_grid(load_images(d.cfg), d.splits, per_class=d.cfg.report.examples_per_class * 2,
+               lambda d: figures.sample_grid(load_images(d.cfg), d.splits,
+                                             per_class=d.cfg.report.examples_per_class * 2,
                                              max_classes=d.cfg.report.classes_in_figures)),
     ReportItem("class_histogram", "figure", "Diagnostics", "Images per class and split.",
                lambda d: figures.class_histogram(d.splits)),
@@ -459,7 +472,8 @@ def summary(cfg: StudyConfig, notebook: str) -> pd.DataFrame:
         for key, value in info.items():
             if key in ("stage", "hash", "finished", "outputs", "checks"):
                 continue
-            rows.append({"stage": name, "quantity": key, "value": json.dumps(value) if isinstance(value, dict) else value})
+            rows.append({"stage": name, "quantity": key,
+                         "value": json.dumps(value) if isinstance(value, dict) else value})
     return pd.DataFrame(rows, columns=["stage", "quantity", "value"])
 
 
@@ -555,7 +569,8 @@ def report_all(reports_root: Path | None = None) -> str:
         if (table.parent / "few_shot.csv").exists():
             curves.append(pd.read_csv(table.parent / "few_shot.csv").assign(study=study.name))
     if not frames:
-        raise FileNotFoundError(f"no study has a classification table under {root}/*/tables/; run `mvc study PARAMS` first")
+        raise FileNotFoundError(f"no study has a classification table under {root}/*/tables/; "
+                                "run `mvc study PARAMS` first")
     allt = pd.concat(frames)
     allt["cell"] = allt["top1"].map("{:.2f}".format) + " ± " + allt["ci95"].map("{:.2f}".format)
     wide = allt.pivot_table(index="method", columns="study", values="cell", aggfunc="first").fillna("not run")

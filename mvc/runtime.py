@@ -70,7 +70,8 @@ def maybe_compile(module, enabled: bool, device, field: str):
     if not enabled:
         return module
     if torch.device(device).type != "cuda":
-        log.warning("%s: torch.compile skipped on %s (it pays off only on a GPU, over thousands of steps)", field, device)
+        log.warning("%s: torch.compile skipped on %s (it pays off only on a GPU, over thousands of steps)", field,
+                    device)
         return module
     module.forward = torch.compile(module.forward)
     return module

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mvc.registry import MODELS, FineTunedModel
 
@@ -79,7 +80,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("embed", ("text",) + _TEXT_ENCODER_FIELDS, ("caption",), "02", lambda p: (p.embeddings,),
           "encode every training caption once with the text encoder"),
     Stage("backbone", ("backbone", "text.max_length", "data.generic_prompt"), ("caption",), "03",
-          lambda p: (p.backbone, p.backbone_loss), "pretrain the surrogate backbone (or check the pretrained one loads)"),
+          lambda p: (p.backbone, p.backbone_loss),
+          "pretrain the surrogate backbone (or check the pretrained one loads)"),
     *(model_stage(m) for m in MODELS.values()),
     Stage("generate", ("generate", "curve_methods", "classify.mvc_modes"),
           tuple(m.stage for m in MODELS.values()), "04",

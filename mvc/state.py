@@ -13,12 +13,13 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import logging
+import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mvc.config import StudyConfig
 from mvc.io import ensure_writable, write_json

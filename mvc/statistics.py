@@ -59,7 +59,8 @@ def accuracy_table(results: pd.DataFrame, variant: str = "main", shots=None) -> 
         rows.append({"method": method, "seeds": len(r),
                      "replicates": int(r["replicate"].nunique()) if "replicate" in r else 1,
                      "top1": round(m1, 2), "ci95": round(h1, 2), "top5": round(float(r["top5"].mean() * 100), 2),
-                     "synthetic_per_source": int(r["synthetic_per_source"].max()) if "synthetic_per_source" in r else 0})
+                     "synthetic_per_source": int(r["synthetic_per_source"].max())
+                     if "synthetic_per_source" in r else 0})
     return pd.DataFrame(rows)
 
 
@@ -107,7 +108,8 @@ def paired_tests(results: pd.DataFrame, method: str = "mvc", comparator: str = "
         note = ""
         if len(units) < 2:
             p, note = float("nan"), "one unit: no test"
-        elif np.allclose(units, units[0], rtol=0, atol=1e-9):  # no variance: no t-test (p = 1 would read "no difference")
+        elif np.allclose(units, units[0], rtol=0,
+                         atol=1e-9):  # no variance: no t-test (p = 1 would read "no difference")
             p, note = float("nan"), f"every paired difference is {units[0]:+.2f}: no variance to test"
         else:
             p = float(stats.ttest_1samp(units, 0.0).pvalue)
@@ -128,12 +130,14 @@ def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
     if ab.empty:
         return pd.DataFrame(columns=["setting", "seeds", "top1", "ci95"])
     seeds = set(ab["seed"])
-    main = results[(results["variant"] == "main") & results["method"].isin(["mvc", "mvc_two_phase"]) & results["seed"].isin(seeds)]
+    main = results[(results["variant"] == "main") & results["method"].isin(["mvc", "mvc_two_phase"])
+                   & results["seed"].isin(seeds)]
     if "shots" in ab:  # the ablations run at one level (the largest)
         main = at_shots(main, parse_shots(ab["shots"].iloc[0]))
     rows = []
     for (variant, method), r in pd.concat([main, ab]).groupby(["variant", "method"], sort=False):
         m, h = interval(r)
-        label = "two-phase (main)" if method == "mvc_two_phase" else ("one-phase (main)" if variant == "main" else variant)
+        label = ("two-phase (main)" if method == "mvc_two_phase"
+                 else "one-phase (main)" if variant == "main" else variant)
         rows.append({"setting": label, "seeds": len(r), "top1": round(m, 2), "ci95": round(h, 2)})
     return pd.DataFrame(rows)

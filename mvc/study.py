@@ -50,7 +50,8 @@ def parse_notebooks(text: str | None) -> list[str]:
         except ValueError:
             raise ValueError(f"--notebooks {text!r}: expected numbers like 01,03-05 (allowed 01..06)") from None
         if b < a:
-            raise ValueError(f"--notebooks {text!r}: the range {part.strip()} is reversed; write it low-high, e.g. {b:02d}-{a:02d}")
+            raise ValueError(f"--notebooks {text!r}: the range {part.strip()} is reversed; "
+                             f"write it low-high, e.g. {b:02d}-{a:02d}")
         for n in range(a, b + 1):
             key = f"{n:02d}"
             if key not in NOTEBOOKS:

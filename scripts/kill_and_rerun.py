@@ -22,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -101,8 +101,8 @@ def snapshot(run: Path, stage: str) -> dict:
                     with Image.open(manifest.parent / p) as im:
                         im.load()  # a truncated PNG fails here
                         images[p] = np.asarray(im).astype(int)
-                out[f"{unit}/{manifest.parent.name}"] = (frame, images,
-                                                         sorted(f.name for f in manifest.parent.rglob("*") if f.is_file()))
+                files = sorted(f.name for f in manifest.parent.rglob("*") if f.is_file())
+                out[f"{unit}/{manifest.parent.name}"] = (frame, images, files)
         return out
     if stage == "classify":
         return {"results": pd.read_csv(run / "results.csv")}
@@ -206,7 +206,7 @@ def main() -> int:
                 targets = sorted({max(1, min(total - 1, round(total * (i + 1) / (args.kills + 1))))
                                   for i in range(args.kills)})
                 points = [rng.uniform(0.1, 1.0) for _ in targets]  # seconds after the target is reached
-                kills = [dict(kill_after=t, kill_when=lambda k=k: units_finished(run, stage) >= k)
+                kills = [dict(kill_after=t, kill_when=lambda k=k, run=run, stage=stage: units_finished(run, stage) >= k)
                          for k, t in zip(targets, points)]
             else:
                 targets, points = [], sorted(rng.uniform(startup[stage], max(startup[stage] + 0.5, times[stage]))
@@ -220,11 +220,13 @@ def main() -> int:
             run_stage(stage, overrides(work, blip2, args.units))
             bad = compare(stage, snapshot(ref / "runs" / "smoke", stage), snapshot(work / "runs" / "smoke", stage))
             failures += bool(bad)
-            when = (f"killed {', '.join(f'{t:.1f} s after {k} {what(stage)} had finished' for k, t in zip(targets, points))}"
+            each = ", ".join(f"{t:.1f} s after {k} {what(stage)} had finished" for k, t in zip(targets, points))
+            when = (f"killed {each}"
                     if targets else f"killed at {', '.join(f'{t:.1f}' for t in points)} s")
             print(f"{stage}: uninterrupted {times[stage]:.1f} s (start-up {startup[stage]:.1f} s); {when} "
                   f"({killed} of {len(kills)} runs were still going when killed"
-                  + (f"; {what(stage)} finished at each kill: {units_then}" if args.units else "") + "); after the rerun: "
+                  + (f"; {what(stage)} finished at each kill: {units_then}" if args.units else "")
+                  + "); after the rerun: "
                   + ("identical to the uninterrupted run" if not bad else "; ".join(bad)), flush=True)
             shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0

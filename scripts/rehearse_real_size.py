@@ -182,7 +182,7 @@ def build_sd(folder: Path, scale: str, dtype: str) -> dict[str, int]:
     for part, cls, cfg in (("unet", UNet2DConditionModel, {**SD_UNET, **(TINY["unet"] if tiny else {})}),
                            ("vae", AutoencoderKL, {**SD_VAE, **(TINY["vae"] if tiny else {})})):
         (folder / part).mkdir(exist_ok=True)
-        model = meta(lambda: cls.from_config(cfg))
+        model = meta(lambda cls=cls, cfg=cfg: cls.from_config(cfg))
         model.save_config(folder / part)
         counts[part] = write_random_weights(model, folder / part, "diffusion_pytorch_model", dtype, 10.0)
     config = CLIPTextConfig(**{**SD_TEXT, **(TINY["text"] if tiny else {})})
@@ -483,7 +483,8 @@ def repredict(out: Path, args) -> int:
     work = Path(next(s.split("=", 1)[1] for s in sets if s.startswith("runs_root="))).parent
     env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path()}
     check = subprocess.run([sys.executable, "-m", "mvc", "check", result["environment"]["profile"],
-                            *[a for s in sets for a in ("--set", s)]], cwd=REPO, env=env, capture_output=True, text=True)
+                            *[a for s in sets for a in ("--set", s)]], cwd=REPO, env=env, capture_output=True,
+                           text=True)
     predicted = parse_predictions(check.stdout + check.stderr, [s.name for s in STAGES])
     result.update(check_output=check.stdout + check.stderr, predicted_gib=predicted)
     for row in result["stages"]:

@@ -57,8 +57,10 @@ def test_blip2_path_end_to_end(smoke, tiny_blip2):
     assert len(out) == 3 and all(isinstance(c, str) and c for c in out)
     assert cap(images) == out  # greedy decoding is deterministic
     prepare_dataset(smoke, show_progress=False)
-    cfg = smoke.model_copy(update={"caption": smoke.caption.model_copy(update={"backend": "blip2", "model": str(tiny_blip2),
-                                                                                "max_new_tokens": 4, "batch_size": 16})})
+    cfg = smoke.model_copy(update={"caption": smoke.caption.model_copy(update={"backend": "blip2",
+                                                                               "model": str(tiny_blip2),
+                                                                                "max_new_tokens": 4,
+                                                                               "batch_size": 16})})
     frame = caption_dataset(cfg, show_progress=False)
     assert len(frame) == (cfg.data.shots + cfg.data.pool_per_class) * 3
 

@@ -72,7 +72,7 @@ def test_phase_two_sees_no_synthetic_image_and_budgets_match(smoke):
         log = []
         gens = ("mvc_coarse",) if method.startswith("mvc") else ()
         train_classifier(_data(), RunSpec(method, 0, synthetic_sets=gens, p_synthetic=1.0), c, 16,
-                         on_batch=lambda phase, x, used: log.append((phase, used.copy(), x)))
+                         on_batch=lambda phase, x, used, log=log: log.append((phase, used.copy(), x)))
         seen[method] = log
         assert len(log) == c.steps  # the same number of optimizer steps for every method
     two = seen["mvc_two_phase"]
@@ -95,7 +95,7 @@ def test_source_pretrained_trains_on_the_source_domain_then_on_the_labelled_imag
     assert set(data.source[1].tolist()) == {0, 1, 2}
     log = []
     train_classifier(data, RunSpec("source_pretrained", 0), c, cfg.data.resolution,
-                     on_batch=lambda phase, x, used: log.append((phase, x)))
+                     on_batch=lambda phase, x, used, log=log: log.append((phase, x)))
     assert [p for p, _ in log] == [0] * 4 + [1] * 6
     source = {bytes(x.numpy()) for x in data.source[0]}
     real = {bytes(x.numpy()) for x in data.train_x}
@@ -185,8 +185,8 @@ def test_the_pretrained_efficientnet_lite0_classifier_loads_offline_and_trains(s
 def test_the_judge_filter_keeps_images_labelled_as_intended_and_never_relabels(smoke_generated):
     """mvc_filtered: only the synthetic images the metrics' judge labels as their intended class; the share kept is
     the set's label fidelity; a kept image keeps its source (and so its class)."""
-    from mvc.classify import load_classification_data
     from mvc.classifiers import evaluate
+    from mvc.classify import load_classification_data
     from mvc.metrics import train_judge
 
     cfg = smoke_generated

@@ -19,7 +19,8 @@ def test_every_profile_validates():
 
 def test_extends_and_overrides_are_typed():
     cfg = load_config(REPO / "params/smoke.yaml", ["classify.steps=7", "generate.modes=[fine]",
-                                                   "classify.mvc_modes=[fine]", "classify.methods=[none,randaugment,mvc]"])
+                                                   "classify.mvc_modes=[fine]",
+                                                   "classify.methods=[none,randaugment,mvc]"])
     assert cfg.data.prompt_template == "a photo of the digit {name}"  # from digits.yaml
     assert cfg.data.shots == 4  # smoke's own
     assert cfg.classify.steps == 7 and cfg.generate.modes == ["fine"]
@@ -76,7 +77,8 @@ def test_misspelt_key_in_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mvc", "check", str(bad)], capture_output=True, text=True)
     assert out.returncode != 0
     assert "generate.guidance_txt" in out.stderr and "guidance_text" in out.stderr
-    ok = subprocess.run([sys.executable, "-m", "mvc", "check", str(REPO / "params/digits.yaml")], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "mvc", "check", str(REPO / "params/digits.yaml")], capture_output=True,
+                        text=True)
     assert ok.returncode == 0 and "guidance_text: 7.5" in ok.stdout
 
 
@@ -100,7 +102,8 @@ def test_numbers_in_exponent_form_are_floats():
 
 def test_a_bare_no_is_the_string_no():
     """YAML reads `no` as false; `--set finetune.mixed_precision=no` means the setting 'no'."""
-    assert load_config(REPO / "params/paper_base.yaml", ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
+    assert load_config(REPO / "params/paper_base.yaml",
+                       ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
     with pytest.raises(ConfigError, match="finetune.mixed_precision"):
         load_config(REPO / "params/smoke.yaml", ["finetune.mixed_precision=true"])
 

@@ -23,7 +23,9 @@ def _cifar(root, hundred: bool, n_train: int = 12, n_test: int = 6):
         return d
 
     names = ["apple", "bear", "cloud"] if hundred else ["airplane", "automobile", "bird"]
-    files = [("train", n_train), ("test", n_test)] if hundred else [(f"data_batch_{i}", n_train // 5 + 3) for i in range(1, 6)] + [("test_batch", n_test)]
+    files = [("train", n_train),
+             ("test", n_test)] if hundred else [(f"data_batch_{i}", n_train // 5 + 3) for i in range(1,
+                 6)] + [("test_batch", n_test)]
     for name, n in files:
         with open(folder / name, "wb") as fh:
             pickle.dump(batch(n), fh)
@@ -135,7 +137,8 @@ def test_corrupt_jpeg_is_skipped_and_listed(tmp_path):
     assert (load_splits(cfg).groupby(["class_name", "split"]).size().loc[("cats", "train")] == 2)
 
 
-@pytest.mark.parametrize("dataset, needle", [("cifar10", "cifar-10-batches-py"), ("tiny_imagenet", "val_annotations.txt"),
+@pytest.mark.parametrize("dataset, needle",
+                         [("cifar10", "cifar-10-batches-py"), ("tiny_imagenet", "val_annotations.txt"),
                                              ("caltech101", "101_ObjectCategories"), ("brain_tumor_mri", "Training"),
                                              ("imagefolder", "<class>")])
 def test_missing_root_names_layout(tmp_path, dataset, needle):

@@ -17,7 +17,8 @@ from tests.conftest import REPO, run_until, smoke_config
 def curve(tmp_path_factory):
     """The smoke study at shots [1, 2] with 2 replicates, every stage run."""
     cfg = smoke_config(tmp_path_factory.mktemp("curve"), "data.shots=[2, 1]", "replicates=2",
-                       "classify.methods=[none, randaugment, sd_img2img, sd_finetuned, mvc]", "classify.seeds=[0, 1, 2, 3]",
+                       "classify.methods=[none, randaugment, sd_img2img, sd_finetuned, mvc]",
+                       "classify.seeds=[0, 1, 2, 3]",
                        "generate.modes=[coarse]", "classify.mvc_modes=[coarse]")
     run_until(cfg, "report")
     return cfg
@@ -178,8 +179,8 @@ def test_replicates_that_redraw_the_labelled_images(tmp_path, monkeypatch):
     assert all(t <= candidates and not t & held and len(t) == s * 3 for (s, _), t in train.items())
     manifest = artifacts.load_manifest(cfg.unit(2, 1), "mvc_coarse")
     assert set(manifest["source_image_id"]) == train[(2, 1)]
-    from mvc.classify import load_classification_data, run_specs
     from mvc.classifiers import RunSpec
+    from mvc.classify import load_classification_data, run_specs
     data = {r: load_classification_data(cfg.unit(2, r)) for r in (0, 1)}
     assert not torch.equal(data[0].train_x, data[1].train_x)
     res = artifacts.load_results(cfg)

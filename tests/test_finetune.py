@@ -158,7 +158,8 @@ def test_the_text_only_stage_is_skipped_without_its_set(tmp_path):
 
 def test_two_processes_over_gloo(tmp_path):
     cfg = smoke_through_backbone(tmp_path, "finetune.steps=3")
-    overrides = [f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}", "--set=device=cpu",
+    overrides = [f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}",
+                 "--set=device=cpu",
                  "--set=finetune.steps=3"]
     out = launch_two_processes("finetune", str(REPO / "params/smoke.yaml"), *overrides)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -181,7 +182,8 @@ def test_a_batch_that_cannot_be_split_evenly_over_the_processes_is_refused():
 def test_sampled_targets_vary_around_the_posterior_mode(prepared):
     bb = components.load_backbone(prepared.paths.backbone)
     mode = finetune.training_data(prepared, bb.vae)
-    sampled_cfg = prepared.model_copy(update={"finetune": prepared.finetune.model_copy(update={"target_latents": "sample"})})
+    sampled_ft = prepared.finetune.model_copy(update={"target_latents": "sample"})
+    sampled_cfg = prepared.model_copy(update={"finetune": sampled_ft})
     sampled = finetune.training_data(sampled_cfg, bb.vae)
     a = finetune.draw_batch(mode, prepared, np.random.default_rng(0), 8)
     b = finetune.draw_batch(sampled, sampled_cfg, np.random.default_rng(0), 8)

@@ -50,7 +50,8 @@ def _pngs(cfg, name):
 
 def test_resume_after_a_kill_mid_batch_gives_exactly_the_expected_set(smoke_generated, tmp_path):
     cfg = smoke_generated
-    expected = {n: pd.read_csv(cfg.paths.synthetic / n / "manifest.csv") for n in artifacts.synthetic_set_names(cfg.generate)}
+    names = artifacts.synthetic_set_names(cfg.generate)
+    expected = {n: pd.read_csv(cfg.paths.synthetic / n / "manifest.csv") for n in names}
     # a second copy of the study, generation "killed" after one batch of one shard
     from tests.conftest import smoke_config
 

@@ -5,8 +5,15 @@ import pandas as pd
 import pytest
 import torch
 
-from mvc.image_measures import (FeatureModule, diversity, extract_features, frechet_distance, kid_subset_scores,
-                                kid_summary, stratified_sample)
+from mvc.image_measures import (
+    FeatureModule,
+    diversity,
+    extract_features,
+    frechet_distance,
+    kid_subset_scores,
+    kid_summary,
+    stratified_sample,
+)
 
 
 def _features():

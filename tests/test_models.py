@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvc import components, surrogate as surrogate_parts
+from mvc import components
+from mvc import surrogate as surrogate_parts
 from tests.conftest import REPO
 
 
@@ -29,7 +30,8 @@ def test_widened_unet_equals_original_when_extra_channels_are_zero(surrogate):
 
 
 def test_surrogate_text_encoder_is_deterministic(surrogate):
-    a, b = surrogate_parts.build_surrogate_text_encoder(surrogate), surrogate_parts.build_surrogate_text_encoder(surrogate)
+    build = surrogate_parts.build_surrogate_text_encoder
+    a, b = build(surrogate), build(surrogate)
     for (_, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q)
 

@@ -87,9 +87,9 @@ def test_memory_model_parts_follow_the_settings():
 
 
 def test_a_study_that_cannot_fit_is_refused_before_any_work(tmp_path):
+    from mvc.config import load_config
     from mvc.memory import DoesNotFit
     from mvc.resources import check_memory
-    from mvc.config import load_config
 
     cfg = load_config(REPO / "params" / "cifar10.yaml", [f"runs_root={tmp_path / 'runs'}"])
     with pytest.raises(DoesNotFit, match="finetune step"):
@@ -107,7 +107,8 @@ def test_preview_runs_on_the_study_device_and_encodes_only_what_it_shows(prepare
     monkeypatch.setattr(generate, "load_generation_models",
                         lambda cfg, emb, device, *a, **k: devices.append(device) or load(cfg, emb, device, *a, **k))
     encode = generate.encode_latents
-    monkeypatch.setattr(generate, "encode_latents", lambda vae, images: encoded.append(len(images)) or encode(vae, images))
+    monkeypatch.setattr(generate, "encode_latents", lambda vae,
+                        images: encoded.append(len(images)) or encode(vae, images))
     rows = generate.checkpoint_previews(prepared, n_sources=2, per_source=2)
     assert devices == ["cpu:0"]
     assert sum(encoded) == 2 < len(load_caption_embeddings(prepared).frame)  # the two shown, not every image
@@ -121,7 +122,8 @@ def test_compile_wraps_the_bare_unet_before_accelerate_prepares_it(prepared, mon
     prepare = Accelerator.prepare
     monkeypatch.setattr(Accelerator, "prepare", lambda self, *a: events.append("prepare") or prepare(self, *a))
     monkeypatch.setattr(finetune, "maybe_compile",
-                        lambda module, enabled, device, field: events.append(("compile", type(module).__name__, enabled))
+                        lambda module, enabled, device,
+                        field: events.append(("compile", type(module).__name__, enabled))
                         or module)
     cfg = prepared.model_copy(update={"finetune": prepared.finetune.model_copy(update={"compile": True})})
     finetune.train(cfg, show_progress=False)
@@ -176,7 +178,7 @@ def test_sdedit_keeps_float32_latents_around_a_bf16_unet(prepared):
     pipe = generate.img2img_pipeline(bb, "ddim", "cpu")
     assert pipe.vae.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
     seen = []
-    bb.unet.register_forward_hook(lambda m, a, k, out: seen.append((k["encoder_hidden_states"].dtype)),
+    bb.unet.register_forward_hook(lambda m, a, k, out: seen.append(k["encoder_hidden_states"].dtype),
                                   with_kwargs=True)
     sources = np.full((2, 16, 16, 3), 128, np.uint8)
     out = generate.sdedit(pipe, sources, ["a photo of a 0"] * 2, [0, 1], prepared.generate, 3.0)

@@ -18,7 +18,8 @@ def results():
     for method, values in accs.items():
         for seed, v in enumerate(values):
             rows.append({"dataset": "digits", "method": method, "seed": seed, "shots": 10, "backbone": "small_cnn",
-                         "variant": "main", "top1": v, "top5": 1.0, "steps": 10, "synthetic_share": 0, "params_hash": "h"})
+                         "variant": "main", "top1": v, "top5": 1.0, "steps": 10, "synthetic_share": 0,
+                         "params_hash": "h"})
     rows.append({**rows[-1], "variant": "M=1", "method": "mvc", "top1": 0.5})
     return pd.DataFrame(rows)
 
@@ -98,7 +99,8 @@ def test_a_missing_stage_output_names_the_stage_to_run(smoke):
 
     with pytest.raises(MissingStageOutput) as err:
         report.build_report(smoke)
-    assert "'classify'" in str(err.value) and "first stage to run is 'data'" in str(err.value) and "01" in str(err.value)
+    message = str(err.value)
+    assert "'classify'" in message and "first stage to run is 'data'" in message and "01" in message
 
 
 def test_report_all_collects_every_study(tmp_path, results):

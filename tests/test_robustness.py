@@ -64,7 +64,8 @@ def test_a_second_run_on_the_same_study_fails_at_once_naming_the_holder(tmp_path
 
 def test_readers_drop_a_run_recorded_twice(tmp_path):
     cfg = smoke_config(tmp_path)
-    row = {c: 0 for c in artifacts.RESULT_COLUMNS} | {"method": "none", "seed": 0, "variant": "main", "shots": 4, "top1": 0.5,
+    row = {c: 0 for c in artifacts.RESULT_COLUMNS} | {"method": "none", "seed": 0, "variant": "main", "shots": 4,
+                                                      "top1": 0.5,
                                                       "params_hash": cfg.stage_hash("classify")}
     append_rows(cfg.paths.results, pd.DataFrame([row, row, {**row, "seed": 1}]))
     got = artifacts.load_results(cfg, require_done=False)
@@ -295,9 +296,8 @@ def test_a_killed_kernel_is_explained(tmp_path, monkeypatch):
 
 
 def test_a_surrogate_that_cannot_fit_in_memory_is_refused_up_front(tmp_path):
-    from mvc.resources import check_memory
-
     from mvc.config import load_config
+    from mvc.resources import check_memory
 
     big = load_config(REPO / "params/digits.yaml", ["backbone.resolution=512"])
     with pytest.raises(ValueError, match="backbone.resolution"):

@@ -9,8 +9,14 @@ from pathlib import Path
 def save_tiny_blip2(folder: Path) -> Path:
     """A random BLIP-2 (model and processor) with CLIP's vocabulary, saved with `save_pretrained`."""
     import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
-                              CLIPTokenizer, OPTConfig)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        CLIPTokenizer,
+        OPTConfig,
+    )
 
     from mvc.surrogate import clip_tokenizer
 
@@ -40,8 +46,13 @@ def save_tiny_sd(folder: Path) -> Path:
     from diffusers import StableDiffusionPipeline
 
     from mvc.config import SurrogateConfig
-    from mvc.surrogate import (build_surrogate_text_encoder, build_surrogate_unet, build_surrogate_vae,
-                               clip_tokenizer, noise_scheduler)
+    from mvc.surrogate import (
+        build_surrogate_text_encoder,
+        build_surrogate_unet,
+        build_surrogate_vae,
+        clip_tokenizer,
+        noise_scheduler,
+    )
 
     s = SurrogateConfig(vae_channels=[8, 16], unet_channels=[8, 16], text_hidden_size=16, text_layers=1, text_heads=2)
     pipe = StableDiffusionPipeline(vae=build_surrogate_vae(s, 16), text_encoder=build_surrogate_text_encoder(s),
