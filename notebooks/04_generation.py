@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 04 · Generation (Figure 4) and image metrics
 #
-# `M` images per labelled training image from the MVC model in each mixing mode (two guidance scales), and the
-# sets of `generate.sets` (`sd_naive`: the backbone before fine-tuning, text only, same prompts and count). Then distance to the real domain
-# (FID, KID), label fidelity and diversity per synthetic set. About 1.5 minutes for digits on 2 cores.
+# `M` images per labelled training image from the MVC model in each mixing mode of `generate.modes` (two guidance
+# scales), and the sets of `generate.sets`. The digits study makes 3: `mvc_coarse`, `mvc_fine` and `sd_naive` (the
+# backbone before fine-tuning, text only, the same prompts and count). Then distance to the real domain (FID, KID),
+# label fidelity, copies and diversity per synthetic set. About 1 minute for digits on 2 cores.
 #
 # Several processes: `accelerate launch --num_processes N -m mvc generate PARAMS` (each its own slice).
 
@@ -27,10 +28,11 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-from mvc import generate, metrics, report
+from mvc import artifacts, generate, metrics, report
 from mvc.notebook import open_study, show_items
 
 cfg = open_study(params, overrides)
+print("synthetic sets:", ", ".join(artifacts.synthetic_set_names(cfg.generate)))
 
 # %%
 sets = generate.generate_all(cfg)

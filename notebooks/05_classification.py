@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,10 +16,12 @@
 # %% [markdown]
 # # 05 · Classification
 #
-# Every method trains the same classifier for the same number of optimizer steps on the same splits and seeds:
-# `none` (crop and flip), AutoAugment, RandAugment, TrivialAugment, MixUp, CutMix, the naive synthetic images,
-# MVC, and MVC with two-phase training (phase 2 on real images only, at a lower learning rate). About 5 minutes
-# for digits on 2 cores.
+# Every method of `classify.methods` trains the same classifier for the same number of optimizer steps on the
+# same splits and seeds. The digits study runs 11: `none` (crop and flip), `autoaugment`, `randaugment`,
+# `trivialaugment`, `mixup`, `cutmix`, `source_pretrained` (the surrogate's printed digits used directly:
+# pretrain on them, then train on the shots), `sd_naive` (the naive synthetic images), `mvc`, `mvc_two_phase`
+# (phase 2 on real images only, at a lower learning rate) and `mvc_randaugment` (MVC's images with RandAugment).
+# The cell below prints what the study you opened runs. About 2 minutes for digits on 2 cores.
 
 # %% tags=["parameters"]
 params = "params/digits.yaml"  # a params file, relative to the repository root
@@ -31,6 +33,7 @@ from mvc import classify, figures, report, statistics
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
+print("methods:", ", ".join(cfg.classify.methods))
 
 # %%
 results = classify.classify_all(cfg)
