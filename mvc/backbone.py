@@ -36,17 +36,6 @@ def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
         yield torch.randint(0, n, (batch,), generator=gen)
 
 
-def source_domain_images(cfg: StudyConfig, names: list[str], labels: bool = False):
-    """The labelled source-domain images, uint8 (N, H, W, C) at the data resolution (None when there are none),
-    with their labels (indices into `names`) if `labels`."""
-    s = cfg.backbone.surrogate
-    if cfg.backbone.kind != "surrogate" or s.source_domain == "none":
-        return (None, None) if labels else None
-    images, y = printed_digits(names, s.source_per_class, cfg.data.resolution, s.seed)
-    images = np.repeat(images, 3, axis=-1) if cfg.data.channels == 3 else images
-    return (images, y) if labels else images
-
-
 def source_domain(cfg: StudyConfig, names: list[str]) -> tuple[torch.Tensor, list[str]]:
     """The labelled source-domain images at the backbone's resolution, each captioned `prompt(y) + ", " +
     caption(x)` as the study's own captions are (none when `backbone.surrogate.source_domain` is none)."""

@@ -22,17 +22,17 @@ from mvc.artifacts import (
     load_results,
     load_splits,
     load_synthetic,
-    methods_at_level,
     shots_label,
 )
-from mvc.backbone import source_domain_images
 from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, normalize, train_classifier
 from mvc.config import StudyConfig
+from mvc.grid import grid, run_key
 from mvc.imaging import to_chw
 from mvc.io import append_rows, read_rows, write_csv
 from mvc.progress import progress
-from mvc.registry import METHODS, method_sets, mvc_set_names
+from mvc.registry import METHODS
 from mvc.runtime import pick_device
+from mvc.source_domains import source_domain_images
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ _JUDGES: dict[tuple, object] = {}
 
 
 def judge_of(cfg: StudyConfig):
-    """The judge of `mvc.metrics` (the same recipe, data and seed, so the same network), trained once per process."""
-    from mvc.metrics import train_judge  # deferred: the metrics stack is needed only by the filtered methods
+    """The judge of `mvc.judge` (the same recipe, data and seed as the metrics stage's, so the same network), trained
+    once per process."""
+    from mvc.judge import train_judge  # deferred: only the filtered methods need it
 
     key = (str(cfg.paths.run), cfg.stage_hash("classify"))
     if key not in _JUDGES:
@@ -83,37 +84,6 @@ def load_classification_data(cfg: StudyConfig, sets: list[str] = (), source: boo
         images, labels = source_domain_images(cfg, class_names(splits), labels=True)
         data.source = (to_chw(images), torch.tensor(labels))
     return data
-
-
-def grid(cfg: StudyConfig) -> list[RunSpec]:
-    """The main grid (every shots level x method x seed; seed number i paired with replicate i mod R) and, with
-    `classify.ablation`, the ablation grid (on the largest level)."""
-    c, g = cfg.classify, cfg.generate
-    specs = []
-    top = cfg.data.max_shots
-    for shots in reversed(cfg.data.shot_levels):
-        for method in methods_at_level(cfg.unit(shots)):
-            sets = method_sets(method, c)
-            specs += [RunSpec(method, s, "main", sets, c.p_synthetic, shots=shots, replicate=i % cfg.replicates)
-                      for i, s in enumerate(c.seeds)]
-    if c.ablation:
-        ab_seeds = list(enumerate(c.seeds[: max(3, len(c.seeds) // 2)]))
-        for mode in g.modes:
-            if [mode] != list(c.mvc_modes):
-                specs += [RunSpec("mvc", s, f"mode={mode}", mvc_set_names([mode]), c.p_synthetic, shots=top,
-                                  replicate=i % cfg.replicates) for i, s in ab_seeds]
-        for m in sorted({1, max(1, g.images_per_source // 2)} - {g.images_per_source}):
-            specs += [RunSpec("mvc", s, f"M={m}", mvc_set_names(c.mvc_modes), c.p_synthetic, m, shots=top,
-                              replicate=i % cfg.replicates) for i, s in ab_seeds]
-        for p in sorted({0.25, 0.75, 1.0} - {c.p_synthetic}):
-            specs += [RunSpec("mvc", s, f"p_synthetic={p}", mvc_set_names(c.mvc_modes), p, shots=top,
-                              replicate=i % cfg.replicates) for i, s in ab_seeds]
-    return specs
-
-
-def run_key(spec: RunSpec) -> tuple:
-    """What identifies a run in results.csv: (shots, variant, method, seed)."""
-    return (shots_label(spec.shots), spec.variant, spec.method, int(spec.seed))
 
 
 def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:

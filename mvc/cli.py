@@ -16,19 +16,6 @@ from mvc.stages import STAGES
 log = logging.getLogger("mvc")
 
 
-class RenamedOption(argparse.Action):
-    """An option under its old name: stores the value where the new one does and says the new name on stderr."""
-
-    def __init__(self, *args, new: str, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"{parser.prog}: note: {option_string} is now {self.new} (the old name still works, for now)",
-              file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -42,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = with_params(sub.add_parser("study", help="run the notebooks through papermill into reports/<study>/"))
     study.add_argument("--notebooks", help="notebooks to run, e.g. 01,03-05 (default: all)")
-    study.add_argument("--stages", dest="notebooks", action=RenamedOption, new="--notebooks", help=argparse.SUPPRESS)
     study.add_argument("--force", action="store_true",
                        help="re-execute the notebooks and recompute their stages from scratch, even when up to date")
     study.add_argument("--no-progress", action="store_true", help="no progress bars in the terminal")

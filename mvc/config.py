@@ -267,32 +267,15 @@ class GenerateConfig(Section):
     # mvc_nomix_trained: MVC's fine-tuning without mixing (own captions; stage finetune_mvc_nomix_trained),
     #   generating from own captions: with mvc_nomix it separates mixing at training and at generation
     sets: list[str] = ["sd_naive"]
-    naive_guidance: float = Field(3.0, ge=0)  # s_T of the text-only sets (sd_naive, sd_finetuned) and of SDEdit
-    # s_T of a text-only or SDEdit set by name, as `mvc select` chooses them on validation data (a set not named
-    # here uses naive_guidance); MVC's conditioned sets use guidance_text and guidance_image
-    guidance_per_set: dict[str, float] = {}
+    # s_T of each text-only or SDEdit set by name (sd_naive, sd_img2img, sd_finetuned), as `mvc select` chooses them
+    # on validation data; a set not named here uses its declaration's (3.0: mvc/registry.py). MVC's conditioned sets
+    # use guidance_text and guidance_image
+    set_guidance: dict[str, float] = {}
     img2img_strength: float = Field(0.5, gt=0, le=1)  # t0: the share of the noise schedule the real image is noised
     batch_size: int = Field(100, ge=1)  # images per sampling batch
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
     compile: bool = False  # torch.compile the UNet for sampling
     seed: int = 0  # the noise and the mixes of every image (replicate r: seed + r)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_switches(cls, data):
-        """`naive: true` and the like (before `sets`) still read, with a warning naming the new spelling."""
-        if not isinstance(data, dict) or not any(k in data for k in OLD_SET_SWITCHES):
-            return data
-        data = dict(data)
-        sets = list(data.get("sets", ["sd_naive"]))
-        for old, name in OLD_SET_SWITCHES.items():
-            if old in data:
-                on = data.pop(old)
-                sets = [n for n in sets if n != name] + ([name] if on else [])
-                warnings.warn(f"generate.{old} is now spelled generate.sets (a list of set names): "
-                              f"{'add' if on else 'leave out'} {name!r} there", UserWarning, stacklevel=2)
-        data["sets"] = [n for n in registry.set_names() if n in sets] + [n for n in sets if n not in registry.SETS]
-        return data
 
     @field_validator("sets")
     @classmethod
@@ -304,11 +287,6 @@ class GenerateConfig(Section):
         if len(set(v)) != len(v):
             raise ValueError(f"generate.sets names a set twice: {v}")
         return v
-
-
-# the switches of the synthetic sets before `generate.sets`
-OLD_SET_SWITCHES = {"naive": "sd_naive", "img2img": "sd_img2img", "finetuned": "sd_finetuned",
-                    "nomix_trained": "mvc_nomix_trained"}
 
 
 def _known_methods(v: list[str] | None, field: str) -> list[str] | None:
@@ -423,7 +401,7 @@ class SelectConfig(Section):
     cond_image: list[Literal["other", "same"]] = ["other"]  # finetune.cond_image
     guidance_text: list[float] = [2.0, 4.0, 7.5]  # s_T of MVC's sets
     guidance_image: list[float] = [1.5, 2.5]  # s_I of MVC's sets
-    text_guidance: list[float] = [2.0, 3.0, 5.0, 7.5]  # s_T of each text-only or SDEdit set, chosen per set
+    set_guidance: list[float] = [2.0, 3.0, 5.0, 7.5]  # generate.set_guidance: s_T of each text-only or SDEdit set
     randaugment_magnitude: list[int] = [5, 9, 13]  # classify.randaugment_magnitude
     randaugment_num_ops: list[int] = [1, 2]  # classify.randaugment_num_ops
     p_synthetic: list[float] = [0.25, 0.5, 0.75]  # the MVC methods' synthetic share
@@ -496,9 +474,9 @@ class StudyConfig(Section):
                 raise ValueError(f"classify.methods has {method}, which trains on the synthetic set {name}, which "
                                  f"this study does not make: {fix}")
         text_only = [n for n in registry.set_names() if registry.SETS[n].sampler != "conditioned"]
-        for name in self.generate.guidance_per_set:
+        for name in self.generate.set_guidance:
             if name not in text_only:
-                raise ValueError(f"generate.guidance_per_set names {name!r}, which is not a text-only or SDEdit set "
+                raise ValueError(f"generate.set_guidance names {name!r}, which is not a text-only or SDEdit set "
                                  f"({', '.join(text_only)}); MVC's sets use generate.guidance_text and "
                                  f"generate.guidance_image")
         needs_source = [m for m in self.classify.methods if registry.METHODS[m].source]

@@ -28,8 +28,6 @@ other-image conditioning can act in its unit (`effective_design`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 
@@ -48,9 +46,8 @@ from mvc.artifacts import (
     stored_splits,
     unit_set_names,
 )
-from mvc.backbone import source_domain_images
-from mvc.classifiers import ClassificationData, RunSpec, build_classifier, evaluate, train_classifier
-from mvc.config import ClassifyConfig, StudyConfig
+from mvc.classifiers import evaluate
+from mvc.config import StudyConfig
 from mvc.image_measures import (
     FeatureModule,
     efficientnet_lite0_features,
@@ -65,11 +62,12 @@ from mvc.image_measures import (
     stratified_sample,
 )
 from mvc.imaging import to_chw
-from mvc.io import atomic_path, read_rows, write_csv
+from mvc.io import read_rows, write_csv
+from mvc.judge import judge_accuracy, split_images, train_judge
 from mvc.progress import progress
 from mvc.registry import set_mode
 from mvc.runtime import pick_device, seed_everything
-from mvc.stages import JUDGE_RECIPE
+from mvc.source_domains import source_domain_images
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -95,44 +93,6 @@ class Instruments:
     device: str = "cpu"  # where the judge and the feature extractor run
     pool: torch.Tensor | None = None  # the unlabelled pool (uint8 NCHW), None when the study has none
     source: torch.Tensor | None = None  # the labelled source domain at the data resolution, None when none
-
-
-def split_images(splits: pd.DataFrame, images: np.ndarray, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NCHW images and labels of the real images in the splits `names`."""
-    rows = splits[splits["split"].isin(names)]
-    return to_chw(images[rows["image_id"].to_numpy()]), torch.tensor(rows["label"].to_numpy())
-
-
-def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, ClassificationData]:
-    """The judge (`metrics.judge_backbone`) trained on real images of the judge splits (crop augmentation only), or
-    read back from `runs/<study>/judge/` where the same judge was trained before; its test data: the split
-    `metrics.judge_scored_on` (test; val when `mvc select` chooses a recipe, which never reads test)."""
-    splits, images = load_splits(cfg), load_images(cfg)
-    train_x, train_y = split_images(splits, images, list(cfg.metrics.judge_splits))
-    if len(train_y) == 0:
-        raise ValueError(f"metrics.judge_splits {list(cfg.metrics.judge_splits)} hold no images in study "
-                         f"{cfg.study!r} (data.val_per_class={cfg.data.val_per_class}, data.pool_per_class="
-                         f"{cfg.data.pool_per_class}); give the judge a split with images (never 'train')")
-    test_x, test_y = split_images(splits, images, [cfg.metrics.judge_scored_on])
-    data = ClassificationData(train_x, train_y, test_x, test_y, int(splits["label"].max()) + 1)
-    name = cfg.metrics.judge_backbone
-    c = ClassifyConfig(**{f: getattr(cfg.classify, f) for f in JUDGE_RECIPE}, methods=["none"],
-                       steps=cfg.metrics.judge_steps, backbone=name, pretrained=name != "small_cnn", small_cnn_width=32)
-    key = hashlib.sha256(json.dumps({
-        "data": cfg.stage_hash("data"), "splits": list(cfg.metrics.judge_splits), "recipe": c.model_dump(mode="json"),
-        "seed": cfg.seed, "resolution": cfg.data.resolution, "device": torch.device(device).type,
-    }, sort_keys=True).encode()).hexdigest()[:16]
-    path = cfg.paths.run / "judge" / f"{name.replace(':', '_')}-{key}.pt"
-    if path.exists():  # the same judge (the same images, recipe and seed) trained by an earlier stage or trial
-        model = build_classifier(name, data.num_classes, train_x.shape[1], c.pretrained, c.small_cnn_width,
-                                 c.input_size)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        layout = torch.channels_last if c.channels_last else torch.contiguous_format
-        return model.to(device, memory_format=layout).eval(), data
-    model = train_classifier(data, RunSpec("none", cfg.seed), c, cfg.data.resolution, device)
-    with atomic_path(path) as tmp:
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    return model, data
 
 
 def feature_extractor(cfg: StudyConfig, judge: nn.Module) -> nn.Module:
@@ -238,19 +198,6 @@ def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge
                      "images_per_class": n})
         log.info("metrics %s %s: %s", unit.current_unit.name, name, rows[-1])
     return rows
-
-
-def judge_accuracy(cfg: StudyConfig, judge: nn.Module, data: ClassificationData, device: str = "cpu") -> float:
-    """The judge's accuracy on the real images of `metrics.judge_scored_on`; nan where it learnt from that split (the
-    selection of a study without a pool trains and scores it on val): its own training images would overstate it."""
-    split = cfg.metrics.judge_scored_on
-    if split in cfg.metrics.judge_splits:
-        log.info("metrics: the judge learnt from the %s images it would be scored on: its accuracy on real images is "
-                 "not measured (nan)", split)
-        return float("nan")
-    acc = evaluate(judge, data.test_x, data.test_y, device)[0]
-    log.info("metrics: judge accuracy on real %s images %.4f", split, acc)
-    return acc
 
 
 @stage("metrics", reader=load_image_metrics)

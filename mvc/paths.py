@@ -117,6 +117,11 @@ class StudyPaths:
         return self.run / "image_metrics.csv"
 
     @property
+    def judge(self) -> Path:
+        """The trained judges of label fidelity, one file per network and recipe (`mvc.judge`)."""
+        return self.run / "judge"
+
+    @property
     def stages(self) -> Path:
         return self.run / "stages"
 

@@ -64,10 +64,6 @@ def _mvc_guidance(g) -> tuple[float, float]:
     return g.guidance_text, g.guidance_image
 
 
-def _naive_guidance(g) -> tuple[float, float]:
-    return g.naive_guidance, 1.0
-
-
 def _first_mode(g) -> str:
     return g.modes[0]
 
@@ -86,7 +82,9 @@ class SyntheticSet:
     model: str  # "backbone" or a `FineTunedModel` name
     sampler: Sampler
     mode: Callable[[Any], str] = _first_mode  # GenerateConfig -> mixing mode of its prompts
-    guidance: Callable[[Any], tuple[float, float]] = _naive_guidance  # GenerateConfig -> (s_T, s_I)
+    # a number: the default s_T of a text-only or SDEdit set (`generate.set_guidance` overrides it by name; s_I = 1);
+    # a callable: GenerateConfig -> (s_T, s_I), as MVC's conditioned sets read generate.guidance_text/guidance_image
+    guidance: float | Callable[[Any], tuple[float, float]] = 3.0
     summary: str = ""
     per_mode: bool = False  # one set `<name>_<mode>` per mode of `generate.modes` (the MVC sets)
 
@@ -128,11 +126,12 @@ def set_mode(g, name: str) -> str:
 
 
 def set_guidance(g, name: str) -> tuple[float, float]:
-    """(s_T, s_I) of synthetic set `name` under the generate params `g`: its declaration's, with the s_T of
-    `generate.guidance_per_set` for a text-only or SDEdit set named there."""
+    """(s_T, s_I) of synthetic set `name` under the generate params `g`: `generate.set_guidance`'s s_T where it names
+    the set, else its declaration's (a number: that s_T with s_I = 1; a callable: what it reads from `g`)."""
     spec, _ = set_spec(name)
-    s_text, s_image = spec.guidance(g)
-    return g.guidance_per_set.get(name, s_text) if spec.sampler != "conditioned" else s_text, s_image
+    if callable(spec.guidance):
+        return spec.guidance(g)
+    return float(g.set_guidance.get(name, spec.guidance)), 1.0
 
 
 def set_names() -> list[str]:

@@ -39,6 +39,7 @@ from mvc.artifacts import (
     synthetic_set_names,
 )
 from mvc.config import StudyConfig, config_to_yaml
+from mvc.grid import grid, run_key
 from mvc.imaging import tensor_to_images
 from mvc.io import write_text
 from mvc.paths import REPO_ROOT
@@ -64,8 +65,6 @@ class ReportInputs:
     def results(self) -> pd.DataFrame:
         """The classifier runs of the study's current grid: a run kept from another top level (its ablations, a
         method since left out of `curve_methods`) is not read."""
-        from mvc.classify import grid, run_key  # deferred: the classify stage is needed only for its grid
-
         rows = load_results(self.cfg)
         keys = {run_key(spec) for spec in grid(self.cfg)}
         keep = [(Unit(s if pd.notna(s) else None).label, v, m, int(sd)) in keys

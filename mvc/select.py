@@ -6,7 +6,7 @@ scored on val, distances are to val, classifiers are scored on val. Test images 
 
 1. The generator (MVC): each `select.finetune_steps` x `select.cond_image`, fine-tuned once, then sampled at each
    `select.guidance_text` x `select.guidance_image`; each trial's MVC sets measured (`mvc.metrics`).
-2. Each text-only or SDEdit set of the study (sd_naive, sd_img2img, sd_finetuned): each `select.text_guidance`,
+2. Each text-only or SDEdit set of the study (sd_naive, sd_img2img, sd_finetuned): each `select.set_guidance`,
    with MVC's chosen fine-tuning (sd_finetuned is trained as MVC is, mixing included: it differs in the
    conditioning alone).
 3. The classifier knobs, on val accuracy over `select.seeds`: the classifier backbone (`select.classifier_backbone`,
@@ -256,9 +256,9 @@ def select_recipe(cfg: StudyConfig) -> Selection:
     sel.decide("mvc")
     # 2. each text-only or SDEdit set, with MVC's chosen fine-tuning
     for name in [n for n in synthetic_set_names(cfg.generate) if set_spec(n)[0].sampler != "conditioned"]:
-        for s_text in cfg.select.text_guidance:
+        for s_text in cfg.select.set_guidance:
             sel.measure_sets("generator", name, {"generate.modes": list(cfg.classify.mvc_modes),
-                                                 f"generate.guidance_per_set.{name}": s_text}, mvc_sets + [name],
+                                                 f"generate.set_guidance.{name}": s_text}, mvc_sets + [name],
                              [name])
         sel.decide(name)
     # 3. classifier knobs on val accuracy: the backbone first (every method trains it), then the augmentations'

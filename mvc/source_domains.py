@@ -6,9 +6,13 @@ position, rotation and weight."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from mvc.config import StudyConfig
 
 DIGIT_CHARACTERS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
                     "seven": "7", "eight": "8", "nine": "9"}
@@ -56,3 +60,14 @@ def printed_digits(class_names: list[str], per_class: int, size: int, seed: int)
             images.append(render_character(DIGIT_CHARACTERS[name], fonts[rng.integers(len(fonts))], size, rng))
             labels.append(label)
     return np.stack(images)[..., None], np.array(labels)
+
+
+def source_domain_images(cfg: StudyConfig, names: list[str], labels: bool = False):
+    """The labelled source-domain images, uint8 (N, H, W, C) at the data resolution (None when there are none),
+    with their labels (indices into `names`) if `labels`."""
+    s = cfg.backbone.surrogate
+    if cfg.backbone.kind != "surrogate" or s.source_domain == "none":
+        return (None, None) if labels else None
+    images, y = printed_digits(names, s.source_per_class, cfg.data.resolution, s.seed)
+    images = np.repeat(images, 3, axis=-1) if cfg.data.channels == 3 else images
+    return (images, y) if labels else images

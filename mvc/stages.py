@@ -48,7 +48,7 @@ NOTEBOOKS = {
     "06": "06_figures_tables.ipynb",
 }
 
-# The classifier recipe the judge of label fidelity is trained with (`mvc.metrics.train_judge`): the fields of
+# The classifier recipe the judge of label fidelity is trained with (`mvc.judge.train_judge`): the fields of
 # `classify` that a `none` run reads, less the network, its weights and its steps, which `metrics.judge_*` set. The
 # metrics stage reads these and no other classifier field, so a new method or seed does not re-measure the sets.
 JUDGE_RECIPE = ("input_size", "batch_size", "optimizer", "lr", "weight_decay", "crop_padding", "hflip",

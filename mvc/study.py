@@ -280,14 +280,9 @@ def run_notebook(nb: str, params_path: Path, overrides: list[str], output: Path,
 
 
 def run_study(params: str | Path, notebooks: str | None = None, overrides: list[str] | None = None,
-              force: bool = False, show_progress: bool = True, *, stages: str | None = None) -> dict[str, dict]:
+              force: bool = False, show_progress: bool = True) -> dict[str, dict]:
     """`mvc study`: run the chosen notebooks (e.g. '01,03-05'; default all) in order, skipping those whose stages
-    are up to date. `stages` is the old, deprecated name of `notebooks`."""
-    if stages is not None:
-        if notebooks is not None:
-            raise ValueError("run_study: give notebooks= only (stages= is its old name)")
-        log.warning("run_study(stages=...) is now run_study(notebooks=...): it selects notebooks, not stages")
-        notebooks = stages
+    are up to date."""
     overrides = list(overrides or [])
     params_path = resolve_path(params).resolve()
     cfg = load_config(params_path, overrides)

@@ -187,7 +187,7 @@ def test_the_judge_filter_keeps_images_labelled_as_intended_and_never_relabels(s
     the set's label fidelity; a kept image keeps its source (and so its class)."""
     from mvc.classifiers import evaluate
     from mvc.classify import load_classification_data
-    from mvc.metrics import train_judge
+    from mvc.judge import train_judge
 
     cfg = smoke_generated
     full = load_classification_data(cfg, ["mvc_coarse"])

@@ -116,8 +116,7 @@ def test_a_bad_study_name_touches_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_the_old_set_switches_still_read_with_a_warning():
-    with pytest.warns(UserWarning, match="generate.sets"):
-        cfg = load_config(REPO / "params/digits.yaml", ["generate.naive=false", "generate.img2img=true",
-                                                         "classify.methods=[none, mvc]"])
-    assert cfg.generate.sets == ["sd_img2img"]
+def test_a_retired_spelling_is_an_unknown_field():
+    """The switches before `generate.sets` (0.x, no users to keep) are unknown fields, named in the error."""
+    with pytest.raises(ConfigError, match="generate.naive"):
+        load_config(REPO / "params/digits.yaml", ["generate.naive=false"])

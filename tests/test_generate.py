@@ -10,6 +10,7 @@ from PIL import Image
 
 from mvc import artifacts, generate, state
 from mvc.generate import WorkItem, shard
+from mvc.registry import set_guidance
 from mvc.sampling import guided_eps
 
 
@@ -107,8 +108,8 @@ def test_img2img_set_is_the_backbones_sdedit_seeded_per_image(smoke_generated):
     pipe = img2img_pipeline(load_backbone(backbone_source(cfg)), cfg.generate.scheduler, "cpu")
     sources = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
     prompts = ["a photo of the digit one"] * 2
-    a = sdedit(pipe, sources, prompts, [1, 2], cfg.generate, cfg.generate.naive_guidance)
-    b = sdedit(pipe, sources[:1], prompts[:1], [1], cfg.generate, cfg.generate.naive_guidance)
+    a = sdedit(pipe, sources, prompts, [1, 2], cfg.generate, set_guidance(cfg.generate, "sd_img2img")[0])
+    b = sdedit(pipe, sources[:1], prompts[:1], [1], cfg.generate, set_guidance(cfg.generate, "sd_img2img")[0])
     assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
     assert np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1  # the same seed, whatever the batch
     assert not np.array_equal(a[0], a[1])

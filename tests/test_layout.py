@@ -51,6 +51,25 @@ def test_the_package_has_no_import_cycle():
             visit(module, [module])
 
 
+RUNNERS = {"mvc.pipeline", "mvc.select", "mvc.study", "mvc.cli", "mvc.__main__", "mvc.notebook"}
+
+
+def test_stages_sit_on_one_floor():
+    """No stage module imports another (they read each other's outputs through `mvc.artifacts`), and no library
+    module imports a stage: only the runners (pipeline, select, study, cli, the notebooks' helpers) sit above them."""
+    from mvc.pipeline import stage_functions as registry_functions
+
+    stage_modules = {fn.__wrapped__.__module__ if hasattr(fn, "__wrapped__") else fn.__module__
+                     for fn in registry_functions().values()}
+    assert {"mvc.data", "mvc.classify", "mvc.report", "mvc.metrics", "mvc.backbone"} <= stage_modules
+    graph = {f"mvc.{p.stem}": _imports(p) - {f"mvc.{p.stem}"} for p in PACKAGE.glob("*.py")}
+    crossing = {m: sorted(graph[m] & stage_modules) for m in stage_modules if graph[m] & stage_modules}
+    assert not crossing, f"stage modules importing other stages: {crossing}"
+    library = set(graph) - stage_modules - RUNNERS
+    upward = {m: sorted(graph[m] & stage_modules) for m in library if graph[m] & stage_modules}
+    assert not upward, f"library modules importing stage modules: {upward}"
+
+
 def test_every_stage_has_its_function_and_notebook():
     from mvc.pipeline import stage_function
 

@@ -154,26 +154,27 @@ def test_judge_splits_default_to_val_and_pool_and_reject_train(tmp_path):
 
 
 def test_judge_splits_without_images_raise(smoke_generated, monkeypatch):
-    from mvc import metrics
+    from mvc import judge
     from mvc.artifacts import load_splits
 
     splits = load_splits(smoke_generated)
-    monkeypatch.setattr(metrics, "load_splits", lambda cfg: splits[splits["split"].isin(["train", "test"])])
+    monkeypatch.setattr(judge, "load_splits", lambda cfg: splits[splits["split"].isin(["train", "test"])])
     with pytest.raises(ValueError, match=r"metrics.judge_splits \['val', 'pool'\] hold no images"):
-        metrics.train_judge(smoke_generated)
+        judge.train_judge(smoke_generated)
 
 
 def test_the_judge_is_trained_once_per_study_folder_and_can_be_a_pretrained_network(smoke_generated, monkeypatch):
+    from mvc import judge as judges
     from mvc import metrics
     from mvc.classifiers import normalize
     from mvc.config import with_values
 
     cfg = with_values(smoke_generated, {"metrics.judge_backbone": "efficientnet_lite0", "metrics.judge_steps": 2})
     trained = []
-    real = metrics.train_classifier
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: trained.append(a[2].backbone) or real(*a, **k))
-    judge, data = metrics.train_judge(cfg)
-    again, _ = metrics.train_judge(cfg)  # the metrics stage, then classify's filter: one training
+    real = judges.train_classifier
+    monkeypatch.setattr(judges, "train_classifier", lambda *a, **k: trained.append(a[2].backbone) or real(*a, **k))
+    judge, data = judges.train_judge(cfg)
+    again, _ = judges.train_judge(cfg)  # the metrics stage, then classify's filter: one training
     assert trained == ["efficientnet_lite0"] and len(list((cfg.paths.run / "judge").glob("efficientnet_lite0-*")))
     x = normalize(data.test_x[:6])
     with torch.no_grad():
@@ -181,25 +182,25 @@ def test_the_judge_is_trained_once_per_study_folder_and_can_be_a_pretrained_netw
         features = metrics.feature_extractor(cfg, again)(data.test_x[:6])  # the image measures' features
     assert features.shape == (6, judge.body.num_features) and torch.isfinite(features).all()
     methods = [m for m in cfg.classify.methods if m != "mixup"]
-    metrics.train_judge(with_values(cfg, {"classify.methods": methods, "classify.seeds": [5]}))  # not its recipe
+    judges.train_judge(with_values(cfg, {"classify.methods": methods, "classify.seeds": [5]}))  # not its recipe
     assert trained == ["efficientnet_lite0"]
-    metrics.train_judge(with_values(cfg, {"metrics.judge_steps": 3}))  # another recipe: another judge
-    metrics.train_judge(with_values(cfg, {"classify.lr": 0.01}))
+    judges.train_judge(with_values(cfg, {"metrics.judge_steps": 3}))  # another recipe: another judge
+    judges.train_judge(with_values(cfg, {"classify.lr": 0.01}))
     assert trained == ["efficientnet_lite0"] * 3
 
 
 def test_the_judge_is_not_scored_on_the_images_it_learnt_from(smoke_generated):
-    from mvc import metrics
+    from mvc import judge as judges
     from mvc.config import with_values
 
-    judge, data = metrics.train_judge(with_values(smoke_generated, {"metrics.judge_steps": 2}))
-    scored = metrics.judge_accuracy(smoke_generated, judge, data)
+    judge, data = judges.train_judge(with_values(smoke_generated, {"metrics.judge_steps": 2}))
+    scored = judges.judge_accuracy(smoke_generated, judge, data)
     assert 0 <= scored <= 1 and list(smoke_generated.metrics.judge_splits) == ["val", "pool"]
     # a selection without a pool: the judge learns from val and is scored on val
     no_pool = with_values(smoke_generated, {"metrics.judge_splits": ["val"], "metrics.judge_scored_on": "val"})
-    assert np.isnan(metrics.judge_accuracy(no_pool, judge, data))
+    assert np.isnan(judges.judge_accuracy(no_pool, judge, data))
     with_pool = with_values(smoke_generated, {"metrics.judge_splits": ["pool"], "metrics.judge_scored_on": "val"})
-    assert metrics.judge_accuracy(with_pool, judge, data) == scored
+    assert judges.judge_accuracy(with_pool, judge, data) == scored
 
 
 def test_metrics_stage_on_the_smoke_study(smoke_generated):

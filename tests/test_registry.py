@@ -20,10 +20,6 @@ def _invert(c) -> list:
     return [v2.RandomInvert(p=0.5)]
 
 
-def _strong_guidance(g) -> tuple[float, float]:
-    return 2 * g.naive_guidance, 1.0
-
-
 @pytest.fixture
 def toy_vocabulary():
     """A toy classical augmentation, a toy synthetic set (the backbone at twice the text guidance) and the method
@@ -31,7 +27,7 @@ def toy_vocabulary():
     added = [
         (registry.METHODS, registry.register_method(registry.Method("toy_invert", "classical", _invert))),
         (registry.SETS, registry.register_set(registry.SyntheticSet("toy_guided", "backbone", "text",
-                                                                    guidance=_strong_guidance))),
+                                                                    guidance=6.0))),
         (registry.METHODS, registry.register_method(registry.Method("toy_guided", "synthetic",
                                                                     sets=lambda c: ("toy_guided",)))),
     ]
@@ -50,6 +46,7 @@ def test_an_unregistered_name_is_refused_with_the_registered_ones(tmp_path):
 @pytest.mark.slow
 def test_a_registered_augmentation_and_synthetic_set_reach_every_stage(toy_vocabulary, smoke_generated, tmp_path):
     from mvc import artifacts, classifiers, classify, statistics
+    from mvc.grid import grid
 
     cfg = smoke_config(tmp_path, "generate.sets=[sd_naive, toy_guided]", "generate.modes=[coarse]",
                        "classify.methods=[none, toy_invert, sd_naive, toy_guided, mvc]")
@@ -66,7 +63,7 @@ def test_a_registered_augmentation_and_synthetic_set_reach_every_stage(toy_vocab
     assert np.abs(x_toy.astype(int) - x_naive.astype(int)).mean() > 0.05
 
     # classification: the toy method sees its synthetic images; the toy augmentation changes every image
-    spec = next(s for s in classify.grid(cfg) if s.method == "toy_guided")
+    spec = next(s for s in grid(cfg) if s.method == "toy_guided")
     assert spec.synthetic_sets == ("toy_guided",)
     data = classify.load_classification_data(cfg, ["toy_guided"])
     seen = []

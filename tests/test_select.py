@@ -46,7 +46,7 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
 
     over = ["classify.methods=[none, randaugment, sd_naive, mvc]", "generate.sets=[sd_naive]",
             "generate.modes=[coarse]", "classify.mvc_modes=[coarse]", "select.finetune_steps=[3, 6]",
-            "select.guidance_text=[2.0, 4.0]", "select.guidance_image=[1.5]", "select.text_guidance=[2.0, 5.0]",
+            "select.guidance_text=[2.0, 4.0]", "select.guidance_image=[1.5]", "select.set_guidance=[2.0, 5.0]",
             "select.randaugment_magnitude=[5, 9]", "select.randaugment_num_ops=[1]", "select.p_synthetic=[0.5]",
             "select.classifier_backbone=[small_cnn, efficientnet_lite0]", "select.seeds=[0]"]
     cfg = smoke_config(tmp_path, *over)
@@ -81,7 +81,7 @@ def test_selection_never_reads_test_and_writes_its_log_and_a_params_file(tmp_pat
     assert f"finetune.steps={chosen.finetune.steps}" in mvc_pick["knobs"]
     assert f"generate.guidance_text={chosen.generate.guidance_text}" in mvc_pick["knobs"]
     naive_pick = log[(log["subject"] == "sd_naive") & log["chosen"]].iloc[0]["knobs"]
-    assert naive_pick == f"generate.guidance_per_set.sd_naive={chosen.generate.guidance_per_set['sd_naive']}"
+    assert naive_pick == f"generate.set_guidance.sd_naive={chosen.generate.set_guidance['sd_naive']}"
     assert chosen.classify.randaugment_magnitude in (5, 9) and chosen.study == cfg.study
     backbones = log[log["subject"] == "classifier_backbone"].set_index("knobs")["val_top1"]
     assert chosen.classify.backbone == backbones.idxmax().split("classify.backbone=")[1].split(",")[0]

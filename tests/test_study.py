@@ -41,9 +41,9 @@ def test_parse_notebooks():
         parse_notebooks("05-03")
 
 
-@pytest.mark.parametrize("option", ["--notebooks", "--stages", "--stages="])
-def test_notebooks_option_and_its_old_name(option, monkeypatch, capsys):
-    """`--notebooks` picks notebooks; `--stages`, its old name, still works and says the new one on stderr."""
+@pytest.mark.parametrize("option", ["--notebooks", "--notebooks="])
+def test_notebooks_option(option, monkeypatch):
+    """`--notebooks` picks notebooks, in both spellings; the retired `--stages` is an error."""
     from mvc import cli, study
 
     seen = {}
@@ -51,28 +51,19 @@ def test_notebooks_option_and_its_old_name(option, monkeypatch, capsys):
     argv = [f"{option}01-02"] if option.endswith("=") else [option, "01-02"]
     assert cli.main(["study", str(REPO / "params/smoke.yaml"), *argv]) == 0
     assert seen["notebooks"] == "01-02"
-    err = capsys.readouterr().err
-    if option.startswith("--stages"):
-        assert err.strip() == "mvc study: note: --stages is now --notebooks (the old name still works, for now)"
-    else:
-        assert "--stages" not in err
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["study", "--help"])
-    shown = capsys.readouterr().out
-    assert "--notebooks" in shown and "--stages" not in shown  # the old name is hidden
+        cli.build_parser().parse_args(["study", str(REPO / "params/smoke.yaml"), "--stages", "01"])
 
 
-def test_run_study_takes_stages_as_the_old_name_of_notebooks(tmp_path, monkeypatch, caplog):
+def test_run_study_runs_the_chosen_notebooks(tmp_path, monkeypatch):
     from mvc import study
 
     monkeypatch.setattr(study, "_run_notebooks", lambda cfg, chosen, *a: chosen)
     sets = [f"runs_root={tmp_path / 'runs'}", f"reports_root={tmp_path / 'reports'}"]
     assert study.run_study(REPO / "params/smoke.yaml", notebooks="02-03", overrides=sets) == ["02", "03"]
-    assert "stages=" not in caplog.text
-    assert study.run_study(REPO / "params/smoke.yaml", overrides=sets, stages="01,04") == ["01", "04"]
-    assert "run_study(stages=...) is now run_study(notebooks=...)" in caplog.text
-    with pytest.raises(ValueError, match="notebooks= only"):
-        study.run_study(REPO / "params/smoke.yaml", "01", sets, stages="01")
+    assert study.run_study(REPO / "params/smoke.yaml", "01,04", sets) == ["01", "04"]
+    with pytest.raises(TypeError):
+        study.run_study(REPO / "params/smoke.yaml", overrides=sets, stages="01")
 
 
 def test_notebooks_leave_out_accelerates_checkpoint_lines_not_its_warnings(tmp_path, capsys):
