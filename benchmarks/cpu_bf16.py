@@ -22,7 +22,7 @@ def main() -> None:
     args = ap.parse_args()
     from diffusers import UNet2DConditionModel
 
-    from mvc.memory import sd15_unet_config
+    from mvc.footprint import sd15_unet_config
     from mvc.runtime import cpu_has_native_bf16
 
     torch.manual_seed(0)

@@ -40,7 +40,7 @@ def one(case: str, batch: int, res: int) -> dict:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from mvc.memory import sd15_unet_config, sd15_vae_config
+    from mvc.footprint import sd15_unet_config, sd15_vae_config
 
     torch.set_num_threads(2)
     cuda = torch.cuda.is_available()

@@ -3,14 +3,16 @@ one caption each; `caption_text` forms what the text encoder sees, `prompt(y) + 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 
-from mvc.components import hub_error
-from mvc.config import CaptionConfig
+from mvc.paths import hub_error
 from mvc.progress import quiet_library_bars
+
+if TYPE_CHECKING:
+    from mvc.config import CaptionConfig
 
 
 class Captioner(Protocol):
@@ -136,11 +138,34 @@ class Blip2Captioner:
         return [t.strip() or "an image" for t in texts]
 
 
-def build_captioner(cfg: CaptionConfig, device: str = "cpu") -> Captioner:
-    """The captioner that `caption.backend` names."""
-    if cfg.backend == "blip2":
-        return Blip2Captioner(cfg.model, cfg.question, cfg.max_new_tokens, device)
+def attribute_captioner(cfg: CaptionConfig, device: str = "cpu") -> AttributeCaptioner:
     return AttributeCaptioner()
+
+
+def blip2_captioner(cfg: CaptionConfig, device: str = "cpu") -> Blip2Captioner:
+    return Blip2Captioner(cfg.model, cfg.question, cfg.max_new_tokens, device)
+
+
+def blip2_parameters(cfg: CaptionConfig) -> int:
+    """BLIP-2's parameter count from its cached config; blip2-opt-2.7b's (3.74 B) when it is not cached."""
+    try:
+        from accelerate import init_empty_weights
+        from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+        from mvc.paths import resolve_path
+
+        local = resolve_path(cfg.model)
+        config = Blip2Config.from_pretrained(str(local) if local.exists() else cfg.model, local_files_only=True)
+        with init_empty_weights():
+            model = Blip2ForConditionalGeneration(config)
+        total = sum(p.numel() for p in model.parameters())
+        out, inp = model.language_model.get_output_embeddings(), model.language_model.get_input_embeddings()
+        if getattr(config.text_config, "tie_word_embeddings",
+                   False) and out is not None and out.weight is not inp.weight:
+            total -= out.weight.numel()  # tied when loaded (OPT's output layer is its input embedding): counted once
+        return total
+    except (OSError, ValueError):
+        return 3_744_761_856
 
 
 def caption_text(prompt_template: str, class_name: str, caption: str) -> str:

@@ -16,10 +16,11 @@ import torch
 from accelerate import PartialState
 
 from mvc.artifacts import load_captions, load_images, stored_splits
-from mvc.captioners import Captioner, build_captioner, caption_text
+from mvc.captioners import Captioner, caption_text
 from mvc.config import StudyConfig
 from mvc.io import append_rows, read_rows, write_csv
 from mvc.progress import progress
+from mvc.registry import CAPTIONERS
 from mvc.state import stage
 
 CAPTION_COLUMNS = ["image_id", "split", "label", "caption", "text"]
@@ -64,7 +65,7 @@ def caption_dataset(cfg: StudyConfig, captioner: Captioner | None = None, show_p
     part = cfg.paths.run / f".captions-part-{dist.process_index}.csv"
     if batches:
         images = load_images(cfg)
-        captioner = captioner or build_captioner(cfg.caption, str(dist.device))
+        captioner = captioner or CAPTIONERS[cfg.caption.backend].build(cfg.caption, str(dist.device))
         for n, lo in enumerate(progress(batches, desc="caption", unit="batch",
                                         disable=not (show_progress and dist.is_main_process))):
             if max_batches is not None and n >= max_batches:
@@ -82,5 +83,5 @@ def caption_dataset(cfg: StudyConfig, captioner: Captioner | None = None, show_p
         return None  # stopped early: the parts stay, and the next call captions what is left
     if not dist.is_main_process:
         return {}
-    device = {"device": str(dist.device)} if cfg.caption.backend == "blip2" else {}  # where BLIP-2 ran
+    device = {"device": str(dist.device)} if CAPTIONERS[cfg.caption.backend].on_device else {}  # where it ran
     return {"captions": merge_parts(cfg), "processes": dist.num_processes, **device}

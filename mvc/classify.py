@@ -30,7 +30,7 @@ from mvc.grid import grid, run_key
 from mvc.imaging import to_chw
 from mvc.io import append_rows, read_rows, write_csv
 from mvc.progress import progress
-from mvc.registry import METHODS
+from mvc.registry import METHODS, role_of, set_images_per_source
 from mvc.runtime import pick_device
 from mvc.source_domains import source_domain_images
 from mvc.state import stage
@@ -91,7 +91,7 @@ def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dic
     c = cfg.classify
     share = spec.p_synthetic * (1 - (c.two_phase_fraction if METHODS[spec.method].two_phase else 0)) \
         if spec.synthetic_sets else 0.0
-    per_source = (spec.max_per_source or cfg.generate.images_per_source) * len(spec.synthetic_sets)
+    per_source = sum(spec.max_per_source or set_images_per_source(cfg.generate, s) for s in spec.synthetic_sets)
     return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed, "replicate": spec.replicate,
             "shots": shots_label(spec.shots), "backbone": c.backbone, "variant": spec.variant,
             "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),
@@ -201,9 +201,11 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
             "processes": dist.num_processes, "workers": max(1, workers), "device": pick_device(cfg.device)}
 
 
-def example_batch(cfg: StudyConfig, method: str = "mvc", n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One training batch of `method` before augmentation, as uint8 (n, H, W, C) images, and which of them are
-    synthetic replacements of their real source (notebook 05)."""
+def example_batch(cfg: StudyConfig, method: str | None = None, n: int = 16,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One training batch of `method` (default: the method under test) before augmentation, as uint8 (n, H, W, C)
+    images, and which of them are synthetic replacements of their real source (notebook 05)."""
+    method = method or role_of("under_test")
     spec = next((s for s in grid(cfg) if s.method == method), RunSpec(method, seed))
     data = load_classification_data(cfg, list(spec.synthetic_sets))
     rng = np.random.default_rng(seed)

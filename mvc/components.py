@@ -10,33 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from mvc.config import StudyConfig
-from mvc.paths import resolve_path
+from mvc.paths import ModelFolderError, hub_error, resolve_path
 from mvc.progress import quiet_library_bars
 from mvc.surrogate import build_surrogate_text_parts
 
+if TYPE_CHECKING:
+    from mvc.config import StudyConfig
+
 SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
-
-
-class ModelFolderError(FileNotFoundError):
-    """A model folder that is missing, incomplete or unreadable; the message names what is wrong."""
-
-
-def hub_error(model: str, field: str, err: Exception) -> Exception:
-    """A clear error for a model that could not be loaded from a folder or the hub."""
-    path = resolve_path(model)
-    if path.exists() or model.startswith((".", "/", "~")):
-        return ModelFolderError(f"{field}: could not load the model folder {path}: {err}. "
-                                "Point it at a folder written by `save_pretrained`.")
-    return ModelFolderError(
-        f"{field}: '{model}' is not a local folder and could not be loaded from the Hugging Face Hub "
-        f"(offline or not cached): {str(err).splitlines()[0]}. Fetch it on a connected machine with "
-        f"`huggingface-cli download {model}` (it lands in the HF cache), then run with HF_HUB_OFFLINE=1, "
-        f"or set {field} to a local folder.")
 
 
 @dataclass
@@ -150,8 +136,8 @@ def memory_capacity_gib(device) -> float:
 
 def vae_batch_size(vae, resolution: int, decode: bool = False) -> int:
     """Images per VAE encoding (or decoding) batch that fit a quarter of the memory free on the VAE's device
-    (`mvc.memory.encode_batch_size`): 64 for the surrogate, a few for SD 1.5's VAE at 512 px."""
-    from mvc.memory import DECODE, ENCODE, encode_batch_size
+    (`mvc.footprint.encode_batch_size`): 64 for the surrogate, a few for SD 1.5's VAE at 512 px."""
+    from mvc.footprint import DECODE, ENCODE, encode_batch_size
 
     return encode_batch_size(dict(vae.config), resolution, memory_capacity_gib(vae.device),
                              DECODE if decode else ENCODE, cap=4096 if decode else 64)

@@ -19,7 +19,6 @@ from mvc.paths import StudyPaths, resolve_path
 from mvc.stages import stage_hash
 from mvc.units import Unit
 
-DatasetName = Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
 MixMode = Literal["none", "fine", "coarse", "coarse+fine"]
 MethodName = str  # a method of `mvc.registry.METHODS` (checked when a config is validated)
 
@@ -28,13 +27,22 @@ class ConfigError(ValueError):
     """A params file or override that cannot be used; the message names the field and the fix."""
 
 
+def _registered(name: str, table: dict, field: str, register: str) -> str:
+    if name not in table:
+        raise ValueError(f"{field}: {name!r} is not registered (registered: {', '.join(table)}); "
+                         f"mvc.registry.{register} adds one")
+    return name
+
+
 class Section(BaseModel):
     # strict: `true` is not a count, "3" is not a number; unknown keys are errors; frozen once loaded
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataConfig(Section):
-    dataset: DatasetName = "digits"  # a reader of mvc/datasets.py (imagefolder: your own folders under root)
+    # a dataset of mvc.registry.DATASETS: digits, cifar10, cifar100, tiny_imagenet, caltech101, brain_tumor_mri, or
+    # imagefolder (your own folders under root); `register_dataset` adds one
+    dataset: str = "digits"
     root: str | None = None  # data root for on-disk datasets (relative paths from the repo root)
     download: bool = False  # let torchvision download CIFAR when it is missing (opt-in)
     classes: list[str] | None = Field(None, min_length=2)  # keep only these class folders (None: all)
@@ -101,6 +109,11 @@ class DataConfig(Section):
         """The largest level: what the train split holds."""
         return self.shot_levels[-1]
 
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_registered(cls, v: str) -> str:
+        return _registered(v, registry.DATASETS, "data.dataset", "register_dataset")
+
     @model_validator(mode="after")
     def _template_has_name(self) -> DataConfig:
         if "{name}" not in self.prompt_template:
@@ -109,13 +122,19 @@ class DataConfig(Section):
 
 
 class CaptionConfig(Section):
-    backend: Literal["attributes", "blip2"] = "attributes"  # offline attribute captioner, or BLIP-2
+    # a captioner of mvc.registry.CAPTIONERS: attributes (offline), or blip2; `register_captioner` adds one
+    backend: str = "attributes"
     model: str = "Salesforce/blip2-opt-2.7b"  # BLIP-2 hub id or local folder
     question: str | None = None  # BLIP-2 text prompt, e.g. "Question: what is in the picture? Answer:"
     batch_size: int = Field(64, ge=1)  # images per captioner call
     max_new_tokens: int = Field(30, ge=1)  # BLIP-2: the longest caption, in tokens
     # the splits captioned: train (the mixes) and pool (the surrogate's pretraining captions)
     splits: list[Literal["train", "pool", "val", "test"]] = Field(["train", "pool"], min_length=1)
+
+    @field_validator("backend")
+    @classmethod
+    def _captioner_registered(cls, v: str) -> str:
+        return _registered(v, registry.CAPTIONERS, "caption.backend", "register_captioner")
 
 
 class MixingConfig(Section):
@@ -379,9 +398,10 @@ class ClassifyConfig(Section):
 
 
 class ReportConfig(Section):
-    # the baseline MVC is compared with, fixed before any result is seen (the paper names RandAugment); the
-    # report tests MVC against every baseline too, with Holm's correction
-    comparator: str = "randaugment"
+    # the baseline MVC is compared with, fixed before any result is seen; by default the method holding the
+    # `tuned_classical` role of mvc/registry.py (RandAugment, as the paper names it); the report tests MVC against
+    # every baseline too, with Holm's correction
+    comparator: str = Field(default_factory=lambda: registry.role_of("tuned_classical"))
     examples_per_class: int = Field(4, ge=1)  # images per class in the figures
     classes_in_figures: int = Field(10, ge=1)  # at most this many classes shown
     # a synthetic set whose label fidelity is more than this below the judge's accuracy on real images is named in
@@ -473,7 +493,7 @@ class StudyConfig(Section):
                 fix = (f"add {mode} to generate.modes" if mode is not None else f"add {name} to generate.sets")
                 raise ValueError(f"classify.methods has {method}, which trains on the synthetic set {name}, which "
                                  f"this study does not make: {fix}")
-        text_only = [n for n in registry.set_names() if registry.SETS[n].sampler != "conditioned"]
+        text_only = registry.text_only_set_names()
         for name in self.generate.set_guidance:
             if name not in text_only:
                 raise ValueError(f"generate.set_guidance names {name!r}, which is not a text-only or SDEdit set "

@@ -15,10 +15,11 @@ from PIL import UnidentifiedImageError
 
 from mvc.artifacts import SPLITS, stored_splits
 from mvc.config import DataConfig, StudyConfig
-from mvc.datasets import DataNotFound, Item, build_reader
+from mvc.datasets import DataNotFound, Item
 from mvc.imaging import to_array
 from mvc.io import atomic_path, write_csv
 from mvc.progress import progress
+from mvc.registry import DATASETS
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def assign_splits(items: list[Item], cfg: DataConfig, seed: int) -> dict[str, tu
 def prepare_dataset(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Read, split and cache the dataset (the splits table is what the stage returns)."""
     paths = cfg.paths
-    reader = build_reader(cfg.data)
+    reader = DATASETS[cfg.data.dataset].reader(cfg.data)  # as mvc.registry declares it
     items = reader.items()
     if cfg.data.classes:
         unknown = sorted(set(cfg.data.classes) - {it.class_dir for it in items})

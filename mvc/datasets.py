@@ -7,12 +7,15 @@ import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from mvc.config import DataConfig
 from mvc.paths import resolve_path
+
+if TYPE_CHECKING:
+    from mvc.config import DataConfig
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -223,17 +226,3 @@ class ImageFolderReader(Reader):
         if not out:
             raise self.missing("class folders with images")
         return out
-
-
-def build_reader(cfg: DataConfig) -> Reader:
-    """The registry: one reader per dataset name."""
-    readers = {
-        "digits": lambda: DigitsReader(cfg),
-        "cifar10": lambda: CifarReader(cfg, hundred=False),
-        "cifar100": lambda: CifarReader(cfg, hundred=True),
-        "tiny_imagenet": lambda: TinyImageNetReader(cfg),
-        "caltech101": lambda: Caltech101Reader(cfg),
-        "brain_tumor_mri": lambda: BrainTumorMRIReader(cfg),
-        "imagefolder": lambda: ImageFolderReader(cfg),
-    }
-    return readers[cfg.dataset]()

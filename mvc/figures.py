@@ -20,7 +20,7 @@ from mvc.config import StudyConfig
 from mvc.image_measures import nearest_two
 from mvc.imaging import to_chw
 from mvc.mixing import mix
-from mvc.registry import METHODS, mvc_set_names
+from mvc.registry import METHODS, mvc_set_names, role_of
 
 
 def save(fig: plt.Figure, path: Path, pdf: bool = True) -> Path:
@@ -124,19 +124,19 @@ def figure1(cfg: StudyConfig, real: dict, splits: pd.DataFrame, synthetic: dict,
     """Figure 1, compact like the paper's teaser: a column per class; `n` rows each of real images, the naive
     set (the backbone before fine-tuning, same prompts) and MVC images from one real image of the class."""
     train = splits[splits["split"] == "train"]
-    mvc_name = mvc_set_names(cfg.generate.modes)[0]
+    mvc_name, naive_name = mvc_set_names(cfg.generate.modes)[0], role_of("naive")
     labels = sorted(train["label"].unique())[: cfg.report.classes_in_figures]
     columns, names = [], []
     for label in labels:
         cls = train[train["label"] == label]
         src = int(cls["image_id"].iloc[0])
         reals = [real[i] for i in cls["image_id"].iloc[:n] if i in real]
-        naive = (_by_source(synthetic["sd_naive"][1], synthetic["sd_naive"][0], src)[:n]
-                 if "sd_naive" in synthetic else [])
+        naive = (_by_source(synthetic[naive_name][1], synthetic[naive_name][0], src)[:n]
+                 if naive_name in synthetic else [])
         mvc = _by_source(synthetic[mvc_name][1], synthetic[mvc_name][0], src)[:n]
         columns.append((reals, naive, mvc))
         names.append(str(cls["class_name"].iloc[0]))
-    groups = [("real", 0), ("naive", 1), ("MVC", 2)] if "sd_naive" in synthetic else [("real", 0), ("MVC", 2)]
+    groups = [("real", 0), ("naive", 1), ("MVC", 2)] if naive_name in synthetic else [("real", 0), ("MVC", 2)]
     rows = [(f"{name}" if j == 0 else "", [col[g][j] if j < len(col[g]) else None for col in columns])
             for name, g in groups for j in range(n)]
     size = 0.55
@@ -179,8 +179,10 @@ def figure5(cfg: StudyConfig, real: dict, sources: list[int], synthetic: dict) -
     rows = [("real", [real[s] for s in sources])]
     for j in range(cfg.generate.images_per_source):
         rows.append((f"MVC {j + 1}", [per_src[s][j] for s in sources]))
-    if "sd_naive" in synthetic:
-        rows.append(("naive", [_by_source(synthetic["sd_naive"][1], synthetic["sd_naive"][0], s)[0] for s in sources]))
+    naive_name = role_of("naive")
+    if naive_name in synthetic:
+        rows.append(("naive", [_by_source(synthetic[naive_name][1], synthetic[naive_name][0], s)[0]
+                               for s in sources]))
     return image_grid(rows)
 
 
@@ -357,7 +359,7 @@ def shot_curve(table: pd.DataFrame) -> plt.Figure:
         x = r["shots"].astype(int) * 1.04 ** (i - (len(shown) - 1) / 2)  # side by side, so the bars stay apart
         ax.errorbar(x, r["top1"], yerr=r["ci95"], marker="o", capsize=3, color=colors[method],
                     label=f"{method} (best classical)" if method == best else method,
-                    linewidth=2.2 if method == "mvc" else 1.2)
+                    linewidth=2.2 if method == role_of("under_test") else 1.2)
     ax.set_xscale("log")
     levels = sorted(table["shots"].astype(int).unique())
     ax.set_xticks(levels, [str(v) for v in levels])

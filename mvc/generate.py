@@ -1,9 +1,10 @@
 """Stage `generate` (the paper's Figure 4): the synthetic sets of `mvc.registry.SETS`.
 
-For every labelled training image (the source) and index `j < M`, one image per synthetic set, made as its
-declaration says: `conditioned` sets (`mvc_<mode>`: the fine-tuned model, conditioned on the source's latent and
-an MVC mix of its class's captions, two guidance scales), `text` sets (`sd_naive`: the backbone before fine-tuning,
-text only, the same mixed prompt and noise as the first MVC set) and `sdedit` sets (`sd_img2img`). Every unit of
+For every labelled training image (the source) and index `j < M`, one image per synthetic set, drawn by the sampler
+its declaration names (`mvc.samplers`): `conditioned` (`mvc_<mode>`: the fine-tuned model, conditioned on the
+source's latent and an MVC mix of its class's captions, two guidance scales), `text` (`sd_naive`: the backbone
+before fine-tuning, text only, the same mixed prompt and noise as the first MVC set) or `sdedit` (`sd_img2img`),
+each batch handed to it as a `SampleBatch`. Every unit of
 the study (shots level x replicate) gets its own sets. Work items are sharded across accelerate
 processes; every image is written atomically and then listed in its process's manifest, so a
 killed run, started again, ends with exactly the expected set.
@@ -40,8 +41,17 @@ from mvc.imaging import tensor_to_images
 from mvc.io import append_rows, atomic_path, read_rows, write_csv
 from mvc.mixing import seeded_mixes
 from mvc.progress import progress
-from mvc.registry import MODELS, models_of_sets, mvc_set_names, set_guidance, set_mode, set_spec
+from mvc.registry import (
+    MODELS,
+    models_of_sets,
+    mvc_set_names,
+    set_guidance,
+    set_images_per_source,
+    set_mode,
+    set_spec,
+)
 from mvc.runtime import maybe_compile, pick_device, release_memory, run_in_dtype
+from mvc.samplers import SampleBatch
 from mvc.sampling import initial_noise, make_scheduler, sample
 from mvc.state import stage
 
@@ -71,10 +81,10 @@ def item_seed(base: int, mode: str, source: int, index: int) -> int:
 
 
 def work_items(g, source_ids: list[int], name: str) -> list[WorkItem]:
-    """Every image of synthetic set `name`: M per source image."""
+    """Every image of synthetic set `name`: M per source image (its declaration's M, else generate's)."""
     mode = set_mode(g, name)
     return [WorkItem(name, int(s), j, item_seed(g.seed, mode, int(s), j))
-            for s in source_ids for j in range(g.images_per_source)]
+            for s in source_ids for j in range(set_images_per_source(g, name))]
 
 
 def shard(items: list, rank: int, world: int) -> list:
@@ -117,31 +127,31 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     if not todo:
         return 0
     mode, spec = set_mode(g, name), set_spec(name)[0]
+    sampler = spec.draws
     s_text, s_image = set_guidance(g, name)
     unet, vae, sched_cfg, cond_latents = models[spec.model]
-    scheduler = make_scheduler(g.scheduler, sched_cfg)
+    scheduler = make_scheduler(sampler.scheduler or g.scheduler, sched_cfg)
     label_of = dict(zip(emb.frame["image_id"], emb.frame["label"]))
     class_of = dict(zip(emb.frame["label"], emb.frame.get("class_name", emb.frame["label"])))
     manifest = folder / f".manifest-{rank}.csv"
     made = 0
     bar = progress(total=len(todo), desc=f"generate {name}" + (f" {cfg.unit_name}" if cfg.unit_name else ""),
-                   unit="img",
-                   disable=not show_progress)
+                   unit="img", disable=not show_progress)
     for n, lo in enumerate(range(0, len(todo), g.batch_size)):
         if max_batches is not None and n >= max_batches:
             break
         batch = todo[lo: lo + g.batch_size]
-        rows = emb.row_of(np.array([it.source_image_id for it in batch]))
-        if spec.sampler == "sdedit":
-            sources = tensor_to_images(diffusion_images(cfg, [it.source_image_id for it in batch]))
-            prompts = [cfg.data.prompt_template.format(name=class_of[label_of[it.source_image_id]]) for it in batch]
-            images = sdedit(models[("sdedit", spec.model)], sources, prompts, [it.seed for it in batch], g, s_text)
-        else:
-            text = mixes_of(emb, rows, [it.seed for it in batch], mode, g.mixing)
-            noise = initial_noise([it.seed for it in batch], latent_shape(cfg, unet, vae))
-            cond = cond_latents[rows] if spec.sampler == "conditioned" else None
-            images = tensor_to_images(sample(unet, vae, scheduler, noise, text, emb.empty, cond, steps=g.steps,
-                                             s_text=s_text, s_image=s_image))
+        ids = [it.source_image_id for it in batch]
+        seeds = [it.seed for it in batch]
+        rows = emb.row_of(np.array(ids))
+        images = sampler.draw(SampleBatch(
+            source_ids=ids, seeds=seeds, mode=mode, unet=unet, vae=vae, scheduler=scheduler,
+            steps=sampler.steps or g.steps, s_text=s_text, s_image=s_image, latent_shape=latent_shape(cfg, unet, vae),
+            empty=emb.empty, text=lambda rows=rows, seeds=seeds: mixes_of(emb, rows, seeds, mode, g.mixing),
+            condition=None if cond_latents is None else (lambda rows=rows: cond_latents[rows]),
+            sources=lambda ids=ids: tensor_to_images(diffusion_images(cfg, ids)),
+            prompts=[cfg.data.prompt_template.format(name=class_of[label_of[i]]) for i in ids],
+            pipeline=models.get(("img2img", spec.model)), strength=g.img2img_strength))
         records = []
         for it, img in zip(batch, images):
             rel = f"{class_of[label_of[it.source_image_id]]}/{it.image_id}.png"
@@ -196,7 +206,8 @@ def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtyp
                            sets: list[str] | None = None) -> dict:
     """{model: (unet, vae, scheduler config, conditioning latents)} for every model the synthetic sets `sets` (by
     default this unit's) are sampled from: "backbone" and the fine-tuned models of `mvc.registry.MODELS`, on
-    `device`; and {("sdedit", model): img2img pipeline} for the SDEdit sets (sharing that model's UNet).
+    `device`; and {("img2img", model): img2img pipeline} for the sets whose sampler draws through one (sharing that
+    model's UNet).
 
     Only the UNets run in `dtype` (bf16 on a GPU), called with and returning float32 (`run_in_dtype`); the VAEs
     and the text encoder stay in float32, so conditioning latents equal those fine-tuning trained with, and every
@@ -215,8 +226,8 @@ def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtyp
         if conditioned and cond is None:
             cond = ConditionLatents(cfg, bb.vae, emb.frame["image_id"].to_numpy())
         out[name] = (bb.unet, bb.vae, bb.scheduler.config, cond if conditioned else None)
-        if any(set_spec(s)[0].sampler == "sdedit" and set_spec(s)[0].model == name for s in sets):
-            out[("sdedit", name)] = img2img_pipeline(bb, cfg.generate.scheduler, device)
+        if any(set_spec(s)[0].draws.img2img and set_spec(s)[0].model == name for s in sets):
+            out[("img2img", name)] = img2img_pipeline(bb, cfg.generate.scheduler, device)
     return out
 
 
@@ -227,14 +238,6 @@ def img2img_pipeline(bb, scheduler: str, device):
                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)  # the UNet keeps its dtype and casting hooks; VAE and text encoder stay float32
-
-
-def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], g, guidance: float) -> np.ndarray:
-    """The backbone's image-to-image (SDEdit) of uint8 source images at strength `t0`, one seed per image."""
-    out = pipe(prompt=prompts, image=[Image.fromarray(x) for x in sources], strength=g.img2img_strength,
-               num_inference_steps=g.steps, guidance_scale=guidance, output_type="np",
-               generator=[torch.Generator().manual_seed(s) for s in seeds]).images
-    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
 @stage("generate", reader=load_manifests, distributed=True)

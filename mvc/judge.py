@@ -20,6 +20,7 @@ from mvc.classifiers import ClassificationData, RunSpec, build_classifier, evalu
 from mvc.config import ClassifyConfig, StudyConfig
 from mvc.imaging import to_chw
 from mvc.io import atomic_path
+from mvc.registry import role_of
 from mvc.stages import JUDGE_RECIPE
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, Class
     test_x, test_y = split_images(splits, images, [cfg.metrics.judge_scored_on])
     data = ClassificationData(train_x, train_y, test_x, test_y, int(splits["label"].max()) + 1)
     name = cfg.metrics.judge_backbone
-    c = ClassifyConfig(**{f: getattr(cfg.classify, f) for f in JUDGE_RECIPE}, methods=["none"],
+    c = ClassifyConfig(**{f: getattr(cfg.classify, f) for f in JUDGE_RECIPE}, methods=[role_of("reference")],
                        steps=cfg.metrics.judge_steps, backbone=name, pretrained=name != "small_cnn", small_cnn_width=32)
     key = hashlib.sha256(json.dumps({
         "data": cfg.stage_hash("data"), "splits": list(cfg.metrics.judge_splits), "recipe": c.model_dump(mode="json"),
@@ -57,7 +58,7 @@ def train_judge(cfg: StudyConfig, device: str = "cpu") -> tuple[nn.Module, Class
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         layout = torch.channels_last if c.channels_last else torch.contiguous_format
         return model.to(device, memory_format=layout).eval(), data
-    model = train_classifier(data, RunSpec("none", cfg.seed), c, cfg.data.resolution, device)
+    model = train_classifier(data, RunSpec(role_of("reference"), cfg.seed), c, cfg.data.resolution, device)
     with atomic_path(path) as tmp:
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     return model, data

@@ -15,57 +15,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mvc.registry import models_of_sets, set_spec, synthetic_set_names
+from mvc.footprint import (
+    BASE_HOST,
+    CAPTION,
+    CUDA_CONTEXT,
+    DECODE,
+    ENCODE,
+    GIB,
+    SAMPLE,
+    SD15_UNET,
+    SD15_VAE,
+    TRAIN_CHECKPOINTED,
+    TRAIN_FULL,
+    encode_batch_size,
+    scaled,
+)
+from mvc.registry import CAPTIONERS, models_of_sets, set_spec, synthetic_set_names
 
 log = logging.getLogger(__name__)
-
-GIB = 2**30
-
-# The hub configs of stable-diffusion-v1-5/stable-diffusion-v1-5 (unet/, vae/, text_encoder/, scheduler/).
-SD15_UNET = {
-    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False, "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
-SD15_VAE = {
-    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
-    "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215,
-}
-SD15_TEXT_ENCODER = {  # CLIP ViT-L/14's text tower
-    "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
-    "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "projection_dim": 768,
-    "layer_norm_eps": 1e-05, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
-}
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False,
-    "set_alpha_to_one": False, "trained_betas": None, "prediction_type": "epsilon",
-}
-
-
-def sd15_unet_config() -> dict:
-    return dict(SD15_UNET)
-
-
-def sd15_vae_config() -> dict:
-    return dict(SD15_VAE)
-
-
-# Activation coefficients, GiB at 512 px in float32 (host memory on a CPU, benchmarks/memory_calibration.json):
-# a fixed part of the unit of work beside its weights, and a part per image in its batch.
-ENCODE = (0.02, 0.64)  # VAE encoder, per image (SD 1.5's VAE)
-DECODE = (0.31, 0.69)  # VAE decoder, per image
-TRAIN_CHECKPOINTED = (0.24, 0.13)  # UNet forward + backward with gradient checkpointing, per sample
-TRAIN_FULL = (0.24, 0.45)  # without checkpointing (every block's activations kept), per sample
-SAMPLE = (0.45, 0.29)  # one guided UNet forward, per image (its three passes in one batch)
-CAPTION = (0.5, 0.05)  # BLIP-2 generate(), per image
-BASE_HOST = 1.05  # a process with torch, diffusers and transformers imported (measured 1.03-1.08 GiB)
-CUDA_CONTEXT = 0.6  # the CUDA context and kernels, outside max_memory_allocated (typical for one process)
-
 
 @dataclass
 class StagePrediction:
@@ -105,33 +72,6 @@ def _config(cls, source: str, subfolder: str, fallback: dict) -> dict:
         return dict(fallback)
 
 
-def _blip2_params(model: str) -> int:
-    """BLIP-2's parameter count from its cached config; blip2-opt-2.7b's (3.74 B) when it is not cached."""
-    try:
-        from accelerate import init_empty_weights
-        from transformers import Blip2Config, Blip2ForConditionalGeneration
-
-        from mvc.paths import resolve_path
-
-        local = resolve_path(model)
-        config = Blip2Config.from_pretrained(str(local) if local.exists() else model, local_files_only=True)
-        with init_empty_weights():
-            model = Blip2ForConditionalGeneration(config)
-        total = sum(p.numel() for p in model.parameters())
-        out, inp = model.language_model.get_output_embeddings(), model.language_model.get_input_embeddings()
-        if getattr(config.text_config, "tie_word_embeddings",
-                   False) and out is not None and out.weight is not inp.weight:
-            total -= out.weight.numel()  # tied when loaded (OPT's output layer is its input embedding): counted once
-        return total
-    except (OSError, ValueError):
-        return 3_744_761_856
-
-
-def _scaled(coeff: tuple[float, float], batch: int, pixels: float, width: float = 1.0, bytes_: int = 4) -> float:
-    fixed, per = coeff
-    return (fixed + per * batch) * pixels * width * bytes_ / 4
-
-
 def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePrediction]:
     """Peak memory (GiB) of each Stable Diffusion stage of `cfg` on `device` with `capacity` GiB (which sets the
     VAE's batches): device memory on a GPU (`max_memory_allocated`, plus the CUDA context), host memory of the
@@ -156,14 +96,15 @@ def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePred
     g = GIB
     out = []
 
-    if cfg.caption.backend == "blip2":
-        blip = _blip2_params(cfg.caption.model) * (2 if gpu else 4) / g  # float16 on a GPU, float32 on a CPU
-        act = _scaled(CAPTION, min(cfg.caption.batch_size, n), 1.0, bytes_=2 if gpu else 4)
-        out.append(StagePrediction("caption", base + blip + act, {"BLIP-2 weights": blip, "activations": act},
-                                   "caption.batch_size"))
+    captioner = CAPTIONERS[cfg.caption.backend]
+    if captioner.weights is not None:  # a model worth counting (BLIP-2); the attribute captioner is not
+        weights = captioner.weights(cfg.caption) * (2 if gpu else 4) / g  # float16 on a GPU, float32 on a CPU
+        act = scaled(CAPTION, min(cfg.caption.batch_size, n), 1.0, bytes_=2 if gpu else 4)
+        out.append(StagePrediction("caption", base + weights + act,
+                                   {f"{captioner.name} weights": weights, "activations": act}, "caption.batch_size"))
 
     enc_batch = min(n, encode_batch_size(vae_cfg, cfg.backbone.resolution, capacity))
-    enc = {"VAE weights": vae_p * 4 / g, "activations": _scaled(ENCODE, enc_batch, px, vae_width)}
+    enc = {"VAE weights": vae_p * 4 / g, "activations": scaled(ENCODE, enc_batch, px, vae_width)}
     if not gpu:
         enc["text encoder, UNet (host)"] = (text_p + unet_p) * 4 / g
     out.append(StagePrediction("latent cache", base + sum(enc.values()), enc, "automatic (encoding batch)"))
@@ -180,7 +121,7 @@ def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePred
     if half and gpu:
         train["autocast weight copies"] = unet_p * 2 / g
     coeff = TRAIN_CHECKPOINTED if ft.gradient_checkpointing else TRAIN_FULL
-    train["activations"] = _scaled(coeff, micro, px, unet_width, 2 if half else 4)
+    train["activations"] = scaled(coeff, micro, px, unet_width, 2 if half else 4)
     if not gpu:
         train["VAE, text encoder (host)"] = (vae_p + text_p) * 4 / g
     lower = "finetune.batch_size (with gradient_accumulation_steps for the same total)" + \
@@ -195,10 +136,10 @@ def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePred
     n_unets = len(used)
     dec_batch = encode_batch_size(vae_cfg, cfg.backbone.resolution, capacity, DECODE, cap=4096)
     sample = {"UNet weights": n_unets * unet_p * unet_bytes / g, "VAE weights (fp32)": vae_p * 4 / g,
-              "sampling activations": _scaled(SAMPLE, min(gen.batch_size, n * gen.images_per_source), px, unet_width,
+              "sampling activations": scaled(SAMPLE, min(gen.batch_size, n * gen.images_per_source), px, unet_width,
                                               unet_bytes),
-              "decoding": _scaled(DECODE, min(gen.batch_size, dec_batch, n * gen.images_per_source), px, vae_width)}
-    if any(set_spec(s)[0].sampler == "sdedit" for s in synthetic_set_names(gen)):
+              "decoding": scaled(DECODE, min(gen.batch_size, dec_batch, n * gen.images_per_source), px, vae_width)}
+    if any(set_spec(s)[0].draws.img2img for s in synthetic_set_names(gen)):
         sample["text encoder"] = text_p * 4 / g
     if not gpu:  # each model's folder brings its text encoder and VAE into host memory, used or not
         sample["idle text encoders, VAEs (host)"] = (n_unets * text_p + (n_unets - 1) * vae_p) * 4 / g
@@ -216,16 +157,6 @@ def labelled_images(cfg) -> int | None:
     if cfg.data.classes and cfg.data.max_shots:
         return len(cfg.data.classes) * cfg.data.max_shots
     return None
-
-
-def encode_batch_size(vae_config: dict, resolution: int, capacity_gib: float | None = None,
-                      coeff: tuple[float, float] = ENCODE, cap: int = 64) -> int:
-    """Images per VAE encoding (or decoding) batch whose activations stay within a quarter of `capacity_gib`
-    (default 4 GiB: a quarter of a 16 GB card), at most `cap`: SD 1.5's VAE at 512 px takes about 0.64 GiB per
-    image to encode and 1 GiB to decode, so batch 64 would need 40-64 GiB."""
-    budget = (capacity_gib if capacity_gib is not None else 16.0) / 4
-    per = _scaled((0.0, coeff[1]), 1, (resolution / 512) ** 2, vae_config.get("block_out_channels", [128])[0] / 128)
-    return int(max(1, min(cap, budget // max(per, 1e-9))))
 
 
 def capacity_gib(device: str = "cuda") -> float:

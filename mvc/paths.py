@@ -153,3 +153,20 @@ class StudyPaths:
     @property
     def provenance(self) -> Path:
         return self.report / "provenance.json"
+
+
+class ModelFolderError(FileNotFoundError):
+    """A model folder that is missing, incomplete or unreadable; the message names what is wrong."""
+
+
+def hub_error(model: str, field: str, err: Exception) -> Exception:
+    """A clear error for a model that could not be loaded from a folder or the hub."""
+    path = resolve_path(model)
+    if path.exists() or model.startswith((".", "/", "~")):
+        return ModelFolderError(f"{field}: could not load the model folder {path}: {err}. "
+                                "Point it at a folder written by `save_pretrained`.")
+    return ModelFolderError(
+        f"{field}: '{model}' is not a local folder and could not be loaded from the Hugging Face Hub "
+        f"(offline or not cached): {str(err).splitlines()[0]}. Fetch it on a connected machine with "
+        f"`huggingface-cli download {model}` (it lands in the HF cache), then run with HF_HUB_OFFLINE=1, "
+        f"or set {field} to a local folder.")

@@ -1,12 +1,15 @@
-"""The study's vocabulary, each thing declared once: classifier methods, synthetic sets, fine-tuned models.
+"""The study's vocabulary, each thing declared once: datasets, captioners, fine-tuned models, samplers, synthetic
+sets and classifier methods.
 
-A `Method` says how a classifier trains (its family, per-image and per-batch transforms, the synthetic sets it
-draws from, its phase schedule, its colour in plots); a `SyntheticSet` says how a set of generated images is made
-(the model, image-conditioned or text-only or SDEdit, the mixing mode of its prompts, its guidance); a
-`FineTunedModel` says what a fine-tuning stage trains (image conditioning, mixing in training, its folders). The
-config's allowed names and validators, the classifier grid, generation, metrics, statistics (which rows are MVC,
-which are baselines, the best classical one), figures and the report all read these tables, so a new augmentation
-or synthetic set is one `register_method` / `register_set` call (timm's `register_model`, in small).
+A `Dataset` names a reader of a format on disk; a `CaptionerSpec` builds a captioner and says what the memory model
+needs of it; a `FineTunedModel` says what a fine-tuning stage trains (image conditioning, mixing in training, its
+folders); a `Sampler` draws a batch of images from a model (its own steps and scheduler where it wants them); a
+`SyntheticSet` says how a set of generated images is made (its model, its sampler, the mixing mode of its prompts,
+its guidance, its M); a `Method` says how a classifier trains (its family, per-image and per-batch transforms, the
+synthetic sets it draws from, its phase schedule, its colour in plots). Methods and sets may carry a role (`ROLES`):
+the report, selection, statistics and figures ask for the role, not the name. The config's allowed names and
+validators, the classifier grid, generation, metrics, statistics, figures and the report all read these tables, so
+each new thing is one `register_*` call (timm's `register_model`, in small).
 
 Names are the same everywhere: in params files, folders, `results.csv`, `image_metrics.csv` and the report. A
 method that draws from one set shares its name (`sd_naive` trains on the set `sd_naive`); the MVC sets are
@@ -20,8 +23,57 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Family = Literal["real", "classical", "synthetic", "mvc"]
-Sampler = Literal["conditioned", "text", "sdedit"]
 MIX_MODES = ("none", "fine", "coarse", "coarse+fine")
+
+# the roles a method or set may hold; the last one registered with a role holds it
+ROLES = {
+    "reference": "the method every other is read against: no augmentation (a method)",
+    "under_test": "the method the study is about: MVC (a method; paired with every baseline, its recipe selected)",
+    "tuned_classical": "the classical baseline whose knobs the selection tunes: RandAugment (a method)",
+    "naive": "the set of the backbone before fine-tuning, shown beside MVC's images in the figures (a set)",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# datasets and captioners
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset format on disk: `reader(DataConfig)` returns a `mvc.datasets.Reader` (its items, one image)."""
+
+    name: str
+    reader: Callable[[Any], Any]  # DataConfig -> mvc.datasets.Reader
+    summary: str = ""
+
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register_dataset(spec: Dataset) -> Dataset:
+    DATASETS[spec.name] = spec
+    return spec
+
+
+@dataclass(frozen=True)
+class CaptionerSpec:
+    """A captioner: `build(CaptionConfig, device)` returns a callable from uint8 images (N, H, W, C) to captions.
+    `weights(CaptionConfig)` is its parameter count for the memory model (None: small enough to ignore);
+    `on_device` means it runs on the process's accelerator (the stage records where)."""
+
+    name: str
+    build: Callable[[Any, str], Callable]
+    weights: Callable[[Any], int] | None = None
+    on_device: bool = False
+    summary: str = ""
+
+
+CAPTIONERS: dict[str, CaptionerSpec] = {}
+
+
+def register_captioner(spec: CaptionerSpec) -> CaptionerSpec:
+    CAPTIONERS[spec.name] = spec
+    return spec
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -60,6 +112,33 @@ def register_model(model: FineTunedModel) -> FineTunedModel:
 # synthetic sets
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """How a batch of a synthetic set is drawn from its model: `draw(batch)` takes a `mvc.samplers.SampleBatch` (the
+    sources, seeds, model, text conditions, guidance, steps and scheduler) and returns uint8 images (H, W, C).
+    `steps` and `scheduler` override `generate.steps` / `generate.scheduler` for the sets that use it."""
+
+    name: str
+    draw: Callable[[Any], list]
+    image_conditioned: bool = False  # reads the source's latent e_I: its model must be image-conditioned
+    img2img: bool = False  # draws through diffusers' img2img pipeline over its model
+    steps: int | None = None
+    scheduler: str | None = None
+
+    @property
+    def text_only(self) -> bool:
+        """Guided by text alone (one scale, s_T): what `generate.set_guidance` may set."""
+        return not self.image_conditioned
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register_sampler(spec: Sampler) -> Sampler:
+    SAMPLERS[spec.name] = spec
+    return spec
+
+
 def _mvc_guidance(g) -> tuple[float, float]:
     return g.guidance_text, g.guidance_image
 
@@ -70,31 +149,54 @@ def _first_mode(g) -> str:
 
 @dataclass(frozen=True)
 class SyntheticSet:
-    """A set of generated images: `images_per_source` per labelled training image of a unit.
-
-    `sampler`: `conditioned` (two-scale guidance on the source's latent and a text mix: MVC), `text` (text-only
-    guidance from a mixed prompt), or `sdedit` (diffusers' img2img of the source with its class prompt at
-    `generate.img2img_strength`). `mode(g)` is the mixing mode of its prompts, which also keys its seeds, so two
-    sets of one mode share prompts and noise. A study makes it when its name is in `generate.sets`; the MVC sets
-    (`per_mode`) are made for every mode of `generate.modes` instead."""
+    """A set of generated images: M per labelled training image of a unit (`images_per_source`, else
+    `generate.images_per_source`), drawn by its `sampler` (a `Sampler`, or the name of a registered one) from its
+    `model`. `mode(g)` is the mixing mode of its prompts, which also keys its seeds, so two sets of one mode share
+    prompts and noise. A study makes it when its name is in `generate.sets`; the MVC sets (`per_mode`) are made for
+    every mode of `generate.modes` instead."""
 
     name: str
     model: str  # "backbone" or a `FineTunedModel` name
-    sampler: Sampler
+    sampler: Sampler | str
     mode: Callable[[Any], str] = _first_mode  # GenerateConfig -> mixing mode of its prompts
     # a number: the default s_T of a text-only or SDEdit set (`generate.set_guidance` overrides it by name; s_I = 1);
     # a callable: GenerateConfig -> (s_T, s_I), as MVC's conditioned sets read generate.guidance_text/guidance_image
     guidance: float | Callable[[Any], tuple[float, float]] = 3.0
     summary: str = ""
     per_mode: bool = False  # one set `<name>_<mode>` per mode of `generate.modes` (the MVC sets)
+    images_per_source: int | None = None  # its own M; None: generate.images_per_source
+    role: str | None = None  # a key of ROLES
+
+    @property
+    def draws(self) -> Sampler:
+        """Its sampler's declaration."""
+        return self.sampler if isinstance(self.sampler, Sampler) else SAMPLERS[self.sampler]
 
 
 SETS: dict[str, SyntheticSet] = {}
 
 
 def register_set(spec: SyntheticSet) -> SyntheticSet:
+    _check_role(spec.role)
+    if isinstance(spec.sampler, str) and spec.sampler not in SAMPLERS:
+        raise KeyError(f"synthetic set {spec.name}: no sampler {spec.sampler!r} (registered: {', '.join(SAMPLERS)})")
     SETS[spec.name] = spec
     return spec
+
+
+def _check_role(role: str | None) -> None:
+    if role is not None and role not in ROLES:
+        raise KeyError(f"no role {role!r} (roles: {', '.join(ROLES)})")
+
+
+def set_images_per_source(g, name: str) -> int:
+    """M of synthetic set `name`: its declaration's, else `generate.images_per_source`."""
+    return set_spec(name)[0].images_per_source or g.images_per_source
+
+
+def text_only_set_names() -> list[str]:
+    """The registered sets guided by text alone (what `generate.set_guidance` may name)."""
+    return [n for n in set_names() if SETS[n].draws.text_only]
 
 
 def mode_set_name(family: str, mode: str) -> str:
@@ -188,6 +290,7 @@ class Method:
     curve: bool = False  # drawn in the few-shot curve (with the best classical method)
     paired: bool = False  # an MVC method tested against every baseline
     summary: str = ""
+    role: str | None = None  # a key of ROLES
 
     @property
     def is_mvc(self) -> bool:
@@ -198,8 +301,18 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
+    _check_role(method.role)
     METHODS[method.name] = method
     return method
+
+
+def role_of(role: str) -> str:
+    """The name of the method or set that holds `role` (the last registered with it)."""
+    _check_role(role)
+    holders = [n for n, m in METHODS.items() if m.role == role] + [n for n, x in SETS.items() if x.role == role]
+    if not holders:
+        raise KeyError(f"no method or set holds the role {role!r} ({ROLES[role]})")
+    return holders[-1]
 
 
 def method_names() -> list[str]:
@@ -268,6 +381,61 @@ def _one_set(name: str) -> Callable[[Any], tuple[str, ...]]:
 # ----------------------------------------------------------------------------------------------------------
 # the built-in vocabulary
 
+# the built-in implementations, imported when first used (this module imports nothing heavy)
+
+
+def _reader(name: str, **bound) -> Callable[[Any], Any]:
+    def build(cfg):
+        from mvc import datasets
+
+        return getattr(datasets, name)(cfg, **bound)
+
+    return build
+
+
+def _captioner(name: str) -> Callable:
+    def call(*args):
+        from mvc import captioners
+
+        return getattr(captioners, name)(*args)
+
+    return call
+
+
+def _draw(name: str) -> Callable[[Any], list]:
+    def draw(batch):
+        from mvc import samplers
+
+        return getattr(samplers, name)(batch)
+
+    return draw
+
+
+register_dataset(Dataset("digits", _reader("DigitsReader"),
+                         "scikit-learn's 8x8 digits (1,797 images, bundled: no download)"))
+register_dataset(Dataset("cifar10", _reader("CifarReader", hundred=False),
+                         "CIFAR-10, the python batches (cifar-10-batches-py)"))
+register_dataset(Dataset("cifar100", _reader("CifarReader", hundred=True),
+                         "CIFAR-100, the python batches (cifar-100-python)"))
+register_dataset(Dataset("tiny_imagenet", _reader("TinyImageNetReader"),
+                         "Tiny ImageNet 200 as distributed (train/<wnid>/images, val annotations)"))
+register_dataset(Dataset("caltech101", _reader("Caltech101Reader"),
+                         "Caltech-101 (101_ObjectCategories, BACKGROUND_Google left out)"))
+register_dataset(Dataset("brain_tumor_mri", _reader("BrainTumorMRIReader"),
+                         "the brain-tumour MRI set (Training/ and Testing/ class folders)"))
+register_dataset(Dataset("imagefolder", _reader("ImageFolderReader"),
+                         "your own images, one folder per class (torchvision's ImageFolder)"))
+
+register_captioner(CaptionerSpec("attributes", _captioner("attribute_captioner"),
+                                 summary="the offline attribute captioner (size, position, stroke, colour)"))
+register_captioner(CaptionerSpec("blip2", _captioner("blip2_captioner"),
+                                 weights=_captioner("blip2_parameters"), on_device=True,
+                                 summary="BLIP-2 through transformers (caption.model, caption.question)"))
+
+register_sampler(Sampler("conditioned", _draw("draw_conditioned"), image_conditioned=True))
+register_sampler(Sampler("text", _draw("draw_text")))
+register_sampler(Sampler("sdedit", _draw("draw_sdedit"), img2img=True))
+
 register_model(FineTunedModel("mvc", "finetune", image_conditioned=True, training_mixing=None,
                               summary="MVC fine-tuning (Figure 3), under accelerate, for every shots level and "
                                       "replicate", always=True))
@@ -282,7 +450,7 @@ register_model(FineTunedModel("mvc_nomix_trained", "finetune_mvc_nomix_trained",
 register_set(SyntheticSet("mvc", "mvc", "conditioned", guidance=_mvc_guidance, per_mode=True,
                           summary="the fine-tuned MVC model, conditioned on the source's latent and an MVC mix of its "
                                   "class's captions, one set per mode of generate.modes"))
-register_set(SyntheticSet("sd_naive", "backbone", "text",
+register_set(SyntheticSet("sd_naive", "backbone", "text", role="naive",
                           summary="the backbone before fine-tuning, text only, the same prompts and noise as the "
                                   "first MVC set"))
 register_set(SyntheticSet("sd_img2img", "backbone", "sdedit", mode=lambda g: "img2img",
@@ -294,9 +462,11 @@ register_set(SyntheticSet("mvc_nomix_trained", "mvc_nomix_trained", "conditioned
                           guidance=_mvc_guidance,
                           summary="MVC fine-tuned without mixing, from each source's own caption"))
 
-register_method(Method("none", "real", color="#7f7f7f", curve=True, summary="no augmentation beyond crop (and flip)"))
+register_method(Method("none", "real", color="#7f7f7f", curve=True, role="reference",
+                       summary="no augmentation beyond crop (and flip)"))
 register_method(Method("autoaugment", "classical", _autoaugment, summary="AutoAugment (classify.autoaugment_policy)"))
-register_method(Method("randaugment", "classical", _randaugment, summary="RandAugment (num_ops, magnitude)"))
+register_method(Method("randaugment", "classical", _randaugment, role="tuned_classical",
+                       summary="RandAugment (num_ops, magnitude)"))
 register_method(Method("trivialaugment", "classical", _trivialaugment, summary="TrivialAugmentWide"))
 register_method(Method("mixup", "classical", batch=_mixup, summary="MixUp on whole batches"))
 register_method(Method("cutmix", "classical", batch=_cutmix, summary="CutMix on whole batches"))
@@ -314,7 +484,7 @@ register_method(Method("mvc_nomix", "mvc", sets=lambda c: mvc_set_names(["none"]
                        summary="the MVC model's images from each source's own caption (no mixing at generation)"))
 register_method(Method("mvc_nomix_trained", "mvc", sets=_one_set("mvc_nomix_trained"), color="#e69138",
                        summary="the mvc_nomix_trained set (no mixing in training either)"))
-register_method(Method("mvc", "mvc", sets=_mvc_sets, color="#e69138", curve=True, paired=True,
+register_method(Method("mvc", "mvc", sets=_mvc_sets, color="#e69138", curve=True, paired=True, role="under_test",
                        summary="MVC's sets of classify.mvc_modes"))
 register_method(Method("mvc_two_phase", "mvc", sets=_mvc_sets, two_phase=True, color="#e69138", paired=True,
                        summary="MVC, then the last two_phase_fraction of steps on real images at a lower rate"))

@@ -44,7 +44,7 @@ from mvc.config import StudyConfig, with_values
 from mvc.io import atomic_path, write_csv
 from mvc.paths import shown
 from mvc.pipeline import stage_function
-from mvc.registry import METHODS, mvc_set_names, set_spec, synthetic_set_names
+from mvc.registry import METHODS, mvc_set_names, role_of, set_spec, synthetic_set_names
 from mvc.stages import upstream
 from mvc.state import is_done, output_paths
 
@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 SHARED_STAGES = ("data", "caption", "embed", "backbone")  # the same in the study and its selection: adopted
 # the recipe's knobs (not the selection's scaffolding)
-PARAM_KEYS = ("finetune.steps", "finetune.cond_image", "generate.guidance", "classify.backbone",
-              "classify.pretrained", "classify.randaugment", "classify.p_synthetic")
+PARAM_KEYS = ("finetune.steps", "finetune.cond_image", "generate.guidance", "generate.set_guidance",
+              "classify.backbone", "classify.pretrained", "classify.randaugment", "classify.p_synthetic")
 LOG_COLUMNS = ["phase", "subject", "trial", "knobs", "label_fidelity", "copies", "copies_pool", "copies_source",
                "nn_distance_vs_real", "fid", "val_top1", "chosen", "why", "seconds"]
 
@@ -70,7 +70,8 @@ def selection_view(cfg: StudyConfig) -> StudyConfig:
     pool = cfg.data.pool_per_class != 0
     return with_values(cfg, {
         "study": f"{cfg.study}-select", "data.shots": cfg.data.max_shots, "replicates": 1, "redraw_labelled": False,
-        "curve_methods": None, "classify.methods": ["none"], "classify.evaluate_on": "val", "classify.ablation": False,
+        "curve_methods": None, "classify.methods": [role_of("reference")], "classify.evaluate_on": "val",
+        "classify.ablation": False,
         "classify.seeds": cfg.select.seeds, "metrics.reference_split": "val", "metrics.judge_scored_on": "val",
         "metrics.judge_splits": ["pool"] if pool else ["val"]})
 
@@ -255,7 +256,7 @@ def select_recipe(cfg: StudyConfig) -> Selection:
                              mvc_sets)
     sel.decide("mvc")
     # 2. each text-only or SDEdit set, with MVC's chosen fine-tuning
-    for name in [n for n in synthetic_set_names(cfg.generate) if set_spec(n)[0].sampler != "conditioned"]:
+    for name in [n for n in synthetic_set_names(cfg.generate) if set_spec(n)[0].draws.text_only]:
         for s_text in cfg.select.set_guidance:
             sel.measure_sets("generator", name, {"generate.modes": list(cfg.classify.mvc_modes),
                                                  f"generate.set_guidance.{name}": s_text}, mvc_sets + [name],
@@ -267,14 +268,16 @@ def select_recipe(cfg: StudyConfig) -> Selection:
     if s.classifier_backbone:
         sel.classifier_trials("classifier_backbone", [
             {**base, "classify.backbone": b, "classify.pretrained": b != "small_cnn"} for b in s.classifier_backbone],
-            ["none"])
-    if "randaugment" in c.methods and (s.randaugment_magnitude or s.randaugment_num_ops):
+            [role_of("reference")])
+    tuned = role_of("tuned_classical")
+    if tuned in c.methods and (s.randaugment_magnitude or s.randaugment_num_ops):
         grid = [{**base, "classify.randaugment_magnitude": m, "classify.randaugment_num_ops": n}
                 for m in (s.randaugment_magnitude or [c.randaugment_magnitude])
                 for n in (s.randaugment_num_ops or [c.randaugment_num_ops])]
-        sel.classifier_trials("randaugment", grid, ["randaugment"])
+        sel.classifier_trials(tuned, grid, [tuned])
     if any(METHODS[m].is_mvc for m in c.methods) and s.p_synthetic:
-        sel.classifier_trials("p_synthetic", [{**base, "classify.p_synthetic": p} for p in s.p_synthetic], ["mvc"])
+        sel.classifier_trials("p_synthetic", [{**base, "classify.p_synthetic": p} for p in s.p_synthetic],
+                              [role_of("under_test")])
     return sel
 
 

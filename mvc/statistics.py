@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mvc.registry import mvc_methods, report_order
+from mvc.registry import METHODS, mvc_methods, report_order, role_of
 from mvc.units import parse_shots
 
 
@@ -86,12 +86,15 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def paired_tests(results: pd.DataFrame, method: str = "mvc", comparator: str = "randaugment",
+def paired_tests(results: pd.DataFrame, method: str | None = None, comparator: str | None = None,
                  shots=None) -> pd.DataFrame:
-    """`method` minus each other non-MVC method, paired over seeds, with a t-test and Holm's correction over the
-    family; the comparator fixed in advance (`report.comparator`) is marked. With several replicates of the
-    generative pipeline the paired differences are averaged within each replicate and the test and interval are
-    over those replicate means (a replicate's seeds are not independent draws of the pipeline)."""
+    """`method` (default: the method under test) minus each other non-MVC method, paired over seeds, with a
+    t-test and Holm's correction over the family; the comparator fixed in advance (`report.comparator`, default: the
+    `tuned_classical` role) is marked. With several replicates of the generative pipeline the paired differences
+    are averaged within each replicate and the test and interval are over those replicate means (a replicate's
+    seeds are not independent draws of the pipeline)."""
+    method = method or role_of("under_test")
+    comparator = comparator or role_of("tuned_classical")
     main = at_shots(results[results["variant"] == "main"], shots)
     if method not in set(main["method"]):
         return pd.DataFrame()
@@ -130,14 +133,14 @@ def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
     if ab.empty:
         return pd.DataFrame(columns=["setting", "seeds", "top1", "ci95"])
     seeds = set(ab["seed"])
-    main = results[(results["variant"] == "main") & results["method"].isin(["mvc", "mvc_two_phase"])
-                   & results["seed"].isin(seeds)]
+    paired = [m for m, spec in METHODS.items() if spec.paired]  # the method under test and its two-phase variant
+    main = results[(results["variant"] == "main") & results["method"].isin(paired) & results["seed"].isin(seeds)]
     if "shots" in ab:  # the ablations run at one level (the largest)
         main = at_shots(main, parse_shots(ab["shots"].iloc[0]))
     rows = []
     for (variant, method), r in pd.concat([main, ab]).groupby(["variant", "method"], sort=False):
         m, h = interval(r)
-        label = ("two-phase (main)" if method == "mvc_two_phase"
+        label = ("two-phase (main)" if variant == "main" and METHODS[method].two_phase
                  else "one-phase (main)" if variant == "main" else variant)
         rows.append({"setting": label, "seeds": len(r), "top1": round(m, 2), "ci95": round(h, 2)})
     return pd.DataFrame(rows)

@@ -14,11 +14,14 @@ import shutil
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from mvc.config import SurrogateConfig
+if TYPE_CHECKING:
+    from mvc.config import SurrogateConfig
+
 
 
 @lru_cache(maxsize=4)

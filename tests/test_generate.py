@@ -100,7 +100,8 @@ def test_manifest_labels_and_counts(smoke_generated):
 def test_img2img_set_is_the_backbones_sdedit_seeded_per_image(smoke_generated):
     from mvc.artifacts import backbone_source, load_manifest
     from mvc.components import load_backbone
-    from mvc.generate import img2img_pipeline, sdedit
+    from mvc.generate import img2img_pipeline
+    from mvc.samplers import sdedit
 
     cfg = smoke_generated
     manifest = load_manifest(cfg, "sd_img2img")
@@ -108,8 +109,10 @@ def test_img2img_set_is_the_backbones_sdedit_seeded_per_image(smoke_generated):
     pipe = img2img_pipeline(load_backbone(backbone_source(cfg)), cfg.generate.scheduler, "cpu")
     sources = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
     prompts = ["a photo of the digit one"] * 2
-    a = sdedit(pipe, sources, prompts, [1, 2], cfg.generate, set_guidance(cfg.generate, "sd_img2img")[0])
-    b = sdedit(pipe, sources[:1], prompts[:1], [1], cfg.generate, set_guidance(cfg.generate, "sd_img2img")[0])
+    g = cfg.generate
+    kw = {"strength": g.img2img_strength, "steps": g.steps, "guidance": set_guidance(g, "sd_img2img")[0]}
+    a = sdedit(pipe, sources, prompts, [1, 2], **kw)
+    b = sdedit(pipe, sources[:1], prompts[:1], [1], **kw)
     assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
     assert np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1  # the same seed, whatever the batch
     assert not np.array_equal(a[0], a[1])

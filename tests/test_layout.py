@@ -17,10 +17,24 @@ from tests.conftest import REPO, run_until, smoke_config, stage_functions
 PACKAGE = REPO / "mvc"
 
 
+def _type_only(tree: ast.Module) -> set[int]:
+    """The ids of the nodes under `if TYPE_CHECKING:` (imports for annotations, never run)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
 def _imports(path: Path) -> set[str]:
-    """Every mvc module `path` imports, at module level or inside functions."""
+    """Every mvc module `path` imports when it runs, at module level or inside functions (not those under
+    `if TYPE_CHECKING:`, which only annotations read)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = _type_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mvc":
             if node.module == "mvc":
                 found.update(f"mvc.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").exists())

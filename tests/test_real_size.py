@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvc import components, finetune, generate, memory, runtime
+from mvc import components, finetune, footprint, generate, memory, runtime, samplers
 from mvc.artifacts import DiffusionImages, load_caption_embeddings
 from tests.conftest import REPO, smoke_through_backbone
 
@@ -28,8 +28,8 @@ def prepared(tmp_path):
 def test_memory_coefficients_reproduce_the_committed_calibration():
     """Each measured unit of work (SD-1.5-shaped models at 512 px, one process each) within 10% of the model."""
     rows = json.loads((REPO / "benchmarks" / "memory_calibration.json").read_text())["rows"]
-    coeff = {"vae_encode": memory.ENCODE, "vae_decode": memory.DECODE, "unet_train": memory.TRAIN_CHECKPOINTED,
-             "unet_train_full": memory.TRAIN_FULL, "unet_sample": memory.SAMPLE}
+    coeff = {"vae_encode": footprint.ENCODE, "vae_decode": footprint.DECODE, "unet_train": footprint.TRAIN_CHECKPOINTED,
+             "unet_train_full": footprint.TRAIN_FULL, "unet_sample": footprint.SAMPLE}
     weights_states = {"vae_encode": 1, "vae_decode": 1, "unet_train": 4, "unet_train_full": 4, "unet_sample": 1}
     assert {r["case"] for r in rows} == set(coeff)
     for r in rows:
@@ -38,11 +38,11 @@ def test_memory_coefficients_reproduce_the_committed_calibration():
 
 
 def test_encoding_batch_is_bounded_by_memory_not_fixed_at_64():
-    sd = memory.sd15_vae_config()
-    assert memory.encode_batch_size(sd, 512, capacity_gib=24) == 9  # 6 GiB / 0.64 GiB per image
-    assert memory.encode_batch_size(sd, 512, capacity_gib=4) == 1
-    assert memory.encode_batch_size(sd, 256, capacity_gib=24) == 37  # a quarter of the pixels
-    assert memory.encode_batch_size({"block_out_channels": [32, 64]}, 16, capacity_gib=24) == 64  # the surrogate
+    sd = footprint.sd15_vae_config()
+    assert footprint.encode_batch_size(sd, 512, capacity_gib=24) == 9  # 6 GiB / 0.64 GiB per image
+    assert footprint.encode_batch_size(sd, 512, capacity_gib=4) == 1
+    assert footprint.encode_batch_size(sd, 256, capacity_gib=24) == 37  # a quarter of the pixels
+    assert footprint.encode_batch_size({"block_out_channels": [32, 64]}, 16, capacity_gib=24) == 64  # the surrogate
 
 
 def test_encode_latents_batches_by_memory_and_equals_one_batch(prepared, monkeypatch):
@@ -181,7 +181,8 @@ def test_sdedit_keeps_float32_latents_around_a_bf16_unet(prepared):
     bb.unet.register_forward_hook(lambda m, a, k, out: seen.append(k["encoder_hidden_states"].dtype),
                                   with_kwargs=True)
     sources = np.full((2, 16, 16, 3), 128, np.uint8)
-    out = generate.sdedit(pipe, sources, ["a photo of a 0"] * 2, [0, 1], prepared.generate, 3.0)
+    out = samplers.sdedit(pipe, sources, ["a photo of a 0"] * 2, [0, 1], strength=prepared.generate.img2img_strength,
+                          steps=prepared.generate.steps, guidance=3.0)
     assert out.shape == (2, 16, 16, 3) and seen and set(seen) == {torch.bfloat16}  # cast on the way in only
 
 
