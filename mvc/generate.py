@@ -131,6 +131,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     s_text, s_image = set_guidance(g, name)
     unet, vae, sched_cfg, cond_latents = models[spec.model]
     scheduler = make_scheduler(sampler.scheduler or g.scheduler, sched_cfg)
+    steps, shape, pipeline = sampler.steps or g.steps, latent_shape(cfg, unet, vae), models.get(("img2img", spec.model))
     label_of = dict(zip(emb.frame["image_id"], emb.frame["label"]))
     class_of = dict(zip(emb.frame["label"], emb.frame.get("class_name", emb.frame["label"])))
     manifest = folder / f".manifest-{rank}.csv"
@@ -146,12 +147,12 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
         rows = emb.row_of(np.array(ids))
         images = sampler.draw(SampleBatch(
             source_ids=ids, seeds=seeds, mode=mode, unet=unet, vae=vae, scheduler=scheduler,
-            steps=sampler.steps or g.steps, s_text=s_text, s_image=s_image, latent_shape=latent_shape(cfg, unet, vae),
+            steps=steps, s_text=s_text, s_image=s_image, latent_shape=shape,
             empty=emb.empty, text=lambda rows=rows, seeds=seeds: mixes_of(emb, rows, seeds, mode, g.mixing),
             condition=None if cond_latents is None else (lambda rows=rows: cond_latents[rows]),
             sources=lambda ids=ids: tensor_to_images(diffusion_images(cfg, ids)),
             prompts=[cfg.data.prompt_template.format(name=class_of[label_of[i]]) for i in ids],
-            pipeline=models.get(("img2img", spec.model)), strength=g.img2img_strength))
+            pipeline=pipeline, strength=g.img2img_strength))
         records = []
         for it, img in zip(batch, images):
             rel = f"{class_of[label_of[it.source_image_id]]}/{it.image_id}.png"
