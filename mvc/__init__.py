@@ -2,6 +2,7 @@
 
 import logging
 
+from mvc import vocabulary  # noqa: F401  (the kit's datasets, sets and methods, declared before any config is read)
 from mvc.config import StudyConfig, load_config
 
 # bitsandbytes (8-bit AdamW) warns on import, on CPUs with AVX512-BF16, that an optional 4-bit matmul kernel

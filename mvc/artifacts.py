@@ -18,7 +18,7 @@ from PIL import Image
 from mvc.config import StudyConfig
 from mvc.embedding_cache import EMPTY_PROMPT, EmbeddingCache, caption_key
 from mvc.imaging import images_to_tensor, to_array
-from mvc.io import read_rows
+from mvc.io import read_rows, rows_and_parts
 from mvc.registry import MODELS, SETS, method_sets, set_spec, synthetic_set_names
 from mvc.state import require, stage_info
 from mvc.units import Unit, parse_shots
@@ -281,8 +281,9 @@ def load_results(cfg: StudyConfig, require_done: bool = True) -> pd.DataFrame:
     nullable column: <NA> for all images)."""
     if require_done:
         require(cfg, "classify")
-    parts = [] if require_done else sorted(cfg.paths.run.glob(".results-part-*.csv"))  # a grid in progress
-    frames = [r for f in [cfg.paths.results, *parts] if (r := read_rows(f)) is not None]
+        frames = [r for r in [read_rows(cfg.paths.results)] if r is not None]
+    else:  # a grid in progress: its part files too
+        frames = rows_and_parts(cfg.paths.results)
     if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     rows = pd.concat(frames)

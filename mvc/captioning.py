@@ -8,47 +8,32 @@ parts are merged into captions.csv (by image id) when every image has its captio
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import torch
-from accelerate import PartialState
 
 from mvc.artifacts import load_captions, load_images, stored_splits
 from mvc.captioners import Captioner, caption_text
 from mvc.config import StudyConfig
-from mvc.io import append_rows, read_rows, write_csv
+from mvc.io import append_rows, merge_parts, part_file, rows_and_parts
 from mvc.progress import progress
 from mvc.registry import CAPTIONERS
+from mvc.runtime import process_state
 from mvc.state import stage
 
 CAPTION_COLUMNS = ["image_id", "split", "label", "caption", "text"]
 
 
-def part_files(cfg: StudyConfig) -> list[Path]:
-    """The per-process caption files of a run in progress."""
-    return sorted(cfg.paths.run.glob(".captions-part-*.csv"))
-
-
 def captioned_ids(cfg: StudyConfig) -> set[int]:
     """Images that already have a caption, in captions.csv or a part file."""
     found: set[int] = set()
-    for f in [cfg.paths.captions, *part_files(cfg)]:
-        rows = read_rows(f)
-        if rows is not None:
-            found |= set(rows["image_id"].astype(int))
+    for rows in rows_and_parts(cfg.paths.captions):
+        found |= set(rows["image_id"].astype(int))
     return found
 
 
-def merge_parts(cfg: StudyConfig) -> int:
+def merge_captions(cfg: StudyConfig) -> int:
     """Fold the part files into captions.csv, one row per image, by image id; returns the row count."""
-    frames = [r for f in [cfg.paths.captions, *part_files(cfg)] if (r := read_rows(f)) is not None]
-    merged = pd.concat(frames).drop_duplicates("image_id").sort_values("image_id")
-    write_csv(cfg.paths.captions, merged[CAPTION_COLUMNS])
-    for f in part_files(cfg):
-        f.unlink()
-    return len(merged)
+    return merge_parts(cfg.paths.captions, ["image_id"], CAPTION_COLUMNS, sort="image_id")
 
 
 @stage("caption", reader=load_captions, distributed=True)
@@ -56,13 +41,13 @@ def caption_dataset(cfg: StudyConfig, captioner: Captioner | None = None, show_p
                     max_batches: int | None = None) -> dict | None:
     """Caption every image of `caption.splits` not captioned yet (`max_batches` stops each process early: tests
     use it to simulate an interruption)."""
-    dist = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    dist = process_state(cfg.device)
     splits = stored_splits(cfg)
     wanted = splits[splits["split"].isin(cfg.caption.splits)]
     todo = wanted[~wanted["image_id"].isin(captioned_ids(cfg))]
     bs = cfg.caption.batch_size
     batches = list(range(0, len(todo), bs))[dist.process_index::dist.num_processes]
-    part = cfg.paths.run / f".captions-part-{dist.process_index}.csv"
+    part = part_file(cfg.paths.captions, dist.process_index)
     if batches:
         images = load_images(cfg)
         captioner = captioner or CAPTIONERS[cfg.caption.backend].build(cfg.caption, str(dist.device))
@@ -84,4 +69,4 @@ def caption_dataset(cfg: StudyConfig, captioner: Captioner | None = None, show_p
     if not dist.is_main_process:
         return {}
     device = {"device": str(dist.device)} if CAPTIONERS[cfg.caption.backend].on_device else {}  # where it ran
-    return {"captions": merge_parts(cfg), "processes": dist.num_processes, **device}
+    return {"captions": merge_captions(cfg), "processes": dist.num_processes, **device}

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import PartialState
 
 from mvc.artifacts import (
     RESULT_COLUMNS,
@@ -28,10 +27,10 @@ from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evalu
 from mvc.config import StudyConfig
 from mvc.grid import grid, run_key
 from mvc.imaging import to_chw
-from mvc.io import append_rows, read_rows, write_csv
+from mvc.io import append_rows, merge_parts, part_file, read_rows, rows_and_parts
 from mvc.progress import progress
 from mvc.registry import METHODS, role_of, set_images_per_source
-from mvc.runtime import pick_device
+from mvc.runtime import pick_device, process_state
 from mvc.source_domains import source_domain_images
 from mvc.state import stage
 
@@ -131,37 +130,25 @@ def _worker(job: tuple) -> int:
     return run_specs(*job)
 
 
-def part_files(cfg: StudyConfig) -> list[Path]:
-    """The per-process result files of a grid in progress (merged into results.csv when it completes)."""
-    return sorted(cfg.paths.run.glob(".results-part-*.csv"))
-
-
 def finished_runs(cfg: StudyConfig) -> set[tuple]:
     """`run_key` of every run recorded with the current params, in results.csv or a part file."""
     h = cfg.stage_hash("classify")
     found = set()
-    for f in [cfg.paths.results, *part_files(cfg)]:
-        rows = read_rows(f)
-        if rows is not None:
-            rows = rows[rows["params_hash"].astype(str) == h]
-            found |= set(zip(rows["shots"].astype(str), rows["variant"], rows["method"], rows["seed"].astype(int)))
+    for rows in rows_and_parts(cfg.paths.results):
+        rows = rows[rows["params_hash"].astype(str) == h]
+        found |= set(zip(rows["shots"].astype(str), rows["variant"], rows["method"], rows["seed"].astype(int)))
     return found
 
 
-def merge_parts(cfg: StudyConfig) -> None:
+def merge_results(cfg: StudyConfig) -> None:
     """Fold the part files into results.csv (a run recorded twice counts once), then delete them."""
-    frames = [r for f in [cfg.paths.results, *part_files(cfg)] if (r := read_rows(f)) is not None]
-    if frames:
-        merged = pd.concat(frames).drop_duplicates(["params_hash", *RESULT_KEY], keep="first")
-        write_csv(cfg.paths.results, merged[RESULT_COLUMNS])
-    for f in part_files(cfg):
-        f.unlink()
+    merge_parts(cfg.paths.results, ["params_hash", *RESULT_KEY], RESULT_COLUMNS)
 
 
 def _run_in_workers(cfg: StudyConfig, specs: list[RunSpec], workers: int, show_progress: bool,
                     max_runs: int | None) -> int:
     """`specs` spread over `workers` processes of one thread each (the small classifiers are overhead-bound)."""
-    jobs = [(cfg, specs[w::workers], cfg.paths.run / f".results-part-0-{w}.csv", 1, False, max_runs)
+    jobs = [(cfg, specs[w::workers], part_file(cfg.paths.results, 0, w), 1, False, max_runs)
             for w in range(workers)]
     bar = progress(total=len(specs), desc=f"classify ({workers} workers)", unit="run", disable=not show_progress)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -180,7 +167,7 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
     """Run the grid; resumable (`max_runs` stops each process early). Under accelerate each process takes every
     n-th run; on one process `classify.workers` processes share the grid. Each run's row is appended to a part
     file as it finishes; the parts are merged into results.csv when the grid is complete."""
-    dist = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    dist = process_state(cfg.device)
     specs = grid(cfg)
     done = finished_runs(cfg)
     todo = [s for s in specs if run_key(s) not in done]
@@ -190,13 +177,13 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
     if workers > 1:
         ran = _run_in_workers(cfg, mine, workers, show, max_runs)
     else:
-        ran = run_specs(cfg, mine, cfg.paths.run / f".results-part-{dist.process_index}-0.csv", None, show, max_runs)
+        ran = run_specs(cfg, mine, part_file(cfg.paths.results, dist.process_index, 0), None, show, max_runs)
     dist.wait_for_everyone()
     if any(run_key(s) not in finished_runs(cfg) for s in specs):
         return None  # stopped early: the parts stay, and the next call runs what is left
     if not dist.is_main_process:
         return {}
-    merge_parts(cfg)
+    merge_results(cfg)
     return {"runs": len(load_results(cfg, require_done=False)), "ran_this_call": ran,
             "processes": dist.num_processes, "workers": max(1, workers), "device": pick_device(cfg.device)}
 

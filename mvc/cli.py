@@ -10,7 +10,7 @@ import sys
 
 from mvc.config import ConfigError, config_to_yaml, load_config
 from mvc.resources import check_memory
-from mvc.runtime import GPU_MEMORY_ENV
+from mvc.runtime import GPU_MEMORY_ENV, on_cpu
 from mvc.stages import STAGES
 
 log = logging.getLogger("mvc")
@@ -57,11 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 def print_memory_model(cfg, gpu_memory: float | None) -> None:
     """The memory model's prediction per stage on the device the study will run on (or a card of `gpu_memory`
     GiB), then whether it fits: a DoesNotFit error names the stage and the setting to lower."""
-    import torch
 
     from mvc.memory import capacity_gib, predict, refuse_what_cannot_fit
 
-    device = "cuda" if gpu_memory or (torch.cuda.is_available() and cfg.device != "cpu") else "cpu"
+    device = "cuda" if gpu_memory or not on_cpu(cfg.device) else "cpu"
     capacity = gpu_memory or capacity_gib(device)
     where = f"a GPU of {capacity:.0f} GiB" if device == "cuda" else f"this CPU's {capacity:.0f} GiB of host memory"
     print(f"# predicted peak memory per stage on {where} (memory model, mvc/memory.py):")

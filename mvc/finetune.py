@@ -39,7 +39,7 @@ from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
 from mvc.registry import MODELS
 from mvc.resources import check_memory
-from mvc.runtime import effective_mixed_precision, make_optimizer, maybe_compile, release_memory
+from mvc.runtime import effective_mixed_precision, make_optimizer, maybe_compile, on_cpu, release_memory
 from mvc.state import stage
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def _load_checkpoint(accelerator, path: Path) -> None:
 def _accelerator(cfg: StudyConfig, work: Path):
     """An Accelerator for this run's precision and accumulation (on a CPU-only machine: DDP over gloo)."""
     ft = cfg.finetune
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    cpu = on_cpu(cfg.device)
     precision = effective_mixed_precision(ft.mixed_precision, "cpu" if cpu else "cuda")
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
         AcceleratorState._reset_state()  # an earlier stage in this process set other options; the processes stay
@@ -239,7 +239,7 @@ def _train(cfg: StudyConfig, accelerator, model_name: str, show_progress: bool, 
     out, work = cfg.paths.model(model_name, spec.stage), cfg.paths.model_work(spec.stage)
     checkpoints, loss_file = work / "checkpoints", work / "loss.csv"
     desc = spec.stage + (f" {cfg.unit_name}" if cfg.unit_name else "")
-    if cfg.backbone.kind == "surrogate" and (cfg.device == "cpu" or not torch.cuda.is_available()):
+    if cfg.backbone.kind == "surrogate" and on_cpu(cfg.device):
         check_memory(cfg, "finetune")
     per_device = per_process_batch(ft.batch_size, accelerator.num_processes)
     torch.manual_seed(ft.seed)

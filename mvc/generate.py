@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import PartialState
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from safetensors.torch import load_file
@@ -50,7 +49,7 @@ from mvc.registry import (
     set_mode,
     set_spec,
 )
-from mvc.runtime import maybe_compile, pick_device, release_memory, run_in_dtype
+from mvc.runtime import maybe_compile, pick_device, process_state, release_memory, run_in_dtype, sampling_dtype
 from mvc.samplers import SampleBatch
 from mvc.sampling import initial_noise, make_scheduler, sample
 from mvc.state import stage
@@ -245,7 +244,7 @@ def img2img_pipeline(bb, scheduler: str, device):
 def generate_all(cfg: StudyConfig, show_progress: bool = True, max_batches: int | None = None) -> dict | None:
     """Every synthetic set's images for every training image of every unit (shots level x replicate, the main
     one first), sharded over accelerate processes."""
-    dist = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    dist = process_state(cfg.device)
     summary = {}
     for unit in cfg.units():
         out = generate_unit(unit, dist, show_progress, max_batches)
@@ -286,7 +285,7 @@ def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batche
     splits = load_splits(cfg).set_index("image_id")
     emb.frame["class_name"] = splits.loc[emb.frame["image_id"], "class_name"].to_numpy()
     ids = emb.frame["image_id"].tolist()
-    dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
+    dtype = sampling_dtype(dist.device)
     models = load_generation_models(cfg, emb, dist.device, dtype)
     for unet, *_ in (v for k, v in models.items() if isinstance(k, str)):  # a pipeline shares its model's UNet
         if cfg.generate.channels_last:
@@ -313,7 +312,7 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4,
     g = cfg.generate
     emb = load_caption_embeddings(cfg)
     device = pick_device(cfg.device)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = sampling_dtype(device)
     unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype,
                                                         sets=list(mvc_set_names(g.modes[:1])))["mvc"]
     final = {k: v.clone() for k, v in unet.state_dict().items()}
@@ -359,7 +358,7 @@ def guidance_grid(cfg: StudyConfig, text_scales=GUIDANCE_TEXT_SCALES, image_scal
     g = cfg.generate
     device = pick_device(cfg.device)
     emb = load_caption_embeddings(cfg)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = sampling_dtype(device)
     unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype,
                                                         sets=list(mvc_set_names(g.modes[:1])))["mvc"]
     rows = np.array([source_row])

@@ -90,6 +90,40 @@ def read_rows(target: Path) -> pd.DataFrame | None:
     return pd.read_csv(target, keep_default_na=False)
 
 
+# -- resumable tables written by several processes: each appends to its own part file beside the final table, and
+# the parts are folded into it when every process is done (an interrupted run resumes from final + parts)
+
+
+def part_file(final: Path, *index: int) -> Path:
+    """The part file of process `index` (and worker) of `final`: `.<stem>-part-<i>[-<w>].csv` beside it."""
+    return final.with_name(f".{final.stem}-part-{'-'.join(map(str, index))}.csv")
+
+
+def part_files(final: Path) -> list[Path]:
+    """The part files of `final` written so far."""
+    return sorted(final.parent.glob(f".{final.stem}-part-*.csv"))
+
+
+def rows_and_parts(final: Path) -> list[pd.DataFrame]:
+    """The rows of `final` and of its part files, each file's complete rows (those it has)."""
+    return [r for f in [final, *part_files(final)] if (r := read_rows(f)) is not None]
+
+
+def merge_parts(final: Path, key: list[str], columns: list[str], sort: str | None = None) -> int:
+    """Fold the part files into `final` (a row recorded twice under `key` counts once, the first kept), then
+    delete them; returns the row count."""
+    frames = rows_and_parts(final)
+    count = 0
+    if frames:
+        merged = pd.concat(frames).drop_duplicates(key, keep="first")
+        merged = merged.sort_values(sort) if sort else merged
+        write_csv(final, merged[columns])
+        count = len(merged)
+    for f in part_files(final):
+        f.unlink()
+    return count
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `target`; it replaces `target` only if the block succeeds."""

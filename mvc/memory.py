@@ -31,6 +31,7 @@ from mvc.footprint import (
     scaled,
 )
 from mvc.registry import CAPTIONERS, models_of_sets, set_spec, synthetic_set_names
+from mvc.runtime import on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,8 @@ def check_fits(cfg, capacity: float | None = None, device: str | None = None,
     """The predictions for `cfg` on `device` (the card present, else the CPU), or `DoesNotFit` naming the first
     stage (of `stage`'s units of work, or of all) that cannot fit `capacity` GiB (default: the card present, or this
     machine's memory) and the setting to lower."""
-    import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = device or ("cpu" if on_cpu(cfg.device) else "cuda")
     capacity = capacity if capacity is not None else capacity_gib(device)
     preds = [p for p in predict(cfg, device, capacity) if stage is None or p.stage in STAGE_PARTS.get(stage, [])]
     return refuse_what_cannot_fit(preds, capacity, device)

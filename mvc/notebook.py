@@ -31,7 +31,7 @@ def show_items(cfg: StudyConfig, keys: list[str]) -> None:
     import matplotlib.pyplot as plt
     from IPython.display import Markdown, display
 
-    from mvc.report import draw  # deferred: the report's plotting stack is needed only here
+    from mvc.report_items import draw  # deferred: the report's plotting stack is needed only here
 
     for key, item in draw(cfg, keys).items():
         display(Markdown(f"**{key}**"), item)

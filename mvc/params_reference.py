@@ -18,7 +18,7 @@ from mvc.config import StudyConfig
 HEADER = """# Parameter reference
 
 Every field of a params file (`params/*.yaml`), with its type, its default and what it means, generated from the
-schema in `mvc/config.py` by `mvc params > docs/params.md` (a test fails when this file and the schema differ).
+schema in `mvc/config/` by `mvc params > docs/params.md` (a test fails when this file and the schema differ).
 A params file names only what it changes; `extends:` reads another first, and `--set key=value` overrides any field
 on the command line. `mvc check PARAMS` prints a study's resolved values. The method behind the fields:
 [`method.md`](method.md).

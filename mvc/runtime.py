@@ -22,6 +22,29 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def on_cpu(requested: str = "auto") -> bool:
+    """True where a stage runs on the CPU: `device: cpu` asked for, or no CUDA device visible."""
+    import torch
+
+    return requested == "cpu" or not torch.cuda.is_available()
+
+
+def process_state(requested: str = "auto"):
+    """accelerate's `PartialState` of this process (its rank among the launched processes, its device), on the CPU
+    where `on_cpu(requested)`."""
+    from accelerate import PartialState  # deferred: accelerate is slow to import
+
+    return PartialState(cpu=on_cpu(requested))
+
+
+def sampling_dtype(device):
+    """The dtype of the networks while sampling: bf16 on a GPU, float32 on a CPU (the latents and the scheduler's
+    arithmetic stay float32 either way: `run_in_dtype`)."""
+    import torch
+
+    return torch.bfloat16 if str(getattr(device, "type", device)) == "cuda" else torch.float32
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

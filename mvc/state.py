@@ -24,7 +24,7 @@ from typing import Any
 from mvc.config import StudyConfig
 from mvc.io import ensure_writable, write_json
 from mvc.lock import study_lock
-from mvc.runtime import peak_memory, release_memory, reset_peak_memory, set_threads
+from mvc.runtime import peak_memory, process_state, release_memory, reset_peak_memory, set_threads
 from mvc.stages import PER_UNIT, STAGE, upstream
 from mvc.units import Unit
 
@@ -247,10 +247,7 @@ def require(cfg: StudyConfig, stage: str) -> None:
 
 
 def _process_state(cfg: StudyConfig):
-    import torch  # deferred: torch is slow to import and the records above need none of it
-    from accelerate import PartialState
-
-    return PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    return process_state(cfg.device)
 
 
 def stage(name: str, reader: Callable[[StudyConfig], Any], distributed: bool = False) -> Callable:

@@ -21,7 +21,7 @@
 # UNet's `conv_in` (new weights zero) and fine-tunes it with MVC conditioning: a same-class conditioning image's
 # latent concatenated to the noisy latent, MVC-mixed caption embeddings, conditioning dropout. The result,
 # `runs/<study>/mvc/`, loads in `StableDiffusionInstructPix2PixPipeline`. About 6 minutes for digits on 2 cores.
-# Every fine-tuned model of `mvc/registry.py` has its stage here, run when a synthetic set of `generate.sets` needs
+# Every fine-tuned model of `mvc/vocabulary.py` has its stage here, run when a synthetic set of `generate.sets` needs
 # it: `sd_finetuned` (the same recipe, text-only, each image's own caption, no conditioning image:
 # `runs/<study>/sd_finetuned/`) and `mvc_nomix_trained` (MVC's fine-tuning without mixing: an ablation).
 #

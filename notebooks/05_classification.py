@@ -29,7 +29,7 @@ overrides = []  # each item overrides one field, written as for `mvc study --set
 
 # %%
 
-from mvc import classify, figures, report, statistics
+from mvc import classify, figures, report, report_text, statistics
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
@@ -54,7 +54,7 @@ figures.marked_grid(images, synthetic);
 # Mean and 95% interval: over classifier seeds, or, with `replicates` > 1, over the replicates' means.
 
 # %%
-print(report.interval_sentence(cfg))
+print(report_text.interval_sentence(cfg))
 table = statistics.accuracy_table(results, shots=cfg.data.max_shots)
 table
 

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from mvc.captioners import AttributeCaptioner, Blip2Captioner
-from mvc.captioning import caption_dataset, part_files
+from mvc.captioning import caption_dataset
 from mvc.data import prepare_dataset
+from mvc.io import part_files
 
 
 def _digit(thick: bool = False, slant: float = 0.0, shift: int = 0, size: int = 16) -> np.ndarray:
@@ -36,14 +37,14 @@ def test_interrupted_captioning_resumes_without_loss_or_duplicates(smoke):
     smoke = smoke.model_copy(update={"caption": smoke.caption.model_copy(update={"batch_size": 7})})
     partial = caption_dataset(smoke, show_progress=False, max_batches=2)
     assert partial is None  # stopped early: not marked done
-    [part] = part_files(smoke)
+    [part] = part_files(smoke.paths.captions)
     assert len(pd.read_csv(part)) == 14 and not smoke.paths.captions.exists()
     with open(part, "a") as fh:  # a kill in the middle of writing a row
         fh.write("999,train,0,half a capt")
     full = caption_dataset(smoke, show_progress=False)
     splits = pd.read_csv(smoke.paths.splits)
     expected = splits[splits["split"].isin(smoke.caption.splits)]["image_id"]
-    assert sorted(full["image_id"]) == sorted(expected) and not part_files(smoke)
+    assert sorted(full["image_id"]) == sorted(expected) and not part_files(smoke.paths.captions)
     assert full["image_id"].is_unique
     assert full["text"].str.startswith("a photo of the digit ").all()
     names = dict(zip(splits["image_id"], splits["class_name"]))

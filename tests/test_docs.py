@@ -24,7 +24,7 @@ def test_the_parameter_reference_is_the_schemas():
 def test_every_field_has_a_meaning_and_appears_in_the_reference():
     fields = section_fields(StudyConfig)
     undocumented = [f.name for f in fields if not f.comment]
-    assert not undocumented, f"fields without a comment in mvc/config.py: {undocumented}"
+    assert not undocumented, f"fields without a comment in the schema (mvc/config/): {undocumented}"
     text = reference()
     for name in ("data.shots", "backbone.surrogate.text_encoder", "finetune.mixing.mode", "generate.mixing.k",
                  "classify.p_synthetic", "select.run_first", "replicates"):

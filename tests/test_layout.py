@@ -26,6 +26,17 @@ def _type_only(tree: ast.Module) -> set[int]:
     return out
 
 
+def _module(path: Path) -> str:
+    """The dotted name of a module file of the package (a subpackage by its own name)."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package, its subpackages' included, by dotted name."""
+    return {_module(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
 def _imports(path: Path) -> set[str]:
     """Every mvc module `path` imports when it runs, at module level or inside functions (not those under
     `if TYPE_CHECKING:`, which only annotations read)."""
@@ -37,7 +48,8 @@ def _imports(path: Path) -> set[str]:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mvc":
             if node.module == "mvc":
-                found.update(f"mvc.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").exists())
+                found.update(f"mvc.{a.name}" for a in node.names
+                             if (PACKAGE / f"{a.name}.py").exists() or (PACKAGE / a.name / "__init__.py").exists())
             else:
                 found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -46,7 +58,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_package_has_no_import_cycle():
-    graph = {f"mvc.{p.stem}": _imports(p) - {f"mvc.{p.stem}"} for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    graph = {name: _imports(p) - {name} for name, p in _modules().items() if name != "mvc"}
     graph = {k: {m for m in v if m in graph} for k, v in graph.items()}
     state: dict[str, int] = {}  # 1 visiting, 2 done
 
@@ -76,7 +88,7 @@ def test_stages_sit_on_one_floor():
     stage_modules = {fn.__wrapped__.__module__ if hasattr(fn, "__wrapped__") else fn.__module__
                      for fn in registry_functions().values()}
     assert {"mvc.data", "mvc.classify", "mvc.report", "mvc.metrics", "mvc.backbone"} <= stage_modules
-    graph = {f"mvc.{p.stem}": _imports(p) - {f"mvc.{p.stem}"} for p in PACKAGE.glob("*.py")}
+    graph = {name: _imports(p) - {name} for name, p in _modules().items()}
     crossing = {m: sorted(graph[m] & stage_modules) for m in stage_modules if graph[m] & stage_modules}
     assert not crossing, f"stage modules importing other stages: {crossing}"
     library = set(graph) - stage_modules - RUNNERS
@@ -103,8 +115,8 @@ def test_each_fine_tuned_model_has_its_stage_and_is_sampled_before_generation():
 
 def test_the_stage_functions_are_imported_by_name_not_by_string():
     """The graph the cycle test reads is the graph that runs: no module loads a stage by a dotted string."""
-    for path in PACKAGE.glob("*.py"):
-        assert "import_module" not in path.read_text(), path.name
+    for name, path in _modules().items():
+        assert "import_module" not in path.read_text(), name
 
 
 def test_the_tests_run_until_calls_the_registrys_functions():
@@ -202,3 +214,9 @@ def test_each_stage_reads_only_what_it_declares(smoke_generated, tmp_path):
         undeclared = sorted(f for f in seen if f not in LOCATION_FIELDS and f.split(".")[0] not in TOOL_SECTIONS
                             and not any(reads_field(s, f) for s in covering))
         assert not undeclared, f"stage {spec.name} reads {undeclared} without declaring it in mvc/stages.py"
+
+
+def test_no_module_is_over_400_lines():
+    """One job per module: a module that outgrows 400 lines is doing two."""
+    long = {name: n for name, p in _modules().items() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"

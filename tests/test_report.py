@@ -138,7 +138,7 @@ def test_a_unit_keeps_its_shots_an_integer_until_written():
 
 
 def test_a_set_far_below_the_judges_accuracy_is_named_in_the_headline():
-    from mvc.report import fidelity_warnings
+    from mvc.report_text import fidelity_warnings
 
     cfg = load_config(REPO / "params/smoke.yaml")
     metrics = pd.DataFrame({"synthetic_set": ["real_train", "mvc_coarse", "sd_naive"],
@@ -155,7 +155,7 @@ def test_a_set_far_below_the_judges_accuracy_is_named_in_the_headline():
 
 
 def test_upsampled_generation_and_indistinct_captions_are_said_in_the_headline():
-    from mvc.report import design_warnings
+    from mvc.report_text import design_warnings
 
     with pytest.warns(UserWarning, match="backbone.resolution \\(16\\) is below data.resolution \\(32\\)"):
         low = load_config(REPO / "params/smoke.yaml", ["data.resolution=32"])

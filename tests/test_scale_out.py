@@ -6,7 +6,8 @@ import shutil
 
 import pandas as pd
 
-from mvc import artifacts, captioning, classify, state
+from mvc import artifacts, classify, state
+from mvc.io import part_files
 from tests.conftest import REPO, launch_two_processes, run_until, smoke_config
 
 
@@ -24,7 +25,7 @@ def test_captioning_over_two_processes_equals_one(tmp_path):
     assert state.stage_info(two, "caption")["processes"] == 2
     a, b = (pd.read_csv(c.paths.captions, keep_default_na=False) for c in (one, two))
     assert b["image_id"].is_unique and a.equals(b)  # every image once, the same captions
-    assert not captioning.part_files(two)
+    assert not part_files(two.paths.captions)
 
 
 def test_classifier_grid_over_two_processes_and_two_workers(smoke_generated, tmp_path):
@@ -44,7 +45,7 @@ def test_classifier_grid_over_two_processes_and_two_workers(smoke_generated, tmp
             assert state.stage_info(cfg, "classify")["workers"] == 2
         got = artifacts.load_results(cfg)
         assert len(got) == 3 * len(cfg.classify.seeds) and not got.duplicated(artifacts.RESULT_KEY).any()
-        assert not classify.part_files(cfg)
+        assert not part_files(cfg.paths.results)
         results[name] = got.set_index(artifacts.RESULT_KEY)["top1"].sort_index()
     # each run is seeded by itself: where it ran does not change what it learned (up to float summation order)
     assert (results["accelerate"] - results["workers"]).abs().max() <= 0.02

@@ -1,0 +1,115 @@
+"""The report's sentences: what an interval covers, what the backbone knew before fine-tuning, and the headline's
+warnings (synthetic images drawn below the classifier's resolution, captions that barely differ, sets whose images
+mostly do not carry their class); captions' `{section.field}` placeholders filled with the study's values."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mvc.artifacts import load_image_metrics
+from mvc.config import StudyConfig
+from mvc.registry import method_sets
+
+
+def design_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
+    """Sentences for the headline on what the design lets the generator show: synthetic images drawn below the
+    resolution the classifier reads (upsampled), and captions that barely tell a class's images apart (under half of
+    them distinct: mixing has little to mix)."""
+    out = []
+    if cfg.generation_upsampled:
+        out.append(f"The synthetic images were drawn at {cfg.backbone.resolution} px (backbone.resolution) and "
+                   f"upsampled to the {cfg.data.resolution} px the classifier and the judge read (data.resolution): "
+                   f"they carry less detail than the real images; set backbone.resolution to {cfg.data.resolution} "
+                   f"to draw them at the classifier's resolution.")
+    real = metrics[metrics["synthetic_set"] == "real_train"]
+    if len(real) and "distinct_caption_share" in real and float(real["distinct_caption_share"].min()) < 0.5:
+        share = float(real["distinct_caption_share"].min())
+        out.append(f"Only {share:.0%} of a class's labelled images have a caption of their own "
+                   f"({cfg.caption.backend} captioner; the rest share theirs with another image of the class): mixing "
+                   f"has little to mix here, so the mixing results (coarse, fine, no-mix) say little about the "
+                   f"method.")
+    return out
+
+
+def headline_warnings(cfg: StudyConfig) -> list[str]:
+    """Every sentence of the report's headline that warns the reader: the design's and the label fidelity's."""
+    metrics = load_image_metrics(cfg)
+    return design_warnings(cfg, metrics) + fidelity_warnings(cfg, metrics)
+
+
+def fidelity_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
+    """A sentence for each synthetic set whose label fidelity is more than `report.fidelity_gap` below the judge's
+    accuracy on real images (the main unit's measures): its images mostly do not carry their class."""
+    out = []
+    judge = float(metrics["judge_accuracy_on_real"].iloc[0]) if len(metrics) else 1.0
+    if judge < cfg.report.judge_floor:
+        return [f"The judge ({cfg.metrics.judge_backbone}, trained on real {' and '.join(cfg.metrics.judge_splits)} "
+                f"images) reads only {judge:.0%} of real {cfg.metrics.judge_scored_on} images, below "
+                f"report.judge_floor ({cfg.report.judge_floor:.0%}): label fidelity, the filter of mvc_filtered and "
+                f"the recipe chosen on fidelity mean little on this data; set metrics.judge_backbone: "
+                f"efficientnet_lite0 (a pretrained network) or give the judge more images."]
+    selected = (cfg.paths.report / "selection" / "selection.csv").exists()
+    hint = "even with the recipe `mvc select` chose on val" if selected else "or choose the recipe with `mvc select`"
+    for row in metrics[metrics["synthetic_set"] != "real_train"].itertuples():
+        if row.label_fidelity < row.judge_accuracy_on_real - cfg.report.fidelity_gap:
+            users = [m for m in cfg.classify.methods if row.synthetic_set in method_sets(m, cfg.classify)]
+            out.append(f"The {row.synthetic_set} images carry their intended class {row.label_fidelity:.0%} of the "
+                       f"time, against {row.judge_accuracy_on_real:.0%} for real {cfg.metrics.judge_scored_on} "
+                       f"images read by the same judge: most of them are of another class or of none, so the "
+                       f"classifiers that train on them ({', '.join(users) or 'none in this study'}) learn partly "
+                       f"from mislabelled images; read their rows with that in mind ({hint}; `mvc_filtered` keeps "
+                       f"only the images the judge labels as intended).")
+    return out
+
+
+def interval_sentence(cfg: StudyConfig) -> str:
+    """What a reported interval covers, for captions."""
+    c = cfg.classify
+    if cfg.replicates == 1:
+        return (f"mean and 95% t-interval over the classifier seeds {c.seeds} (the generative pipeline is one run: "
+                f"the interval covers classifier seeds only)")
+    return (f"mean over the classifier seeds {c.seeds}, and a 95% t-interval over the means of the "
+            f"{cfg.replicates} replicates of the generative pipeline (replicate r fine-tunes and generates with its "
+            f"own seeds; classifier seed number i is paired with replicate i mod {cfg.replicates}), so the interval "
+            f"covers the variance of fine-tuning, generation and classifier training"
+            + (". With 2 replicates the interval has one degree of freedom (t = 12.7): its half-widths are too wide "
+               "to read as a precision; 3 or more replicates give intervals that can" if cfg.replicates == 2 else ""))
+
+
+def paired_interval_sentence(cfg: StudyConfig) -> str:
+    if cfg.replicates == 1:
+        return "The interval and test cover classifier seeds only."
+    return (f"The differences are averaged within each of the {cfg.replicates} replicates; the interval and the "
+            f"t-test are over those replicate means ({cfg.replicates - 1} degrees of freedom"
+            + ("; too few for a readable interval" if cfg.replicates == 2 else "") + ").")
+
+
+_SENTENCES = {"interval": interval_sentence, "paired_interval": paired_interval_sentence}
+
+
+def format_caption(template: str, cfg: StudyConfig) -> str:
+    """Fill `{section.field}` placeholders with the study's values (and `{interval}`: what intervals cover)."""
+    out, rest = "", template
+    while "{" in rest:
+        before, _, after = rest.partition("{")
+        field, _, rest = after.partition("}")
+        if field in _SENTENCES:
+            out += before + _SENTENCES[field](cfg)
+            continue
+        node = cfg
+        for part in field.split("."):
+            node = getattr(node, part)
+        out += before + str(node)
+    return out + rest
+
+
+def backbone_sentence(cfg: StudyConfig) -> str:
+    """What the backbone knew before MVC fine-tuning, which is what the naive set shows."""
+    if cfg.backbone.kind == "pretrained":
+        return f"The backbone is the pretrained {cfg.backbone.model}."
+    domain = cfg.backbone.surrogate.source_domain
+    if domain == "none":
+        return ("The surrogate backbone was pretrained on the unlabelled pool only, with no labelled source domain: "
+                "it never saw a class name, so the naive set shows a backbone that does not know the classes.")
+    return (f"The surrogate backbone was pretrained on the unlabelled pool (class-free captions) and on a labelled "
+            f"source domain, {domain}, captioned with the class prompt: it knows the classes, in another domain.")
