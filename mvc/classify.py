@@ -23,13 +23,13 @@ from mvc.artifacts import (
     load_synthetic,
     shots_label,
 )
-from mvc.classifiers import ClassificationData, RunSpec, SyntheticSampler, evaluate, normalize, train_classifier
+from mvc.classifiers import ClassificationData, RunSpec, evaluate, normalize, train_classifier
 from mvc.config import StudyConfig
 from mvc.grid import grid, run_key
 from mvc.imaging import to_chw
 from mvc.io import append_rows, merge_parts, part_file, read_rows, rows_and_parts
 from mvc.progress import progress
-from mvc.registry import METHODS, role_of, set_images_per_source
+from mvc.registry import METHODS, set_images_per_source
 from mvc.runtime import pick_device, process_state
 from mvc.source_domains import source_domain_images
 from mvc.state import stage
@@ -186,19 +186,3 @@ def classify_all(cfg: StudyConfig, show_progress: bool = True, max_runs: int | N
     merge_results(cfg)
     return {"runs": len(load_results(cfg, require_done=False)), "ran_this_call": ran,
             "processes": dist.num_processes, "workers": max(1, workers), "device": pick_device(cfg.device)}
-
-
-def example_batch(cfg: StudyConfig, method: str | None = None, n: int = 16,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One training batch of `method` (default: the method under test) before augmentation, as uint8 (n, H, W, C)
-    images, and which of them are synthetic replacements of their real source (notebook 05)."""
-    method = method or role_of("under_test")
-    spec = next((s for s in grid(cfg) if s.method == method), RunSpec(method, seed))
-    data = load_classification_data(cfg, list(spec.synthetic_sets))
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(data.train_y), n)
-    x, used = data.train_x[rows], np.zeros(n, bool)
-    if spec.synthetic_sets:
-        x, used = SyntheticSampler(data, list(spec.synthetic_sets))(rows, spec.p_synthetic, rng, x)
-    return x.permute(0, 2, 3, 1).numpy(), used
-

@@ -13,9 +13,9 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import diffusers
-import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
@@ -25,129 +25,26 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from mvc.artifacts import (
-    DiffusionImages,
     backbone_source,
     list_checkpoints,
-    load_caption_embeddings,
     trained_model,
     unit_needs_model,
 )
-from mvc.components import diffusion_loss, encode_latents, load_backbone, widen_conv_in
+from mvc.components import diffusion_loss, load_backbone, widen_conv_in
 from mvc.config import StudyConfig
 from mvc.io import append_rows, atomic_dir, read_rows, write_csv, write_json
-from mvc.mixing import MixPlan, apply_mix, draw_mix, same_class_draws
 from mvc.progress import progress
 from mvc.registry import MODELS
 from mvc.resources import check_memory
 from mvc.runtime import effective_mixed_precision, make_optimizer, maybe_compile, on_cpu, release_memory
 from mvc.state import stage
+from mvc.training_batches import LoopState, TrainingData, make_batch, training_data
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder that cannot be resumed from."""
-
-
-@dataclass
-class TrainingData:
-    """Everything the loop needs, cached once: latents, conditioning latents, caption embeddings."""
-
-    latents: torch.Tensor  # (N, C, h, w), scaled: the diffusion targets z_0
-    cond_latents: torch.Tensor  # (N, C, h, w), unscaled latent modes: e_I
-    labels: np.ndarray  # (N,)
-    embeddings: torch.Tensor  # (N, L, d): caption embedding of each image
-    empty: torch.Tensor  # (L, d)
-    latent_std: torch.Tensor | None = None  # (N, C, h, w), scaled: with `target_latents: sample`, z_0 ~ N(mode, std)
-
-    def same_class_partner(self, idx: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
-        """The conditioning image of each target: itself (`same`) or another image of its class (`other`)."""
-        if mode == "same":
-            return idx
-        return same_class_draws(self.labels, idx, 1, rng, exclude_anchor=True)[:, 0]
-
-
-def training_data(cfg: StudyConfig, vae) -> TrainingData:
-    """Latents of the labelled images (targets and conditioning) and their caption embeddings, computed once."""
-    emb = load_caption_embeddings(cfg)
-    images = DiffusionImages(cfg, emb.frame["image_id"].to_numpy())  # loaded a batch at a time
-    modes = encode_latents(vae, images)
-    scale = vae.config.scaling_factor
-    std = encode_latents(vae, images, part="std") * scale if cfg.finetune.target_latents == "sample" else None
-    return TrainingData(latents=modes * scale, cond_latents=modes, labels=emb.labels, embeddings=emb.embeddings,
-                        empty=emb.empty, latent_std=std)
-
-
-class LoopState:
-    """The step counter, saved with every accelerate checkpoint. The randomness of step `n` on process `r`
-    is drawn from generators seeded by (seed, r, n), so a resumed run draws exactly what it would have."""
-
-    def __init__(self, seed: int, rank: int):
-        self.step, self.seed, self.rank = 0, seed, rank
-
-    def generators(self, micro: int = 0) -> tuple[np.random.Generator, torch.Generator]:
-        """Generators for micro-batch `micro` of the current step (numpy for sampling, torch for noise)."""
-        seq = np.random.SeedSequence([self.seed, self.rank, self.step, micro])
-        return np.random.default_rng(seq), torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.step = int(sd["step"])
-
-
-@dataclass
-class Batch:
-    """One fine-tuning batch, with what was drawn to make it (notebook 03 shows one)."""
-
-    targets: np.ndarray  # (B,) rows of the training data: the target images x
-    partners: np.ndarray  # (B,) rows of the conditioning images x_c
-    plan: MixPlan  # which captions were mixed into each text condition, and their weights
-    drop_text: np.ndarray  # (B,) bool: text replaced by the empty prompt's embedding
-    drop_image: np.ndarray  # (B,) bool: conditioning latent zeroed
-    latents: torch.Tensor  # (B, C, h, w) z_0
-    cond: torch.Tensor  # (B, C, h, w) e_I after dropout
-    text: torch.Tensor  # (B, L, d) e_T after dropout
-
-
-def draw_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int,
-               text_only: bool = False, mixing_mode: str | None = None) -> Batch:
-    """One batch: target latents, conditioning latents, MVC-mixed text, with conditioning dropout applied.
-
-    `text_only` (the sd_finetuned baseline): no conditioning image (`cond` is empty), the text mixed as MVC's
-    (so the two models differ in the image conditioning alone) and dropped with the chance the MVC model drops it
-    (`drop_text + drop_both`). `mixing_mode` replaces `finetune.mixing.mode` (`none`: each target's own caption,
-    the no-mixing-in-training ablation)."""
-    ft = cfg.finetune
-    idx = rng.integers(0, len(data.labels), batch_size)
-    partner = idx if text_only else data.same_class_partner(idx, ft.cond_image, rng)
-    m = ft.mixing
-    plan = draw_mix(data.labels, idx, mixing_mode or m.mode, m.k, m.alpha, m.beta_max, rng,
-                    include_anchor=True)
-    text = apply_mix(data.embeddings, plan)
-    cond = data.cond_latents[partner][:, :0] if text_only else data.cond_latents[partner].clone()
-    r = rng.random(batch_size)  # [0, dt): text only; [dt, dt+di): image only; [dt+di, dt+di+db): both
-    both = (r >= ft.drop_text + ft.drop_image) & (r < ft.drop_text + ft.drop_image + ft.drop_both)
-    drop_text = (r < ft.drop_text) | both
-    drop_image = ((r >= ft.drop_text) & (r < ft.drop_text + ft.drop_image)) | both
-    if text_only:
-        drop_text, drop_image = r < ft.drop_text + ft.drop_both, np.zeros(batch_size, bool)
-    text[torch.from_numpy(drop_text)] = data.empty
-    cond[torch.from_numpy(drop_image)] = 0
-    latents = data.latents[idx]
-    if data.latent_std is not None:  # a fresh draw from the VAE posterior instead of its mode (augments targets)
-        latents = latents + data.latent_std[idx] * torch.from_numpy(rng.standard_normal(latents.shape)).float()
-    return Batch(idx, partner, plan, drop_text, drop_image, latents, cond, text)
-
-
-def make_batch(data: TrainingData, cfg: StudyConfig, rng: np.random.Generator, batch_size: int,
-               model: str = "mvc"):
-    """(z_0, e_I, e_T) of one batch of fine-tuned model `model` (`mvc.registry.MODELS`), as the training step
-    consumes them (e_I is None for a text-only model)."""
-    spec = MODELS[model]
-    batch = draw_batch(data, cfg, rng, batch_size, not spec.image_conditioned, spec.training_mixing)
-    return batch.latents, batch.cond if spec.image_conditioned else None, batch.text
 
 
 def _load_checkpoint(accelerator, path: Path) -> None:
@@ -234,7 +131,84 @@ def train(cfg: StudyConfig, model: str = "mvc", show_progress: bool = True,
         release_memory()
 
 
+@dataclass
+class Trainee:
+    """What the loop updates: the (prepared) UNet, its optimizer and schedule, and EMA's copy with its home."""
+
+    unet: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    ema: EMAModel | None
+    ema_home: Any  # where EMA's float32 copy lives between updates
+
+
+def _prepare(cfg: StudyConfig, accelerator, unet: torch.nn.Module, image_conditioned: bool) -> Trainee:
+    """The UNet widened for the image condition (MVC's models), laid out and compiled as asked, with AdamW, the
+    learning-rate schedule and EMA, through `accelerator.prepare` (DDP where several processes run)."""
+    ft = cfg.finetune
+    unet = widen_conv_in(unet) if image_conditioned else unet
+    if ft.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if ft.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    unet.train()
+    unet = maybe_compile(unet, ft.compile, accelerator.device, "finetune.compile")  # the bare UNet, before DDP wraps it
+    opt = make_optimizer(ft.optimizer, unet.parameters(), accelerator.device, lr=ft.learning_rate, weight_decay=1e-2)
+    sched = get_scheduler(ft.lr_scheduler, opt, num_warmup_steps=ft.lr_warmup_steps * accelerator.num_processes,
+                          num_training_steps=ft.steps * accelerator.num_processes)
+    unet, opt, sched = accelerator.prepare(unet, opt, sched)
+    ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=ft.ema_decay) if ft.use_ema else None
+    home = "cpu" if ft.ema_offload else accelerator.device
+    if ema is not None:
+        ema.to(home)
+    return Trainee(unet, opt, sched, ema, home)
+
+
+def _resume(accelerator, t: Trainee, loop: LoopState, checkpoints: Path, loss_file: Path, desc: str) -> None:
+    """Register the loop's state and EMA for checkpointing, load the last checkpoint if there is one, and drop the
+    loss rows logged after it (they will be logged again)."""
+    accelerator.register_for_checkpointing(loop)
+    if t.ema is not None:
+        accelerator.register_for_checkpointing(t.ema)
+    found = list_checkpoints(checkpoints)
+    if found:
+        _load_checkpoint(accelerator, found[-1])
+        if t.ema is not None:
+            t.ema.to(t.ema_home)
+        log.info("%s: resumed from %s at step %d", desc, found[-1], loop.step)
+    if accelerator.is_main_process:
+        old = read_rows(loss_file)
+        if old is not None and (old["step"] >= loop.step).any():
+            write_csv(loss_file, old[old["step"] < loop.step])
+
+
+def _optimizer_step(cfg: StudyConfig, accelerator, t: Trainee, scheduler, data: TrainingData, loop: LoopState,
+                    per_device: int, model_name: str) -> torch.Tensor:
+    """One optimizer step over `gradient_accumulation_steps` forward passes, then EMA's update; the last loss."""
+    ft = cfg.finetune
+    for micro in range(ft.gradient_accumulation_steps):
+        with accelerator.accumulate(t.unet):
+            rng, gen = loop.generators(micro)  # seeded by (seed, rank, step, micro) on every device
+            latents, cond, text = (None if x is None else x.to(accelerator.device)
+                                   for x in make_batch(data, cfg, rng, per_device, model_name))
+            with accelerator.autocast():
+                loss = diffusion_loss(t.unet, scheduler, latents, text, cond, gen)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(t.unet.parameters(), ft.max_grad_norm)
+            t.opt.step()
+            t.sched.step()
+            t.opt.zero_grad(set_to_none=True)
+    if t.ema is not None:  # after zero_grad freed the gradients: an offloaded copy visits the device here only
+        t.ema.to(accelerator.device)
+        t.ema.step(accelerator.unwrap_model(t.unet).parameters())
+        t.ema.to(t.ema_home)
+    return loss
+
+
 def _train(cfg: StudyConfig, accelerator, model_name: str, show_progress: bool, max_steps: int | None) -> dict | None:
+    """Fine-tune model `model_name` (resuming from its last checkpoint); its summary once every step is done, {}
+    on the other processes, None when `max_steps` stopped it early."""
     ft, spec = cfg.finetune, MODELS[model_name]
     out, work = cfg.paths.model(model_name, spec.stage), cfg.paths.model_work(spec.stage)
     checkpoints, loss_file = work / "checkpoints", work / "loss.csv"
@@ -247,60 +221,18 @@ def _train(cfg: StudyConfig, accelerator, model_name: str, show_progress: bool, 
     vae = bb.vae.to(accelerator.device).requires_grad_(False).eval()
     data = training_data(cfg, vae)
     vae.to("cpu")  # latents are cached: the VAE leaves the device for the loop (it is saved with the model)
-    unet = widen_conv_in(bb.unet) if spec.image_conditioned else bb.unet
-    if ft.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    if ft.channels_last:
-        unet.to(memory_format=torch.channels_last)
-    unet.train()
-    unet = maybe_compile(unet, ft.compile, accelerator.device, "finetune.compile")  # the bare UNet, before DDP wraps it
-    opt = make_optimizer(ft.optimizer, unet.parameters(), accelerator.device, lr=ft.learning_rate, weight_decay=1e-2)
-    sched = get_scheduler(ft.lr_scheduler, opt, num_warmup_steps=ft.lr_warmup_steps * accelerator.num_processes,
-                          num_training_steps=ft.steps * accelerator.num_processes)
-    unet, opt, sched = accelerator.prepare(unet, opt, sched)
-    ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=ft.ema_decay) if ft.use_ema else None
-    ema_home = "cpu" if ft.ema_offload else accelerator.device  # where EMA's float32 copy lives between updates
-    if ema is not None:
-        ema.to(ema_home)
+    t = _prepare(cfg, accelerator, bb.unet, spec.image_conditioned)
     loop = LoopState(ft.seed, accelerator.process_index)
-    accelerator.register_for_checkpointing(loop)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    found = list_checkpoints(checkpoints)
-    if found:
-        _load_checkpoint(accelerator, found[-1])
-        if ema is not None:
-            ema.to(ema_home)
-        log.info("%s: resumed from %s at step %d", desc, found[-1], loop.step)
-    if accelerator.is_main_process:
-        old = read_rows(loss_file)
-        if old is not None and (old["step"] >= loop.step).any():  # rows logged after the checkpoint
-            write_csv(loss_file, old[old["step"] < loop.step])
+    _resume(accelerator, t, loop, checkpoints, loss_file, desc)
     rows = []
     bar = progress(total=ft.steps, initial=loop.step, desc=desc,
                    disable=not (show_progress and accelerator.is_main_process))
     while loop.step < ft.steps and (max_steps is None or loop.step < max_steps):
-        for micro in range(ft.gradient_accumulation_steps):
-            with accelerator.accumulate(unet):
-                rng, gen = loop.generators(micro)  # seeded by (seed, rank, step, micro) on every device
-                latents, cond, text = (None if t is None else t.to(accelerator.device)
-                                       for t in make_batch(data, cfg, rng, per_device, model_name))
-                with accelerator.autocast():
-                    loss = diffusion_loss(unet, bb.scheduler, latents, text, cond, gen)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), ft.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-        if ema is not None:  # after zero_grad freed the gradients: an offloaded copy visits the device here only
-            ema.to(accelerator.device)
-            ema.step(accelerator.unwrap_model(unet).parameters())
-            ema.to(ema_home)
+        loss = _optimizer_step(cfg, accelerator, t, bb.scheduler, data, loop, per_device, model_name)
         loop.step += 1
         bar.update(1)
         per_process = accelerator.gather(loss.detach().float()[None]).cpu()  # (processes,)
-        rows.append({"step": loop.step - 1, "loss": per_process.mean().item(), "lr": sched.get_last_lr()[0],
+        rows.append({"step": loop.step - 1, "loss": per_process.mean().item(), "lr": t.sched.get_last_lr()[0],
                      "loss_per_process": " ".join(f"{v:.6f}" for v in per_process.tolist())})
         if loop.step % ft.checkpoint_every == 0 or loop.step == ft.steps:
             if accelerator.is_main_process:
@@ -313,9 +245,9 @@ def _train(cfg: StudyConfig, accelerator, model_name: str, show_progress: bool, 
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
-    model = accelerator.unwrap_model(unet)
-    if ema is not None:
-        ema.copy_to(model.parameters())
+    model = accelerator.unwrap_model(t.unet)
+    if t.ema is not None:
+        t.ema.copy_to(model.parameters())
     losses = read_rows(loss_file)
     summary = {"world_size": accelerator.num_processes, "steps": loop.step,
                "final_loss": float(losses["loss"].tail(20).mean()), "device": str(accelerator.device),
@@ -349,38 +281,3 @@ def save_model(bb, unet, folder: Path, pipeline: str) -> None:
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Looking inside (notebook 03)
-
-
-def example_batch(cfg: StudyConfig, n: int = 6, seed: int = 0) -> pd.DataFrame:
-    """What one fine-tuning batch is made of: target and conditioning images, the mixed captions with their
-    weights, and which conditions were dropped. Drawn as the training loop draws, with its own seed."""
-    emb = load_caption_embeddings(cfg)
-    empty_latents = torch.zeros(len(emb.labels), 0)  # the draw needs no latents
-    data = TrainingData(empty_latents, empty_latents, emb.labels, emb.embeddings, emb.empty)
-    batch = draw_batch(data, cfg, np.random.default_rng(seed), n)
-    ids, texts = emb.frame["image_id"].to_numpy(), emb.frame["text"].tolist()
-    mixed = [" + ".join(f"{w:.2f} x [{texts[i]}]" for i, w in zip(batch.plan.indices[b], batch.plan.weights[b]))
-             for b in range(n)]
-    return pd.DataFrame({"target_image_id": ids[batch.targets], "condition_image_id": ids[batch.partners],
-                         "text_condition": mixed, "text_dropped": batch.drop_text, "image_dropped": batch.drop_image})
-
-
-def conv_in_table(cfg: StudyConfig) -> pd.DataFrame:
-    """`conv_in` of the backbone, widened (step 0) and fine-tuned: input channels and the weight norm on the
-    latent channels and on the conditioning-image channels (zero at step 0: the widened model is the backbone)."""
-    before = load_backbone(backbone_source(cfg), cfg.backbone.revision).unet
-    c = before.conv_in.in_channels
-    widened = widen_conv_in(load_backbone(backbone_source(cfg), cfg.backbone.revision).unet)
-    tuned = load_backbone(cfg.paths.mvc_model, field="runs/<study>/mvc").unet
-    rows = []
-    for name, unet in (("backbone", before), ("widened, step 0", widened), ("MVC fine-tuned", tuned)):
-        w = unet.conv_in.weight.detach().float()
-        rows.append({"model": name, "in_channels": unet.conv_in.in_channels,
-                     "norm on z_t channels": round(float(w[:, :c].norm()), 4),
-                     "norm on e_I channels": round(float(w[:, c:].norm()), 4) if w.shape[1] > c else None})
-    return pd.DataFrame(rows)
-

@@ -337,39 +337,3 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4,
         for i in range(len(rows_of)):
             out.append((f"{label}", [real[i]] + list(imgs[i * per_source: (i + 1) * per_source])))
     return out
-
-
-GUIDANCE_TEXT_SCALES = (1.0, 2.0, 4.0, 7.0)  # the columns and rows of notebook 04's guidance grid
-GUIDANCE_IMAGE_SCALES = (1.0, 1.5, 2.5, 4.0)
-
-
-def guidance_figure(cfg: StudyConfig, source_row: int = 0, seed: int = 0):
-    """`guidance_grid` as one image grid, its columns titled with their text scale (notebook 04)."""
-    from mvc import figures  # deferred: matplotlib is needed only here
-
-    return figures.image_grid(guidance_grid(cfg, source_row=source_row, seed=seed),
-                              ["source"] + [f"s_T={s}" for s in GUIDANCE_TEXT_SCALES])
-
-
-def guidance_grid(cfg: StudyConfig, text_scales=GUIDANCE_TEXT_SCALES, image_scales=GUIDANCE_IMAGE_SCALES,
-                  source_row: int = 0, seed: int = 0) -> list[tuple[str, list[np.ndarray]]]:
-    """One source image under every pair of guidance scales, the same noise and mix throughout (notebook 04):
-    a row per `s_I`, a column per `s_T`, the source image first."""
-    g = cfg.generate
-    device = pick_device(cfg.device)
-    emb = load_caption_embeddings(cfg)
-    dtype = sampling_dtype(device)
-    unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype,
-                                                        sets=list(mvc_set_names(g.modes[:1])))["mvc"]
-    rows = np.array([source_row])
-    text = mixes_of(emb, rows, [seed], g.modes[0], g.mixing)
-    noise = initial_noise([seed], latent_shape(cfg, unet, vae))
-    source = tensor_to_images(diffusion_images(cfg, emb.frame["image_id"].to_numpy()[rows]))[0]
-    grid = []
-    for s_image in image_scales:
-        imgs = [tensor_to_images(sample(unet, vae, make_scheduler(g.scheduler, sched_cfg), noise, text, emb.empty,
-                                        cond[rows], steps=g.steps, s_text=s_text, s_image=s_image))[0]
-                for s_text in text_scales]
-        grid.append((f"s_I={s_image}", [source] + imgs))
-    return grid
-

@@ -32,7 +32,7 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-from mvc import backbone, figures, finetune, generate, report
+from mvc import backbone, figures, finetune, generate, inside, report
 from mvc.notebook import open_study, show_items
 
 cfg = open_study(params, overrides)
@@ -49,7 +49,7 @@ for stage_name, run in finetune.MODEL_STAGES.items():  # MVC's `finetune` first,
 # caption always among the mixed ones) and which conditions were dropped for classifier-free guidance.
 
 # %%
-batch = finetune.example_batch(cfg, n=6)
+batch = inside.finetune_batch(cfg, n=6)
 batch
 
 # %%
@@ -62,7 +62,7 @@ figures.example_batch_figure(cfg, batch);
 # is exactly the backbone; fine-tuning makes them matter.
 
 # %%
-finetune.conv_in_table(cfg)
+inside.conv_in_table(cfg)
 
 # %% [markdown]
 # ## Loss curves

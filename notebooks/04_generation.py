@@ -28,7 +28,7 @@ params = "params/digits.yaml"  # a params file, relative to the repository root
 overrides = []  # each item overrides one field, written as for `mvc study --set`
 
 # %%
-from mvc import artifacts, generate, metrics, report
+from mvc import artifacts, generate, inside, metrics, report
 from mvc.notebook import open_study, show_items
 
 cfg = open_study(params, overrides)
@@ -45,7 +45,7 @@ sets = generate.generate_all(cfg)
 # `s_I`, a column per text scale `s_T` (after the source image); same noise and mix throughout.
 
 # %%
-generate.guidance_figure(cfg);
+inside.guidance_figure(cfg);
 
 # %% [markdown]
 # ## Image metrics

@@ -29,7 +29,7 @@ overrides = []  # each item overrides one field, written as for `mvc study --set
 
 # %%
 
-from mvc import classify, figures, report, report_text, statistics
+from mvc import classify, figures, inside, report, report_text, statistics
 from mvc.notebook import open_study
 
 cfg = open_study(params, overrides)
@@ -45,7 +45,7 @@ print(f"{len(results)} runs")
 # Each real image is replaced by one of its synthetic images with probability `p_synthetic`.
 
 # %%
-images, synthetic = classify.example_batch(cfg, "mvc")
+images, synthetic = inside.classifier_batch(cfg, "mvc")
 figures.marked_grid(images, synthetic);
 
 # %% [markdown]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mvc import artifacts, components, finetune, state
+from mvc import artifacts, components, finetune, state, training_batches
 from tests.conftest import REPO, launch_two_processes, run_until, smoke_config, smoke_through_backbone
 
 
@@ -19,10 +19,10 @@ def prepared(tmp_path):
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared):
     bb = components.load_backbone(prepared.paths.backbone)
-    batch = finetune.training_data(prepared, bb.vae)
+    batch = training_batches.training_data(prepared, bb.vae)
     unet = components.widen_conv_in(bb.unet).train()
     rng = np.random.default_rng(0)
-    latents, cond, emb = finetune.make_batch(batch, prepared, rng, 12)
+    latents, cond, emb = training_batches.make_batch(batch, prepared, rng, 12)
     opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
 
     def loss():
@@ -94,23 +94,23 @@ def test_a_text_only_batch_is_each_images_own_caption_and_no_image():
 
     cfg = load_config(REPO / "params/smoke.yaml", ["finetune.drop_text=0.1", "finetune.drop_both=0.2"])
     labels = np.repeat(np.arange(4), 5)
-    data = finetune.TrainingData(latents=torch.randn(20, 4, 2, 2), cond_latents=torch.randn(20, 4, 2, 2),
+    data = training_batches.TrainingData(latents=torch.randn(20, 4, 2, 2), cond_latents=torch.randn(20, 4, 2, 2),
                                  labels=labels, embeddings=torch.randn(20, 3, 8), empty=torch.zeros(3, 8))
-    batch = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True, mixing_mode="none")
+    batch = training_batches.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True, mixing_mode="none")
     assert (batch.plan.indices[:, 0] == batch.targets).all() and batch.plan.indices.shape[1] == 1
     assert batch.cond.shape[1] == 0 and not batch.drop_image.any()
     kept = ~batch.drop_text
     assert torch.equal(batch.text[kept], data.embeddings[batch.targets[kept]])
     assert (batch.text[batch.drop_text] == 0).all() and abs(batch.drop_text.mean() - 0.3) < 0.03
-    latents, cond, text = finetune.make_batch(data, cfg, np.random.default_rng(0), 8, "sd_finetuned")
+    latents, cond, text = training_batches.make_batch(data, cfg, np.random.default_rng(0), 8, "sd_finetuned")
     assert cond is None and latents.shape == (8, 4, 2, 2)
-    mixed = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True)  # the model's batches
+    mixed = training_batches.draw_batch(data, cfg, np.random.default_rng(0), 4000, text_only=True)  # its batches
     assert cfg.finetune.mixing.mode == "coarse+fine" and mixed.plan.indices.shape[1] > 1
     assert (mixed.plan.indices == mixed.targets[:, None]).any(1).all()  # the target's caption is in every mix
     assert mixed.cond.shape[1] == 0 and not mixed.drop_image.any()
-    mvc = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000)  # MVC's: mixed captions, an image
+    mvc = training_batches.draw_batch(data, cfg, np.random.default_rng(0), 4000)  # MVC's: mixed captions, an image
     assert mvc.plan.indices.shape[1] > 1 and mvc.cond.shape[1] == 4
-    own = finetune.draw_batch(data, cfg, np.random.default_rng(0), 4000, mixing_mode="none")  # the ablation's
+    own = training_batches.draw_batch(data, cfg, np.random.default_rng(0), 4000, mixing_mode="none")  # the ablation's
     assert (own.plan.indices[:, 0] == own.targets).all() and own.plan.indices.shape[1] == 1 and own.cond.shape[1] == 4
     assert own.drop_image.any() and (own.partners != own.targets).any()
 
@@ -181,13 +181,13 @@ def test_a_batch_that_cannot_be_split_evenly_over_the_processes_is_refused():
 
 def test_sampled_targets_vary_around_the_posterior_mode(prepared):
     bb = components.load_backbone(prepared.paths.backbone)
-    mode = finetune.training_data(prepared, bb.vae)
+    mode = training_batches.training_data(prepared, bb.vae)
     sampled_ft = prepared.finetune.model_copy(update={"target_latents": "sample"})
     sampled_cfg = prepared.model_copy(update={"finetune": sampled_ft})
-    sampled = finetune.training_data(sampled_cfg, bb.vae)
-    a = finetune.draw_batch(mode, prepared, np.random.default_rng(0), 8)
-    b = finetune.draw_batch(sampled, sampled_cfg, np.random.default_rng(0), 8)
-    c = finetune.draw_batch(sampled, sampled_cfg, np.random.default_rng(0), 8)
+    sampled = training_batches.training_data(sampled_cfg, bb.vae)
+    a = training_batches.draw_batch(mode, prepared, np.random.default_rng(0), 8)
+    b = training_batches.draw_batch(sampled, sampled_cfg, np.random.default_rng(0), 8)
+    c = training_batches.draw_batch(sampled, sampled_cfg, np.random.default_rng(0), 8)
     assert (a.targets == b.targets).all() and torch.equal(a.cond, b.cond)  # the same draw of everything else
     assert not torch.allclose(a.latents, b.latents) and torch.equal(b.latents, c.latents)  # seeded
     spread = (b.latents - a.latents).abs() / sampled.latent_std[b.targets]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvc import components, finetune, footprint, generate, memory, runtime, samplers
+from mvc import components, finetune, footprint, generate, memory, runtime, samplers, training_batches
 from mvc.artifacts import DiffusionImages, load_caption_embeddings
 from tests.conftest import REPO, smoke_through_backbone
 
@@ -157,7 +157,7 @@ def test_conditioning_latents_at_generation_equal_those_of_training_in_bf16(prep
     finetune.finetune(prepared, show_progress=False)
     emb = load_caption_embeddings(prepared)
     bb = components.load_backbone(prepared.paths.mvc_model)
-    trained = finetune.training_data(prepared, bb.vae).cond_latents
+    trained = training_batches.training_data(prepared, bb.vae).cond_latents
     unet, vae, _, cond = generate.load_generation_models(prepared, emb, "cpu", torch.bfloat16,
                                                          sets=["mvc_coarse"])["mvc"]
     assert unet.dtype == torch.bfloat16 and vae.dtype == torch.float32
