@@ -50,13 +50,9 @@ def source_domain(cfg: StudyConfig, names: list[str]) -> tuple[torch.Tensor, lis
     return images_to_tensor(images, cfg.backbone.resolution), texts
 
 
-def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
-    """Train the surrogate's VAE and UNet on the unlabelled pool with class-free captions, and on the labelled
-    source domain (if any) with class captions; save a diffusers folder that `StableDiffusionPipeline` loads."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.optimization import get_scheduler
-
-    s, res = cfg.backbone.surrogate, cfg.backbone.resolution
+def _pretraining_data(cfg: StudyConfig) -> tuple[torch.Tensor, list[str]]:
+    """The pool's images with their class-free captions, and the labelled source domain's (if any) with class
+    captions: what the surrogate learns from."""
     splits, captions = stored_splits(cfg), load_captions(cfg)
     pool = splits[splits["split"] == "pool"]
     if pool.empty:
@@ -66,16 +62,21 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
     pool_caps = captions.set_index("image_id").reindex(pool["image_id"])["caption"]
     if pool_caps.isna().any():
         raise ValueError("captions.csv lacks captions of pool images: add 'pool' to caption.splits")
-    torch.manual_seed(s.seed)
-    gen = torch.Generator().manual_seed(s.seed)
     x = diffusion_images(cfg, pool["image_id"].to_numpy())
     texts = [f"{cfg.data.generic_prompt}, {c}" for c in pool_caps]
     source_x, source_texts = source_domain(cfg, class_names(splits))
     if source_texts:  # the labelled source domain: the classes, named, in another domain
         x, texts = torch.cat([x, source_x]), texts + source_texts
-    log_rows = []
+    return x, texts
 
-    vae = build_surrogate_vae(s, res)
+
+def _train_vae(s, resolution: int, x: torch.Tensor, gen: torch.Generator, log_rows: list[dict],
+               show_progress: bool):
+    """The VAE trained to reconstruct `x` (MSE plus a small KL term), frozen, with the scaling factor that gives
+    its latents unit variance; returns it and the scaled latent means of `x`."""
+    from diffusers.optimization import get_scheduler
+
+    vae = build_surrogate_vae(s, resolution)
     opt = adamw(vae.parameters(), "cpu", lr=s.vae_lr)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(20, s.vae_steps // 10), num_training_steps=s.vae_steps)
     for step, idx in enumerate(progress(_batches(len(x), s.vae_batch_size, s.vae_steps, gen), total=s.vae_steps,
@@ -93,17 +94,27 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
         dist = torch.cat([vae.encode(x[i: i + 256]).latent_dist.mean for i in range(0, len(x), 256)])
     scale = float(1.0 / dist.std())
     vae.register_to_config(scaling_factor=scale)
-    latents = dist * scale
+    return vae, dist * scale
 
+
+def _text_table(cfg: StudyConfig, texts: list[str]):
+    """The frozen text encoder's parts and its embedding of each distinct caption once: (tokenizer, model, the
+    table, each caption's row in it, the empty prompt's embedding)."""
     tokenizer, text_model, _ = text_components(cfg)
     encoder = TextEncoder(tokenizer, text_model, cfg.text.max_length)
     uniq = sorted(set(texts))
     table = torch.cat([encoder(uniq[i: i + 256]) for i in range(0, len(uniq), 256)])
     row_of = {t: i for i, t in enumerate(uniq)}  # a dict: list.index would be quadratic in the pool size
-    text_idx = torch.tensor([row_of[t] for t in texts])
-    empty = encoder([EMPTY_PROMPT])[0]
+    return tokenizer, text_model, table, torch.tensor([row_of[t] for t in texts]), encoder([EMPTY_PROMPT])[0]
 
-    unet = build_surrogate_unet(s, latents.shape[-1], text_model.config.hidden_size)
+
+def _train_unet(s, latents: torch.Tensor, text_width: int, table: torch.Tensor, text_idx: torch.Tensor,
+                empty: torch.Tensor, gen: torch.Generator, log_rows: list[dict], show_progress: bool):
+    """The text-conditioned UNet trained on the latents (a tenth of the captions dropped, so that the model also
+    learns the unconditional prediction guidance needs); returns it and its noise scheduler."""
+    from diffusers.optimization import get_scheduler
+
+    unet = build_surrogate_unet(s, latents.shape[-1], text_width)
     scheduler = noise_scheduler(s)
     opt = adamw(unet.parameters(), "cpu", lr=s.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, s.unet_steps // 10), num_training_steps=s.unet_steps)
@@ -119,8 +130,24 @@ def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
         opt.step()
         sched.step()
         log_rows.append({"part": "unet", "step": step, "loss": loss.item()})
+    return unet.eval(), scheduler
 
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_model, tokenizer=tokenizer, unet=unet.eval(),
+
+def pretrain_surrogate(cfg: StudyConfig, show_progress: bool = True) -> Path:
+    """Train the surrogate's VAE and UNet on the unlabelled pool with class-free captions, and on the labelled
+    source domain (if any) with class captions; save a diffusers folder that `StableDiffusionPipeline` loads."""
+    from diffusers import StableDiffusionPipeline
+
+    s = cfg.backbone.surrogate
+    torch.manual_seed(s.seed)  # before the data: the order the draws were always made in
+    gen = torch.Generator().manual_seed(s.seed)
+    x, texts = _pretraining_data(cfg)
+    log_rows: list[dict] = []
+    vae, latents = _train_vae(s, cfg.backbone.resolution, x, gen, log_rows, show_progress)
+    tokenizer, text_model, table, text_idx, empty = _text_table(cfg, texts)
+    unet, scheduler = _train_unet(s, latents, text_model.config.hidden_size, table, text_idx, empty, gen, log_rows,
+                                  show_progress)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_model, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     out = cfg.paths.backbone

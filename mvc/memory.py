@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from mvc.footprint import (
     BASE_HOST,
@@ -73,79 +74,112 @@ def _config(cls, source: str, subfolder: str, fallback: dict) -> dict:
         return dict(fallback)
 
 
-def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePrediction]:
-    """Peak memory (GiB) of each Stable Diffusion stage of `cfg` on `device` with `capacity` GiB (which sets the
-    VAE's batches): device memory on a GPU (`max_memory_allocated`, plus the CUDA context), host memory of the
-    stage's process on a CPU."""
+@dataclass(frozen=True)
+class Sizes:
+    """What every stage's prediction reads: the device, the networks' parameter counts and widths relative to SD
+    1.5's, the pixels relative to 512 x 512, the memory every process holds, and the labelled images there are."""
+
+    cfg: Any
+    device: str
+    gpu: bool
+    capacity: float  # GiB of the card (sets the VAE's batches)
+    vae_cfg: dict
+    unet_p: int
+    vae_p: int
+    text_p: int
+    px: float
+    vae_width: float
+    unet_width: float
+    base: float
+    n: int
+
+
+def _sizes(cfg, device: str, capacity: float) -> Sizes:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from mvc.runtime import effective_mixed_precision
-
-    if cfg.backbone.kind != "pretrained":
-        return []
-    gpu = device != "cpu"
     unet_cfg = _config(UNet2DConditionModel, cfg.backbone.model, "unet", SD15_UNET)
     vae_cfg = _config(AutoencoderKL, cfg.backbone.model, "vae", SD15_VAE)
-    unet_p = _params(UNet2DConditionModel, {**unet_cfg, "in_channels": 2 * unet_cfg.get("in_channels", 4)})
-    vae_p = _params(AutoencoderKL, vae_cfg)
-    text_p = 123_060_480  # CLIP ViT-L/14's text tower; small beside the UNet
-    px = (cfg.backbone.resolution / 512) ** 2
-    vae_width = vae_cfg.get("block_out_channels", [128])[0] / 128
-    unet_width = unet_cfg.get("block_out_channels", [320])[0] / 320
-    base = CUDA_CONTEXT if gpu else BASE_HOST
-    n = labelled_images(cfg) or 10**9  # batches cannot exceed the images there are
-    g = GIB
-    out = []
+    gpu = device != "cpu"
+    return Sizes(cfg, device, gpu, capacity, vae_cfg,
+                 unet_p=_params(UNet2DConditionModel, {**unet_cfg, "in_channels": 2 * unet_cfg.get("in_channels", 4)}),
+                 vae_p=_params(AutoencoderKL, vae_cfg),
+                 text_p=123_060_480,  # CLIP ViT-L/14's text tower; small beside the UNet
+                 px=(cfg.backbone.resolution / 512) ** 2,
+                 vae_width=vae_cfg.get("block_out_channels", [128])[0] / 128,
+                 unet_width=unet_cfg.get("block_out_channels", [320])[0] / 320,
+                 base=CUDA_CONTEXT if gpu else BASE_HOST,
+                 n=labelled_images(cfg) or 10**9)  # batches cannot exceed the images there are
 
+
+def _caption(z: Sizes) -> StagePrediction | None:
+    cfg, g = z.cfg, GIB
     captioner = CAPTIONERS[cfg.caption.backend]
-    if captioner.weights is not None:  # a model worth counting (BLIP-2); the attribute captioner is not
-        weights = captioner.weights(cfg.caption) * (2 if gpu else 4) / g  # float16 on a GPU, float32 on a CPU
-        act = scaled(CAPTION, min(cfg.caption.batch_size, n), 1.0, bytes_=2 if gpu else 4)
-        out.append(StagePrediction("caption", base + weights + act,
-                                   {f"{captioner.name} weights": weights, "activations": act}, "caption.batch_size"))
+    if captioner.weights is None:  # only a model worth counting (BLIP-2); the attribute captioner is not
+        return None
+    weights = captioner.weights(cfg.caption) * (2 if z.gpu else 4) / g  # float16 on a GPU, float32 on a CPU
+    act = scaled(CAPTION, min(cfg.caption.batch_size, z.n), 1.0, bytes_=2 if z.gpu else 4)
+    return StagePrediction("caption", z.base + weights + act,
+                           {f"{captioner.name} weights": weights, "activations": act}, "caption.batch_size")
 
-    enc_batch = min(n, encode_batch_size(vae_cfg, cfg.backbone.resolution, capacity))
-    enc = {"VAE weights": vae_p * 4 / g, "activations": scaled(ENCODE, enc_batch, px, vae_width)}
-    if not gpu:
-        enc["text encoder, UNet (host)"] = (text_p + unet_p) * 4 / g
-    out.append(StagePrediction("latent cache", base + sum(enc.values()), enc, "automatic (encoding batch)"))
 
-    ft = cfg.finetune
-    precision = effective_mixed_precision(ft.mixed_precision, device, field="memory model") if not gpu else \
-        ft.mixed_precision
+def _latent_cache(z: Sizes) -> StagePrediction:
+    g = GIB
+    enc_batch = min(z.n, encode_batch_size(z.vae_cfg, z.cfg.backbone.resolution, z.capacity))
+    enc = {"VAE weights": z.vae_p * 4 / g, "activations": scaled(ENCODE, enc_batch, z.px, z.vae_width)}
+    if not z.gpu:
+        enc["text encoder, UNet (host)"] = (z.text_p + z.unet_p) * 4 / g
+    return StagePrediction("latent cache", z.base + sum(enc.values()), enc, "automatic (encoding batch)")
+
+
+def _finetune_step(z: Sizes) -> StagePrediction:
+    from mvc.runtime import effective_mixed_precision
+
+    ft, g, unet_p = z.cfg.finetune, GIB, z.unet_p
+    precision = ft.mixed_precision if z.gpu else effective_mixed_precision(ft.mixed_precision, z.device,
+                                                                            field="memory model")
     half = precision in ("bf16", "fp16")
     micro = ft.batch_size  # one process's micro-batch (accumulation keeps it)
     train = {"UNet weights (fp32)": unet_p * 4 / g, "gradients": unet_p * 4 / g,
              "optimizer states": unet_p * (2 if ft.optimizer == "adamw8bit" else 8) / g}
-    if ft.use_ema and (not ft.ema_offload or not gpu):
+    if ft.use_ema and (not ft.ema_offload or not z.gpu):
         train["EMA copy"] = unet_p * 4 / g
-    if half and gpu:
+    if half and z.gpu:
         train["autocast weight copies"] = unet_p * 2 / g
     coeff = TRAIN_CHECKPOINTED if ft.gradient_checkpointing else TRAIN_FULL
-    train["activations"] = scaled(coeff, micro, px, unet_width, 2 if half else 4)
-    if not gpu:
-        train["VAE, text encoder (host)"] = (vae_p + text_p) * 4 / g
+    train["activations"] = scaled(coeff, micro, z.px, z.unet_width, 2 if half else 4)
+    if not z.gpu:
+        train["VAE, text encoder (host)"] = (z.vae_p + z.text_p) * 4 / g
     lower = "finetune.batch_size (with gradient_accumulation_steps for the same total)" + \
         ("" if ft.gradient_checkpointing else ", finetune.gradient_checkpointing: true") + \
         ("" if ft.optimizer == "adamw8bit" else ", finetune.optimizer: adamw8bit") + \
         (", finetune.ema_offload: true" if ft.use_ema and not ft.ema_offload else "")
-    out.append(StagePrediction("finetune step", base + sum(train.values()), train, lower))
+    return StagePrediction("finetune step", z.base + sum(train.values()), train, lower)
 
-    gen = cfg.generate
-    unet_bytes = 2 if gpu else 4  # bf16 weights on a GPU, float32 on a CPU
-    used = models_of_sets(synthetic_set_names(gen))
-    n_unets = len(used)
-    dec_batch = encode_batch_size(vae_cfg, cfg.backbone.resolution, capacity, DECODE, cap=4096)
-    sample = {"UNet weights": n_unets * unet_p * unet_bytes / g, "VAE weights (fp32)": vae_p * 4 / g,
-              "sampling activations": scaled(SAMPLE, min(gen.batch_size, n * gen.images_per_source), px, unet_width,
-                                              unet_bytes),
-              "decoding": scaled(DECODE, min(gen.batch_size, dec_batch, n * gen.images_per_source), px, vae_width)}
+
+def _generate_batch(z: Sizes) -> StagePrediction:
+    gen, g = z.cfg.generate, GIB
+    unet_bytes = 2 if z.gpu else 4  # bf16 weights on a GPU, float32 on a CPU
+    n_unets = len(models_of_sets(synthetic_set_names(gen)))
+    dec_batch = encode_batch_size(z.vae_cfg, z.cfg.backbone.resolution, z.capacity, DECODE, cap=4096)
+    images = z.n * gen.images_per_source
+    sample = {"UNet weights": n_unets * z.unet_p * unet_bytes / g, "VAE weights (fp32)": z.vae_p * 4 / g,
+              "sampling activations": scaled(SAMPLE, min(gen.batch_size, images), z.px, z.unet_width, unet_bytes),
+              "decoding": scaled(DECODE, min(gen.batch_size, dec_batch, images), z.px, z.vae_width)}
     if any(set_spec(s)[0].draws.img2img for s in synthetic_set_names(gen)):
-        sample["text encoder"] = text_p * 4 / g
-    if not gpu:  # each model's folder brings its text encoder and VAE into host memory, used or not
-        sample["idle text encoders, VAEs (host)"] = (n_unets * text_p + (n_unets - 1) * vae_p) * 4 / g
-    out.append(StagePrediction("generate batch", base + sum(sample.values()), sample, "generate.batch_size"))
-    return out
+        sample["text encoder"] = z.text_p * 4 / g
+    if not z.gpu:  # each model's folder brings its text encoder and VAE into host memory, used or not
+        sample["idle text encoders, VAEs (host)"] = (n_unets * z.text_p + (n_unets - 1) * z.vae_p) * 4 / g
+    return StagePrediction("generate batch", z.base + sum(sample.values()), sample, "generate.batch_size")
+
+
+def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePrediction]:
+    """Peak memory (GiB) of each Stable Diffusion stage of `cfg` on `device` with `capacity` GiB (which sets the
+    VAE's batches): device memory on a GPU (`max_memory_allocated`, plus the CUDA context), host memory of the
+    stage's process on a CPU."""
+    if cfg.backbone.kind != "pretrained":
+        return []
+    z = _sizes(cfg, device, capacity)
+    return [p for p in (_caption(z), _latent_cache(z), _finetune_step(z), _generate_batch(z)) if p is not None]
 
 
 def labelled_images(cfg) -> int | None:
