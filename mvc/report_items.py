@@ -231,7 +231,9 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
     ReportItem("paired_tests", "table", "Ablations and tests",
                "MVC minus each baseline (top-1 points) at each shots level, paired over classifier seeds, with a "
                "t-test and Holm's correction over the baselines of a level; the comparator fixed in advance is "
-               "{report.comparator} (comparator = True). {paired_interval}", lambda d: d.paired),
+               "{report.comparator} (comparator = True); mde80: the smallest difference the same test detects with "
+               "80% power (two-sided, 5%, before Holm's correction), so a difference not resolved may still be any "
+               "size below it. {paired_interval}", lambda d: d.paired),
     ReportItem("ablation", "table", "Ablations and tests",
                "MVC under one change each (mixing mode, images per source M, p_synthetic), beside one- and two-phase "
                "MVC on the same seeds; mean and 95% interval over those seeds.",

@@ -19,6 +19,21 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(values.mean()), float(half)
 
 
+def detectable_difference(units: np.ndarray, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean difference a two-sided paired t-test over `units` detects with probability `power`
+    at level `alpha` (uncorrected), given their spread: what a "no difference" cannot rule out. NaN below 2 units
+    or without spread."""
+    from statsmodels.stats.power import TTestPower  # deferred: only the paired tests need it
+
+    units = np.asarray(units, dtype=float)
+    sd = units.std(ddof=1) if len(units) > 1 else 0.0
+    if len(units) < 2 or sd == 0:
+        return float("nan")
+    d = TTestPower().solve_power(effect_size=None, nobs=len(units), alpha=alpha, power=power,
+                                 alternative="two-sided")
+    return float(d * sd)
+
+
 def replicate_means(values: pd.Series, replicates: pd.Series | None) -> np.ndarray:
     """The mean of `values` within each replicate (one value per replicate); the values themselves when there is
     one replicate (or no replicate column): the units an interval is taken over."""
@@ -92,7 +107,9 @@ def paired_tests(results: pd.DataFrame, method: str | None = None, comparator: s
     t-test and Holm's correction over the family; the comparator fixed in advance (`report.comparator`, default: the
     `tuned_classical` role) is marked. With several replicates of the generative pipeline the paired differences
     are averaged within each replicate and the test and interval are over those replicate means (a replicate's
-    seeds are not independent draws of the pipeline)."""
+    seeds are not independent draws of the pipeline). `mde80`: the difference the test would detect 80% of the time
+    (`detectable_difference`), beside every p-value, so that a "no difference" says how large a difference it
+    cannot rule out."""
     method = method or role_of("under_test")
     comparator = comparator or role_of("tuned_classical")
     main = at_shots(results[results["variant"] == "main"], shots)
@@ -119,7 +136,7 @@ def paired_tests(results: pd.DataFrame, method: str | None = None, comparator: s
         rows.append({"method": method, "baseline": baseline, "comparator": baseline == comparator,
                      "seeds": len(seeds), "replicates": len(units) if replicate is not None and
                      replicate.nunique() > 1 else 1, "difference": round(m, 2), "ci95": round(h, 2), "p_value": p,
-                     "note": note})
+                     "mde80": round(detectable_difference(units), 2), "note": note})
     table = pd.DataFrame(rows)
     if len(table):
         table["p_holm"] = [round(v, 4) for v in holm(table["p_value"].tolist())]

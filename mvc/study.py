@@ -16,14 +16,13 @@ from importlib import metadata
 from pathlib import Path
 
 import psutil
-from tqdm.auto import tqdm
 
 from mvc import state
 from mvc.config import StudyConfig, load_config
 from mvc.io import atomic_path, ensure_writable, write_json
 from mvc.lock import LOCK_ENV, study_lock
 from mvc.paths import NOTEBOOKS_DIR, REPO_ROOT, resolve_path, shown
-from mvc.progress import PROGRESS_ENV
+from mvc.progress import PROGRESS_ENV, bar
 from mvc.resources import check_memory
 from mvc.stages import NOTEBOOKS, STAGES, notebook_stages
 from mvc.state import FORCE_ENV
@@ -102,7 +101,11 @@ class StageProgress:
         if self._bar is None or desc != self._desc:
             if self._bar is not None:
                 self._bar.close()
-            self._bar = tqdm(total=info.get("total"), desc=desc, unit=info.get("unit", "it"), leave=False)
+            # the kernel's counts, mirrored: the rate is the kernel's (in its record), not this bar's
+            counted = ("{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]" if sys.stderr.isatty() else
+                       "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}]")
+            shape = {"bar_format": counted} if info.get("total") else {}
+            self._bar = bar(total=info.get("total"), desc=desc, unit=info.get("unit", "it"), leave=False, **shape)
             self._desc = desc
         self._bar.n = info.get("n", 0)
         self._bar.refresh()
@@ -323,7 +326,7 @@ def _run_notebooks(cfg: StudyConfig, chosen: list[str], params_path: Path, overr
     cfg.paths.executed_notebooks.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(cfg.paths.executed_notebooks):
         log.info("removed %s, left by an interrupted run", stale.name)
-    for nb in tqdm(chosen, desc=f"study {cfg.study}", unit="notebook", disable=not show_progress):
+    for nb in bar(chosen, desc=f"study {cfg.study}", unit="notebook", disable=not show_progress):
         output = cfg.paths.executed_notebooks / NOTEBOOKS[nb]
         nb_stages = notebook_stages(nb)
         up_to_date = all(state.is_done(cfg, s) for s in nb_stages) and output.exists()

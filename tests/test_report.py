@@ -42,6 +42,18 @@ def test_paired_tests_against_every_baseline_with_holm(results):
     assert (t["p_holm"] >= t["p_value"] - 1e-9).all()
 
 
+def test_the_detectable_difference_is_found_80_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    units = rng.normal(0.0, 1.5, 5)
+    mde = statistics.detectable_difference(units)
+    assert mde > 0 and np.isnan(statistics.detectable_difference(units[:1]))
+    draws = rng.normal(mde, units.std(ddof=1), (4000, 5))  # a true difference of mde, at the observed spread
+    found = (stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05).mean()
+    assert found == pytest.approx(0.8, abs=0.03)
+    half = statistics.detectable_difference(units) / 2
+    assert (stats.ttest_1samp(rng.normal(half, units.std(ddof=1), (4000, 5)), 0.0, axis=1).pvalue < 0.05).mean() < 0.5
+
+
 def test_holm_adjustment():
     # three p-values: the smallest times 3, the next times 2 (kept monotone), the largest as it is
     assert statistics.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])

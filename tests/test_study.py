@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import re
@@ -133,6 +134,11 @@ def test_smoke_study_end_to_end_through_papermill(smoke_study):
     assert prov["packages"]["torch"] and prov["params"]["study"] == "smoke" and prov["git_revision"]
     assert "Unable to parse" not in out.stderr and "unknown parameter" not in out.stderr  # papermill's warnings
     assert re.search(r"03 finetune.*\d+/\d+", out.stderr)  # the running stage's progress, in the terminal
+    # a log that is not a terminal (this one is a pipe): whole lines, at most one per tenth of a bar (and per 30 s)
+    assert "\r" not in out.stderr
+    bars = collections.Counter(m.group(1) for m in re.finditer(r"^(.+?): +\d+%", out.stderr, re.M))
+    assert bars["03 finetune"] >= 1 and max(bars.values()) <= 12, bars
+    assert len(out.stderr.splitlines()) < 200
 
 
 @pytest.mark.slow
