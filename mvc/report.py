@@ -136,6 +136,8 @@ def write_index(cfg: StudyConfig) -> Path:
 def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     """Figures, tables and index.html for one study."""
     written = write_items(cfg)
+    if cfg.paths.results.exists():  # the per-seed runs, so that anyone can recompute every table from them
+        shutil.copyfile(cfg.paths.results, cfg.paths.report / "results.csv")
     write_index(cfg)
     return {"figures": sum(ITEM[k].kind == "figure" for k in written),
             "tables": sum(ITEM[k].kind == "table" for k in written),

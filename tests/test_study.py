@@ -10,6 +10,7 @@ import sys
 
 import jupytext
 import nbformat
+import pandas as pd
 import pytest
 
 from mvc.paths import REPO_ROOT
@@ -123,6 +124,8 @@ def test_smoke_study_end_to_end_through_papermill(smoke_study):
                 "figure4_generation_pipeline", "figure5_real_mvc_naive", "classification_bars", "finetune_loss"):
         assert (report / "figures" / f"{fig}.png").exists() and (report / "figures" / f"{fig}.pdf").exists()
     assert (report / "figures" / "finetune_samples.png").exists()  # drawn by the generate stage, not a cell
+    runs = pd.read_csv(report / "results.csv")  # the per-seed runs beside the tables computed from them
+    assert {"method", "seed"} <= set(runs) and len(runs) == len(pd.read_csv(tmp_path / "runs/smoke/results.csv"))
     for table in ("classification", "image_metrics", "paired_tests"):
         for ext in ("csv", "md", "tex"):
             assert (report / "tables" / f"{table}.{ext}").exists()
