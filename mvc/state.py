@@ -246,10 +246,6 @@ def require(cfg: StudyConfig, stage: str) -> None:
         f"run is '{first}' (`mvc {first} PARAMS`, `mvc study PARAMS --notebooks {nb}-06` or notebook {nb} onwards)")
 
 
-def _process_state(cfg: StudyConfig):
-    return process_state(cfg.device)
-
-
 def stage(name: str, reader: Callable[[StudyConfig], Any], distributed: bool = False) -> Callable:
     """Wrap the body of stage `name` (declared in `mvc.stages`): skip it when up to date (returning `reader(cfg)`,
     its result read from disk); else delete stale outputs, check the stages before it, set threads, time the body
@@ -265,7 +261,7 @@ def stage(name: str, reader: Callable[[StudyConfig], Any], distributed: bool = F
         @functools.wraps(body)
         def run(cfg: StudyConfig, *args, force: bool = False, **kwargs) -> Any:
             force = force or bool(os.environ.get(FORCE_ENV))
-            dist = _process_state(cfg) if distributed else None
+            dist = process_state(cfg.device) if distributed else None
             main = dist is None or dist.is_main_process
             if main:
                 ensure_writable(cfg.paths.run, "runs_root")
