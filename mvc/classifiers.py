@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from mvc.config import ClassifyConfig
-from mvc.registry import METHODS, method_sets
+from mvc.registry import METHODS
 from mvc.runtime import adamw, seed_everything
 
 
@@ -158,6 +158,14 @@ class ClassificationData:
     source: tuple[torch.Tensor, torch.Tensor] | None = None  # the labelled source domain (uint8 NCHW, labels)
 
 
+PSEUDO_LABELLED = "pseudo_labelled_pool"  # the key of the pseudo-labelled pool in ClassificationData.synthetic
+
+
+def replacement_sets(spec: RunSpec) -> list[str]:
+    """What may replace a real image of `spec`'s batches: its synthetic sets, and the pseudo-labelled pool."""
+    return list(spec.synthetic_sets) + ([PSEUDO_LABELLED] if METHODS[spec.method].pseudo_labels else [])
+
+
 class SyntheticSampler:
     """Replaces each real image of a batch by one of its synthetic images with probability `p`."""
 
@@ -199,7 +207,7 @@ class RunSpec:
 
 def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool, bool]]:
     """[(steps, lr scale, synthetic allowed, on the source domain)] per phase; every method totals `c.steps`."""
-    synthetic = bool(method_sets(method, c))
+    synthetic = METHODS[method].draws_images(c)
     if METHODS[method].two_phase:  # phase 2: real images only, a fresh cosine schedule at a lower rate
         second = max(1, round(c.two_phase_fraction * c.steps))
         return [(c.steps - second, 1.0, synthetic, False), (second, c.two_phase_lr_scale, False, False)]
@@ -225,7 +233,8 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
     model.to(memory_format=layout)
     per_image = method_transform(spec.method, c, resolution)
     per_batch = batch_transform(spec.method, c, data.num_classes)
-    sampler = SyntheticSampler(data, list(spec.synthetic_sets), spec.max_per_source) if spec.synthetic_sets else None
+    sets = replacement_sets(spec)
+    sampler = SyntheticSampler(data, sets, spec.max_per_source) if sets else None
     if c.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
     else:

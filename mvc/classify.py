@@ -23,13 +23,13 @@ from mvc.artifacts import (
     load_synthetic,
     shots_label,
 )
-from mvc.classifiers import ClassificationData, RunSpec, evaluate, normalize, train_classifier
+from mvc.classifiers import PSEUDO_LABELLED, ClassificationData, RunSpec, evaluate, normalize, train_classifier
 from mvc.config import StudyConfig
 from mvc.grid import grid, run_key
 from mvc.imaging import to_chw
 from mvc.io import append_rows, merge_parts, part_file, read_rows, rows_and_parts
 from mvc.progress import progress
-from mvc.registry import METHODS, set_images_per_source
+from mvc.registry import METHODS, method_sets, role_of, set_images_per_source
 from mvc.runtime import pick_device, process_state
 from mvc.source_domains import source_domain_images
 from mvc.state import stage
@@ -62,9 +62,11 @@ def judged_as_intended(cfg: StudyConfig, images: torch.Tensor, labels: np.ndarra
 
 
 def load_classification_data(cfg: StudyConfig, sets: list[str] = (), source: bool = False,
-                             filtered: bool = False) -> ClassificationData:
+                             filtered: bool = False, label_noise: bool = False,
+                             pseudo_labels: bool = False) -> ClassificationData:
     """The real train and test images, the named synthetic sets (with `filtered`, only their images the judge
-    labels as intended) and (`source`) the labelled source domain, as tensors."""
+    labels as intended; with `label_noise`, as wrong as MVC's: `add_label_noise`), (`source`) the labelled source
+    domain and (`pseudo_labels`) the pseudo-labelled pool (`pseudo_labelled_pool`), as tensors."""
     splits, images = load_splits(cfg), load_images(cfg)
     train, test = splits[splits["split"] == "train"], splits[splits["split"] == cfg.classify.evaluate_on]
     data = ClassificationData(to_chw(images[train["image_id"].to_numpy()]), torch.tensor(train["label"].to_numpy()),
@@ -79,17 +81,81 @@ def load_classification_data(cfg: StudyConfig, sets: list[str] = (), source: boo
             keep = judged_as_intended(cfg, data.synthetic[name][0], manifest["label"].to_numpy())
             data.synthetic[name] = tuple(part[keep] for part in data.synthetic[name])
             log.info("classify: the judge keeps %d of %d %s images", keep.sum(), len(keep), name)
+        if label_noise:
+            data.synthetic[name] = add_label_noise(data.synthetic[name], data.train_y.numpy(),
+                                                   under_test_fidelity(cfg), np.random.default_rng([cfg.seed, 17]))
     if source:
         images, labels = source_domain_images(cfg, class_names(splits), labels=True)
         data.source = (to_chw(images), torch.tensor(labels))
+    if pseudo_labels:
+        data.synthetic[PSEUDO_LABELLED] = pseudo_labelled_pool(cfg, data)
     return data
+
+
+def under_test_fidelity(cfg: StudyConfig) -> float:
+    """f: the share of the method under test's first synthetic set that the judge labels as intended (the metrics
+    stage's label_fidelity of that set, by the same judge)."""
+    name = method_sets(role_of("under_test"), cfg.classify)[0]
+    imgs, manifest = load_synthetic(cfg, name)
+    return float(judged_as_intended(cfg, to_chw(imgs), manifest["label"].to_numpy()).mean())
+
+
+def add_label_noise(part: tuple, train_y: np.ndarray, fidelity: float,
+                    rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """A synthetic set (images, source rows, index) with a seeded share 1 - `fidelity` of its images swapped for
+    images of the same set whose source is of another class, each keeping its own source row (its intended label):
+    the set made exactly as often wrong as a generator of that fidelity (`oracle_noisy`)."""
+    images, rows, index = part
+    labels = train_y[rows]
+    wrong = rng.permutation(len(rows))[: round((1 - fidelity) * len(rows))]
+    noisy = images.clone()
+    for i in wrong:
+        others = np.flatnonzero(labels != labels[i])
+        if len(others):
+            noisy[i] = images[others[rng.integers(len(others))]]
+    log.info("classify: %d of %d images swapped for another class's (fidelity %.3f)", len(wrong), len(rows), fidelity)
+    return noisy, rows, index
+
+
+def pseudo_labelled_pool(cfg: StudyConfig, data: ClassificationData) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The unlabelled pool as a synthetic set of self-training: the reference method's classifier (trained on this
+    unit's labelled images, seed `seed`) labels every pool image; those at softmax confidence >=
+    `classify.pseudo_label_threshold` join, each given as "source" a labelled image of its predicted class (in
+    turn, seeded), so that it replaces real images of that class as a generated image replaces its source."""
+    splits, images = load_splits(cfg), load_images(cfg)
+    pool = splits[splits["split"] == "pool"]
+    if pool.empty:
+        raise ValueError(f"pseudo_label trains on the unlabelled pool, but study {cfg.study!r} has none: raise "
+                         "data.pool_per_class, or leave pseudo_label out of classify.methods")
+    device = pick_device(cfg.device)
+    teacher = train_classifier(data, RunSpec(role_of("reference"), cfg.seed), cfg.classify, cfg.data.resolution,
+                               device)
+    x = to_chw(images[pool["image_id"].to_numpy()])
+    with torch.no_grad():
+        probs = torch.cat([teacher(normalize(x[i: i + 512]).to(device)).softmax(1).cpu()
+                           for i in range(0, len(x), 512)])
+    confidence, predicted = probs.max(1)
+    keep = (confidence >= cfg.classify.pseudo_label_threshold).numpy()
+    predicted = predicted.numpy()
+    rng, train_y = np.random.default_rng([cfg.seed, 23]), data.train_y.numpy()
+    rows, index = np.full(len(x), -1), np.zeros(len(x), int)
+    for label in np.unique(predicted[keep]):
+        members = np.flatnonzero(keep & (predicted == label))
+        own = rng.permutation(np.flatnonzero(train_y == label))
+        rows[members] = own[np.arange(len(members)) % len(own)]
+        index[members] = np.arange(len(members)) // len(own)
+    keep &= rows >= 0
+    correct = float((predicted[keep] == pool["label"].to_numpy()[keep]).mean()) if keep.any() else float("nan")
+    log.info("classify: pseudo-labels for %d of %d pool images (threshold %.2f), %.1f%% of them right",
+             keep.sum(), len(x), cfg.classify.pseudo_label_threshold, 100 * correct)
+    return x[torch.from_numpy(keep)], rows[keep], index[keep]
 
 
 def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:
     """One row of results.csv."""
     c = cfg.classify
     share = spec.p_synthetic * (1 - (c.two_phase_fraction if METHODS[spec.method].two_phase else 0)) \
-        if spec.synthetic_sets else 0.0
+        if METHODS[spec.method].draws_images(c) else 0.0
     per_source = sum(spec.max_per_source or set_images_per_source(cfg.generate, s) for s in spec.synthetic_sets)
     return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed, "replicate": spec.replicate,
             "shots": shots_label(spec.shots), "backbone": c.backbone, "variant": spec.variant,
@@ -111,13 +177,14 @@ def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int |
         if max_runs is not None and ran >= max_runs:
             break
         # a real-data method trains on replicate 0's labelled images unless replicates redraw them
-        unit = (spec.shots, spec.replicate if spec.synthetic_sets or cfg.redraw_labelled else 0,
-                bool(spec.synthetic_sets), METHODS[spec.method].source, METHODS[spec.method].filtered)
+        m = METHODS[spec.method]
+        unit = (spec.shots, spec.replicate if m.draws_images(cfg.classify) or cfg.redraw_labelled else 0,
+                bool(spec.synthetic_sets), m.source, m.filtered, m.label_noise, m.pseudo_labels)
         if unit not in loaded:
             if any(key[0] != spec.shots for key in loaded):
                 loaded.clear()  # the units of one shots level at a time (the grid is ordered by level)
             loaded[unit] = load_classification_data(cfg.unit(*unit[:2]), sets_at[spec.shots] if unit[2] else [],
-                                                    unit[3], unit[4])
+                                                    *unit[3:])
         data = loaded[unit]
         model = train_classifier(data, spec, cfg.classify, cfg.data.resolution, device)
         top1, top5 = evaluate(model, data.test_x, data.test_y, device)

@@ -115,6 +115,25 @@ def latent_shape(cfg: StudyConfig, unet, vae) -> tuple[int, int, int]:
     return unet.config.out_channels, side, side
 
 
+def pool_partners(cfg: StudyConfig, frame: pd.DataFrame, m: int) -> dict[tuple[int, int], int]:
+    """{(source image, j < m): a pool image of the source's class}: the class's pool in a permutation seeded by
+    (generate.seed, class), walked source by source, so that no pool image is drawn twice before every one of the
+    class is drawn once (the oracle sets)."""
+    splits = load_splits(cfg)
+    pool = splits[splits["split"] == "pool"]
+    out = {}
+    for label, sources in frame.groupby("label")["image_id"]:
+        ids = np.sort(pool.loc[pool["label"] == label, "image_id"].to_numpy())
+        if len(ids) == 0:
+            raise ValueError(f"the oracle sets draw real pool images of each class, but the pool of study "
+                             f"{cfg.study!r} has none of class {label}: raise data.pool_per_class, or leave the "
+                             "oracle sets out of generate.sets")
+        ids = np.random.default_rng([cfg.generate.seed, int(label)]).permutation(ids)
+        for rank, source in enumerate(sorted(int(s) for s in sources)):
+            out.update({(source, j): int(ids[(rank * m + j) % len(ids)]) for j in range(m)})
+    return out
+
+
 def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, world: int = 1,
                  show_progress: bool = True, max_batches: int | None = None) -> int:
     """Generate this process's missing images of synthetic set `name`; returns how many it made."""
@@ -133,6 +152,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
     steps, shape, pipeline = sampler.steps or g.steps, latent_shape(cfg, unet, vae), models.get(("img2img", spec.model))
     label_of = dict(zip(emb.frame["image_id"], emb.frame["label"]))
     class_of = dict(zip(emb.frame["label"], emb.frame.get("class_name", emb.frame["label"])))
+    partner = pool_partners(cfg, emb.frame, set_images_per_source(g, name)) if sampler.pool else {}
     manifest = folder / f".manifest-{rank}.csv"
     made = 0
     bar = progress(total=len(todo), desc=f"generate {name}" + (f" {cfg.unit_name}" if cfg.unit_name else ""),
@@ -151,7 +171,9 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             condition=None if cond_latents is None else (lambda rows=rows: cond_latents[rows]),
             sources=lambda ids=ids: tensor_to_images(diffusion_images(cfg, ids)),
             prompts=[cfg.data.prompt_template.format(name=class_of[label_of[i]]) for i in ids],
-            pipeline=pipeline, strength=g.img2img_strength))
+            pipeline=pipeline, strength=g.img2img_strength,
+            partners=lambda batch=batch: diffusion_images(
+                cfg, [partner[(it.source_image_id, it.index)] for it in batch])))
         records = []
         for it, img in zip(batch, images):
             rel = f"{class_of[label_of[it.source_image_id]]}/{it.image_id}.png"

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mvc.artifacts import load_images, load_splits
+from mvc.artifacts import backbone_source, load_images, load_splits
 from mvc.classifiers import ClassificationData, RunSpec, build_classifier, evaluate, train_classifier
 from mvc.config import ClassifyConfig, StudyConfig
-from mvc.imaging import to_chw
+from mvc.imaging import images_to_tensor, tensor_to_images, to_array, to_chw
 from mvc.io import atomic_path
 from mvc.registry import role_of
 from mvc.stages import JUDGE_RECIPE
@@ -74,4 +74,31 @@ def judge_accuracy(cfg: StudyConfig, judge: nn.Module, data: ClassificationData,
         return float("nan")
     acc = evaluate(judge, data.test_x, data.test_y, device)[0]
     log.info("metrics: judge accuracy on real %s images %.4f", split, acc)
+    return acc
+
+
+def through_vae(cfg: StudyConfig, images: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    """uint8 NCHW images encoded and decoded by the backbone's VAE (its posterior mode) at backbone.resolution, and
+    read back at the data resolution and channels as the synthetic sets are: what the generator's bottleneck keeps."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from mvc.components import decode_latents, encode_latents
+
+    kw = {"revision": cfg.backbone.revision} if cfg.backbone.kind == "pretrained" and cfg.backbone.revision else {}
+    vae = AutoencoderKL.from_pretrained(backbone_source(cfg), subfolder="vae", **kw).to(device).eval()
+    x = images_to_tensor(images.permute(0, 2, 3, 1).numpy(), cfg.backbone.resolution)
+    back = tensor_to_images(decode_latents(vae, encode_latents(vae, x) * vae.config.scaling_factor))
+    return to_chw(np.stack([to_array(Image.fromarray(im), cfg.data.resolution, cfg.data.channels) for im in back]))
+
+
+def judge_accuracy_through_vae(cfg: StudyConfig, judge: nn.Module, data: ClassificationData,
+                               device: str = "cpu") -> float:
+    """The judge's accuracy on its real test images after the generator's bottleneck (`through_vae`): the label
+    fidelity a perfect sampler of this backbone would reach, the ceiling of every set's; nan where the judge's
+    accuracy on real images is not measured (`judge_accuracy`)."""
+    if cfg.metrics.judge_scored_on in cfg.metrics.judge_splits:
+        return float("nan")
+    acc = evaluate(judge, through_vae(cfg, data.test_x, device), data.test_y, device)[0]
+    log.info("metrics: judge accuracy on real %s images through the VAE %.4f", cfg.metrics.judge_scored_on, acc)
     return acc

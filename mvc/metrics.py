@@ -13,7 +13,8 @@ fidelity and copies use every image of a set. Measured:
   2.5 / 97.5 percentiles of the per-subset estimates;
 - label fidelity: the accuracy on the set of the judge, a small CNN trained on real images of
   `metrics.judge_splits` (never `train`, the images MVC generates from); its accuracy on the real test split is
-  recorded as `judge_accuracy_on_real`;
+  recorded as `judge_accuracy_on_real`, and on the same images after the backbone's VAE encodes and decodes them
+  as `judge_accuracy_through_vae` (the ceiling of any sampler of this backbone: what its bottleneck keeps);
 - diversity: the mean pairwise feature distance within a class, averaged over classes;
 - memorization: `copies`, the share of images whose nearest labelled training image is closer than a third of the
   second nearest, and their median nearest distance over the real-to-real one (`nn_distance_vs_real`); the same
@@ -63,7 +64,7 @@ from mvc.image_measures import (
 )
 from mvc.imaging import to_chw
 from mvc.io import read_rows, write_csv
-from mvc.judge import judge_accuracy, split_images, train_judge
+from mvc.judge import judge_accuracy, judge_accuracy_through_vae, split_images, train_judge
 from mvc.progress import progress
 from mvc.registry import set_mode
 from mvc.runtime import pick_device, seed_everything
@@ -74,7 +75,8 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["shots", "replicate", "synthetic_set", "mode", "images", "images_per_class", "fid", "kid_mean",
                   "kid_std", "kid_ci95_low", "kid_ci95_high", "label_fidelity", "diversity", "copies", "nn_distance",
-                  "nn_distance_vs_real", "copies_pool", "copies_source", "judge_accuracy_on_real", "feature_extractor",
+                  "nn_distance_vs_real", "copies_pool", "copies_source", "judge_accuracy_on_real",
+                  "judge_accuracy_through_vae", "feature_extractor",
                   "captions_per_class", "distinct_caption_share", "mixable_classes", "partners_per_class"]
 
 ImageSet = tuple[torch.Tensor, np.ndarray, str]  # uint8 NCHW images, labels, mode
@@ -88,6 +90,7 @@ class Instruments:
     features: nn.Module  # on `device`, as the judge
     reference: torch.Tensor  # features of the reference sample, float64 (N, d)
     judge_accuracy: float  # the judge's accuracy on the real test split
+    judge_through_vae: float  # ... and on those images through the backbone's VAE (the generator's ceiling)
     train: torch.Tensor  # the unit's labelled training images (uint8 NCHW): what a copy would copy
     real_nearest: float  # median pixel distance from a training image to its nearest other one
     device: str = "cpu"  # where the judge and the feature extractor run
@@ -145,7 +148,8 @@ def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray,
     return {"synthetic_set": name, "images": len(imgs), "fid": frechet_distance(tools.reference, feats), **kid,
             "label_fidelity": evaluate(tools.judge, imgs, torch.tensor(labels), tools.device)[0],
             "diversity": feature_diversity(feats, labels[keep]), **copies,
-            "judge_accuracy_on_real": tools.judge_accuracy, "feature_extractor": m.feature_extractor}
+            "judge_accuracy_on_real": tools.judge_accuracy, "judge_accuracy_through_vae": tools.judge_through_vae,
+            "feature_extractor": m.feature_extractor}
 
 
 def effective_design(cfg: StudyConfig) -> dict[str, float]:
@@ -176,8 +180,8 @@ def other_banks(cfg: StudyConfig) -> tuple[torch.Tensor | None, torch.Tensor | N
     return (pool if len(pool) else None), (to_chw(source) if source is not None else None)
 
 
-def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge_acc: float, banks: tuple,
-                 device: str) -> list[dict]:
+def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge_acc: tuple[float, float],
+                 banks: tuple, device: str) -> list[dict]:
     """The rows of one unit: its real training images and each of its synthetic sets."""
     rng = np.random.default_rng([unit.seed, unit.shots_now or 0, unit.replicate])
     (ref_x, ref_y, _), sets = image_sets(unit)
@@ -187,7 +191,7 @@ def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge
     train_x = sets["real_train"][0]
     real_nearest = float(nearest_two(train_x, train_x, torch.arange(len(train_x)))[0].median()) \
         if len(train_x) > 2 else float("nan")
-    tools = Instruments(judge, features, extract_features(features, ref_x[ref]), judge_acc, train_x, real_nearest,
+    tools = Instruments(judge, features, extract_features(features, ref_x[ref]), *judge_acc, train_x, real_nearest,
                         device, *banks)
     design = {"shots": unit.current_unit.label, "replicate": unit.replicate, **effective_design(unit)}
     rows = []
@@ -207,7 +211,8 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)  # the judge and the feature extractor run where the study runs
     judge, judge_data = train_judge(cfg, device)
-    judge_acc = judge_accuracy(cfg, judge, judge_data, device)
+    judge_acc = (judge_accuracy(cfg, judge, judge_data, device),  # on real images, and through the VAE
+                 judge_accuracy_through_vae(cfg, judge, judge_data, device))
     features = feature_extractor(cfg, judge).to(device).eval()
     banks = other_banks(cfg)
     rows = read_rows(cfg.paths.image_metrics)
@@ -219,6 +224,7 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
         rows += measure_unit(unit, judge, features, judge_acc, banks, device)
         write_csv(cfg.paths.image_metrics, pd.DataFrame(rows, columns=METRIC_COLUMNS))
     main = [r for r in rows if (str(r["shots"]), int(r["replicate"])) == (cfg.current_unit.label, 0)]
-    return {"judge_accuracy_on_real": judge_acc, "judge_splits": list(cfg.metrics.judge_splits),
+    return {"judge_accuracy_on_real": judge_acc[0], "judge_accuracy_through_vae": judge_acc[1],
+            "judge_splits": list(cfg.metrics.judge_splits),
             "judge_images": len(judge_data.train_y), "images_per_class": main[0]["images_per_class"] if main else None,
             "units": len(cfg.units()), "device": str(device)}

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Family = Literal["real", "classical", "synthetic", "mvc"]
+Family = Literal["real", "classical", "synthetic", "mvc", "oracle", "semi_supervised"]
 MIX_MODES = ("none", "fine", "coarse", "coarse+fine")
 
 # the roles a method or set may hold; the last one registered with a role holds it
@@ -123,6 +123,7 @@ class Sampler:
     draw: Callable[[Any], list]
     image_conditioned: bool = False  # reads the source's latent e_I: its model must be image-conditioned
     img2img: bool = False  # draws through diffusers' img2img pipeline over its model
+    pool: bool = False  # reads `SampleBatch.partners`: real pool images of each source's class (the oracles)
     steps: int | None = None
     scheduler: str | None = None
 
@@ -283,6 +284,12 @@ class Method:
     two_phase: bool = False
     source: bool = False
     filtered: bool = False  # only the synthetic images the judge labels as intended (Diff-Mix, Real-Fake)
+    # a share 1 - f of its sets' images swapped for images of other classes (their labels kept), f the label fidelity
+    # the judge measures of the method under test's first set: a perfect generator made as wrong as MVC's (an oracle)
+    label_noise: bool = False
+    # the unlabelled pool, pseudo-labelled by the reference method's classifier where it is at least
+    # `classify.pseudo_label_threshold` confident, replaces real images as a synthetic set would (self-training)
+    pseudo_labels: bool = False
     color: str = "#6fa8dc"  # in plots
     curve: bool = False  # drawn in the few-shot curve (with the best classical method)
     paired: bool = False  # an MVC method tested against every baseline
@@ -292,6 +299,10 @@ class Method:
     @property
     def is_mvc(self) -> bool:
         return self.family == "mvc"
+
+    def draws_images(self, c) -> bool:
+        """True when real images of a batch may be replaced (by a synthetic set's or pseudo-labelled pool images)."""
+        return bool(self.sets(c)) or self.pseudo_labels
 
 
 METHODS: dict[str, Method] = {}

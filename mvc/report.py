@@ -26,7 +26,7 @@ from mvc.io import write_text
 from mvc.paths import REPO_ROOT
 from mvc.registry import report_order
 from mvc.report_items import ITEM, REPORT_ITEMS, SECTIONS, ReportInputs, item_path, numbered_items
-from mvc.report_text import backbone_sentence, format_caption, headline_warnings
+from mvc.report_text import backbone_sentence, format_caption, headline_warnings, oracle_reading
 from mvc.stages import notebook_stages
 from mvc.state import stage, stage_info
 from mvc.units import Unit
@@ -126,7 +126,7 @@ def write_index(cfg: StudyConfig) -> Path:
         backbone_name=cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate",
         classifier=cfg.classify.backbone, backbone_sentence=backbone_sentence(cfg),
         generated=time.strftime("%Y-%m-%d %H:%M"), sections=[(s, e) for s, e in sections.items() if e],
-        warnings=headline_warnings(cfg),
+        warnings=headline_warnings(cfg), readings=[r for r in [oracle_reading(ReportInputs(cfg).oracles)] if r],
         notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2))
     write_text(paths.index, page)
     return paths.index
@@ -141,7 +141,7 @@ def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     write_index(cfg)
     return {"figures": sum(ITEM[k].kind == "figure" for k in written),
             "tables": sum(ITEM[k].kind == "table" for k in written),
-            "warnings": headline_warnings(cfg)}
+            "warnings": headline_warnings(cfg), "oracle_reading": oracle_reading(ReportInputs(cfg).oracles)}
 
 
 def _largest_level(study_report: Path) -> str:

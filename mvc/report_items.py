@@ -31,7 +31,7 @@ from mvc.grid import grid, run_key
 from mvc.imaging import tensor_to_images
 from mvc.registry import METHODS, report_order
 from mvc.report_text import format_caption
-from mvc.statistics import ablation_table, accuracy_table, paired_tests, shots_table
+from mvc.statistics import ablation_table, accuracy_table, oracle_tests, paired_tests, shots_table
 from mvc.units import Unit
 
 SECTIONS = ("Main result", "How the recipe was chosen", "Few-shot curve", "What the method generates",
@@ -75,6 +75,11 @@ class ReportInputs:
             return None
         out = pd.concat(tests)
         return out[["shots"] + [c for c in out.columns if c != "shots"]].reset_index(drop=True)
+
+    @cached_property
+    def oracles(self) -> pd.DataFrame:
+        """The oracle contrasts at the largest shots level (`mvc.statistics.oracle_tests`; empty without oracles)."""
+        return oracle_tests(self.results, shots=self.cfg.data.max_shots)
 
     @cached_property
     def unit_metrics(self) -> pd.DataFrame:
@@ -191,6 +196,14 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "{classify.backbone}, {classify.steps} optimizer steps for every method; {interval}. "
                "synthetic_per_source: the synthetic images each labelled image can be replaced by.",
                lambda d: d.classification),
+    ReportItem("oracle_controls", "table", "Main result",
+               "MVC on the curve of the oracle controls at {data.max_shots} labelled images per class, each step a "
+               "paired difference (top-1 points) with a t-test, Holm's correction over these steps, and mde80 (the "
+               "difference detected with 80% power): oracle_real (real pool images of the class instead of "
+               "generated ones, at MVC's M and p_synthetic), oracle_generator_res (those images through the "
+               "generator's resolution and VAE), oracle_noisy (that set with a share 1 - f of its images from other "
+               "classes, f MVC's label fidelity). {paired_interval}",
+               lambda d: _nonempty(d.oracles)),
     ReportItem("figure1_real_naive_mvc", "figure", "Main result",
                "Per class: real training images; the sd_naive set (the backbone before MVC fine-tuning, prompted "
                "with the same mixed captions); MVC images generated from a real image of the class (Figure 1).",

@@ -1,6 +1,7 @@
 """The report's sentences: what an interval covers, what the backbone knew before fine-tuning, and the headline's
 warnings (synthetic images drawn below the classifier's resolution, captions that barely differ, sets whose images
-mostly do not carry their class); captions' `{section.field}` placeholders filled with the study's values."""
+mostly do not carry their class), which reading of the oracle controls the numbers support; captions'
+`{section.field}` placeholders filled with the study's values."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pandas as pd
 
 from mvc.artifacts import load_image_metrics
 from mvc.config import StudyConfig
-from mvc.registry import method_sets
+from mvc.registry import method_sets, role_of
 
 
 def design_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
@@ -58,8 +59,18 @@ def fidelity_warnings(cfg: StudyConfig, metrics: pd.DataFrame) -> list[str]:
                        f"images read by the same judge: most of them are of another class or of none, so the "
                        f"classifiers that train on them ({', '.join(users) or 'none in this study'}) learn partly "
                        f"from mislabelled images; read their rows with that in mind ({hint}; `mvc_filtered` keeps "
-                       f"only the images the judge labels as intended).")
+                       f"only the images the judge labels as intended)." + _ceiling(row))
     return out
+
+
+def _ceiling(row) -> str:
+    """What the generator's bottleneck allows (`judge_accuracy_through_vae`), where the metrics measured it."""
+    ceiling = getattr(row, "judge_accuracy_through_vae", float("nan"))
+    if pd.isna(ceiling):
+        return ""
+    return (f" Through the backbone's VAE alone (encoded and decoded, no sampling) the judge reads {ceiling:.0%} of "
+            f"the same real images: the most any sampler of this backbone can reach"
+            + (", so the VAE, not the sampler, bounds this set." if row.label_fidelity >= ceiling - 0.05 else "."))
 
 
 def interval_sentence(cfg: StudyConfig) -> str:
@@ -113,3 +124,48 @@ def backbone_sentence(cfg: StudyConfig) -> str:
                 "it never saw a class name, so the naive set shows a backbone that does not know the classes.")
     return (f"The surrogate backbone was pretrained on the unlabelled pool (class-free captions) and on a labelled "
             f"source domain, {domain}, captioned with the class prompt: it knows the classes, in another domain.")
+
+
+def _step(table: pd.DataFrame, a: str, b: str) -> dict | None:
+    rows = table[(table["method"] == a) & (table["baseline"] == b)] if len(table) else table
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+def _said(row: dict) -> str:
+    return f"{row['difference']:+.2f} ± {row['ci95']:.2f} points (mde80 {row['mde80']:.2f})"
+
+
+def _resolved(row: dict) -> int:
+    """+1 / -1 where the 95% interval lies above / below 0, else 0."""
+    lo, hi = row["difference"] - row["ci95"], row["difference"] + row["ci95"]
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+def oracle_reading(table: pd.DataFrame) -> str | None:
+    """Which reading the oracle controls support (`mvc.statistics.oracle_tests` at one shots level): no added-image
+    method can win on this protocol (a perfect generator does not beat no augmentation), the generator explains
+    MVC's gap (MVC level with the oracle made as wrong as MVC), or mixing adds something beyond fidelity (MVC above
+    it); None where the oracles did not run."""
+    mvc, ref = role_of("under_test"), role_of("reference")
+    head, fidelity = _step(table, "oracle_real", ref), _step(table, mvc, "oracle_noisy")
+    if head is None or fidelity is None:
+        return None
+    bottleneck = _step(table, "oracle_generator_res", "oracle_real")
+    neck = (f" Through the generator's bottleneck (its resolution and VAE) the same images give {_said(bottleneck)} "
+            f"against the real ones." if bottleneck is not None else "")
+    if _resolved(head) <= 0:
+        return (f"No added-image method can be shown to win on this protocol: real pool images of the class, in "
+                f"place of generated ones at MVC's M and p_synthetic (oracle_real), give {_said(head)} over {ref}, "
+                f"an interval that does not exclude 0; so a null of MVC here says nothing about the method." + neck)
+    side = _resolved(fidelity)
+    if side > 0:
+        verdict = (f"Mixing adds something beyond label fidelity: MVC is above a perfect generator made as often "
+                   f"wrong as MVC's images are (MVC - oracle_noisy: {_said(fidelity)}).")
+    elif side == 0:
+        verdict = (f"The generator explains MVC's result: MVC is level with a perfect generator made as often wrong "
+                   f"as MVC's images are (MVC - oracle_noisy: {_said(fidelity)}), so mixing adds nothing resolvable "
+                   f"beyond its fidelity.")
+    else:
+        verdict = (f"MVC is below a perfect generator made as often wrong as MVC's images are (MVC - oracle_noisy: "
+                   f"{_said(fidelity)}): its images lack more than their class (detail, variety).")
+    return (f"A perfect generator would help here: oracle_real gives {_said(head)} over {ref}. " + verdict + neck)

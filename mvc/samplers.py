@@ -1,7 +1,9 @@
 """The built-in samplers of the synthetic sets (declared in `mvc.registry`): what one batch needs (`SampleBatch`)
 and three ways to draw it. `draw_conditioned` is MVC's (two-scale guidance on the source's latent and a text mix),
 `draw_text` the naive baseline's (text-only guidance from the same mix), `draw_sdedit` Real-Guidance's img2img of
-the source with its class prompt. A sampler of your own is a function of a `SampleBatch` in a `Sampler` declaration.
+the source with its class prompt. `draw_pool` and `draw_pool_through_vae` are the oracles' (real pool images of the
+source's class, as they are or through the VAE: what a perfect generator would give, at its bottleneck or not). A
+sampler of your own is a function of a `SampleBatch` in a `Sampler` declaration.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mvc.components import decode_latents, encode_latents
 from mvc.imaging import tensor_to_images
 from mvc.sampling import initial_noise, sample
 
@@ -40,6 +43,9 @@ class SampleBatch:
     prompts: list[str]  # each source's class prompt (data.prompt_template)
     pipeline: Any = None  # diffusers' img2img pipeline over the model (samplers with img2img)
     strength: float = 0.5  # generate.img2img_strength
+    # () -> a real pool image of each source's class, (B, 3, R, R) in [-1, 1] at backbone.resolution (samplers with
+    # `pool`): each pool image of a class drawn once before any is drawn again (`mvc.generate.pool_partners`)
+    partners: Callable[[], torch.Tensor] | None = None
 
     def noise(self) -> torch.Tensor:
         """One seeded N(0, I) latent per image, independent of batching."""
@@ -71,3 +77,15 @@ def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], *, s
                num_inference_steps=steps, guidance_scale=guidance, output_type="np",
                generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
+def draw_pool(b: SampleBatch) -> np.ndarray:
+    """A real pool image of the source's class, as it is (`oracle_real`: the headroom of a perfect generator)."""
+    return tensor_to_images(b.partners())
+
+
+def draw_pool_through_vae(b: SampleBatch) -> np.ndarray:
+    """That pool image encoded and decoded by the model's VAE (its posterior mode) at backbone.resolution
+    (`oracle_generator_res`: the best any sampler of this backbone can draw)."""
+    latents = encode_latents(b.vae, b.partners()) * b.vae.config.scaling_factor
+    return tensor_to_images(decode_latents(b.vae, latents))

@@ -101,13 +101,45 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def paired_difference(main: pd.DataFrame, method: str, baseline: str) -> dict:
+    """`method` minus `baseline` (top-1 points) over their shared seeds: mean, 95% interval, t-test p-value and mde80.
+    With several replicates of the generative pipeline the paired differences are averaged within each replicate
+    and the test and interval are over those replicate means (a replicate's seeds are not independent draws of the
+    pipeline)."""
+    mine = main[main["method"] == method].set_index("seed")
+    a = mine["top1"]
+    replicate = mine["replicate"] if "replicate" in mine else None
+    b = main[main["method"] == baseline].set_index("seed")["top1"]
+    seeds = a.index.intersection(b.index)
+    diff = (a.loc[seeds] - b.loc[seeds]) * 100
+    units = replicate_means(diff, None if replicate is None else replicate.loc[seeds])
+    m, h = mean_ci(units)
+    note = ""
+    if len(units) < 2:
+        p, note = float("nan"), "one unit: no test"
+    elif np.allclose(units, units[0], rtol=0, atol=1e-9):  # no variance: no t-test (p = 1 would read "no difference")
+        p, note = float("nan"), f"every paired difference is {units[0]:+.2f}: no variance to test"
+    else:
+        p = float(stats.ttest_1samp(units, 0.0).pvalue)
+    return {"method": method, "baseline": baseline, "seeds": len(seeds),
+            "replicates": len(units) if replicate is not None and replicate.nunique() > 1 else 1,
+            "difference": round(m, 2), "ci95": round(h, 2), "p_value": p,
+            "mde80": round(detectable_difference(units), 2), "note": note}
+
+
+def _holm_columns(table: pd.DataFrame) -> pd.DataFrame:
+    if len(table):
+        table["p_holm"] = [round(v, 4) for v in holm(table["p_value"].tolist())]
+        table["p_value"] = table["p_value"].round(4)
+    return table
+
+
 def paired_tests(results: pd.DataFrame, method: str | None = None, comparator: str | None = None,
                  shots=None) -> pd.DataFrame:
-    """`method` (default: the method under test) minus each other non-MVC method, paired over seeds, with a
-    t-test and Holm's correction over the family; the comparator fixed in advance (`report.comparator`, default: the
-    `tuned_classical` role) is marked. With several replicates of the generative pipeline the paired differences
-    are averaged within each replicate and the test and interval are over those replicate means (a replicate's
-    seeds are not independent draws of the pipeline). `mde80`: the difference the test would detect 80% of the time
+    """`method` (default: the method under test) minus each baseline (every method but the MVC ones and the
+    oracles, which are controls: `oracle_tests`), paired over seeds (`paired_difference`), with a t-test and Holm's
+    correction over the family; the comparator fixed in advance (`report.comparator`, default: the
+    `tuned_classical` role) is marked. `mde80`: the difference the test would detect 80% of the time
     (`detectable_difference`), beside every p-value, so that a "no difference" says how large a difference it
     cannot rule out."""
     method = method or role_of("under_test")
@@ -115,33 +147,38 @@ def paired_tests(results: pd.DataFrame, method: str | None = None, comparator: s
     main = at_shots(results[results["variant"] == "main"], shots)
     if method not in set(main["method"]):
         return pd.DataFrame()
-    mine = main[main["method"] == method].set_index("seed")
-    a = mine["top1"]
-    replicate = mine["replicate"] if "replicate" in mine else None
+    controls = mvc_methods() | {m for m, spec in METHODS.items() if spec.family == "oracle"}
     rows = []
-    for baseline in [m for m in report_order(main["method"].unique()) if m not in mvc_methods()]:
-        b = main[main["method"] == baseline].set_index("seed")["top1"]
-        seeds = a.index.intersection(b.index)
-        diff = (a.loc[seeds] - b.loc[seeds]) * 100
-        units = replicate_means(diff, None if replicate is None else replicate.loc[seeds])
-        m, h = mean_ci(units)
-        note = ""
-        if len(units) < 2:
-            p, note = float("nan"), "one unit: no test"
-        elif np.allclose(units, units[0], rtol=0,
-                         atol=1e-9):  # no variance: no t-test (p = 1 would read "no difference")
-            p, note = float("nan"), f"every paired difference is {units[0]:+.2f}: no variance to test"
-        else:
-            p = float(stats.ttest_1samp(units, 0.0).pvalue)
-        rows.append({"method": method, "baseline": baseline, "comparator": baseline == comparator,
-                     "seeds": len(seeds), "replicates": len(units) if replicate is not None and
-                     replicate.nunique() > 1 else 1, "difference": round(m, 2), "ci95": round(h, 2), "p_value": p,
-                     "mde80": round(detectable_difference(units), 2), "note": note})
-    table = pd.DataFrame(rows)
-    if len(table):
-        table["p_holm"] = [round(v, 4) for v in holm(table["p_value"].tolist())]
-        table["p_value"] = table["p_value"].round(4)
-    return table
+    for baseline in [m for m in report_order(main["method"].unique()) if m not in controls]:
+        row = paired_difference(main, method, baseline)
+        rows.append({**row, "comparator": baseline == comparator})
+    columns = ["method", "baseline", "comparator", "seeds", "replicates", "difference", "ci95", "p_value", "mde80",
+               "note"]
+    return _holm_columns(pd.DataFrame(rows, columns=columns if rows else None))
+
+
+# the oracle contrasts: (minuend, subtrahend, what it measures); `under_test` stands for the method under test
+ORACLE_CONTRASTS = (
+    ("oracle_real", "reference", "headroom: a perfect generator over no augmentation"),
+    ("oracle_generator_res", "oracle_real", "the generator's bottleneck (its resolution and VAE)"),
+    ("oracle_noisy", "oracle_generator_res", "MVC's label fidelity, given to the bottlenecked oracle"),
+    ("under_test", "oracle_noisy", "what MVC adds beyond its fidelity (mixing, novelty), or lacks"),
+    ("under_test", "reference", "MVC over no augmentation"),
+)
+
+
+def oracle_tests(results: pd.DataFrame, shots=None) -> pd.DataFrame:
+    """The steps from no augmentation to a perfect generator and down to MVC (`ORACLE_CONTRASTS`), each a paired
+    difference (`paired_difference`), Holm-corrected as one family; only the contrasts whose two methods ran."""
+    main = at_shots(results[results["variant"] == "main"], shots)
+    ran = set(main["method"])
+    name = {"under_test": role_of("under_test"), "reference": role_of("reference")}
+    rows = []
+    for a, b, what in ORACLE_CONTRASTS:
+        a, b = name.get(a, a), name.get(b, b)
+        if {a, b} <= ran:
+            rows.append({**paired_difference(main, a, b), "measures": what})
+    return _holm_columns(pd.DataFrame(rows))
 
 
 def ablation_table(results: pd.DataFrame) -> pd.DataFrame:

@@ -125,6 +125,8 @@ register_captioner(CaptionerSpec("blip2", _captioner("blip2_captioner"),
 register_sampler(Sampler("conditioned", _draw("draw_conditioned"), image_conditioned=True))
 register_sampler(Sampler("text", _draw("draw_text")))
 register_sampler(Sampler("sdedit", _draw("draw_sdedit"), img2img=True))
+register_sampler(Sampler("pool", _draw("draw_pool"), pool=True))
+register_sampler(Sampler("pool_through_vae", _draw("draw_pool_through_vae"), pool=True))
 
 register_model(FineTunedModel("mvc", "finetune", image_conditioned=True, training_mixing=None,
                               summary="MVC fine-tuning (Figure 3), under accelerate, for every shots level and "
@@ -151,6 +153,16 @@ register_set(SyntheticSet("sd_finetuned", "sd_finetuned", "text",
 register_set(SyntheticSet("mvc_nomix_trained", "mvc_nomix_trained", "conditioned", mode=lambda g: "none",
                           guidance=_mvc_guidance,
                           summary="MVC fine-tuned without mixing, from each source's own caption"))
+
+# the oracles: what a perfect generator (of the same class, at MVC's M and p_synthetic) would give, at the backbone's
+# bottleneck, and as wrong as MVC's images are; the baselines' upper bounds
+register_set(SyntheticSet("oracle_real", "backbone", "pool", mode=lambda g: "real",
+                          summary="oracle: a real pool image of the source's class in place of each generated one "
+                                  "(the pool's labels, known to the kit as the judge's are; no classifier sees them "
+                                  "otherwise)"))
+register_set(SyntheticSet("oracle_generator_res", "backbone", "pool_through_vae", mode=lambda g: "real",
+                          summary="oracle: those pool images through the backbone's bottleneck (backbone.resolution "
+                                  "and its VAE's encode and decode): the best this generator can draw"))
 
 register_method(Method("none", "real", color="#7f7f7f", curve=True, role="reference",
                        summary="no augmentation beyond crop (and flip)"))
@@ -183,3 +195,16 @@ register_method(Method("mvc_filtered", "mvc", sets=_mvc_sets, filtered=True, col
                                "test or the generation sources) labels as their intended class"))
 register_method(Method("mvc_randaugment", "mvc", _randaugment, sets=_mvc_sets, color="#e69138",
                        summary="MVC's sets with RandAugment on every image"))
+register_method(Method("oracle_real", "oracle", sets=_one_set("oracle_real"), color="#38761d",
+                       summary="oracle: real pool images of the class at MVC's M and p_synthetic (the headroom of a "
+                               "perfect generator)"))
+register_method(Method("oracle_generator_res", "oracle", sets=_one_set("oracle_generator_res"), color="#6aa84f",
+                       summary="oracle: those images through the generator's resolution and VAE"))
+register_method(Method("oracle_noisy", "oracle", sets=_one_set("oracle_generator_res"), label_noise=True,
+                       color="#93c47d",
+                       summary="oracle: oracle_generator_res with a share 1 - f of its images from other classes, f "
+                               "MVC's measured label fidelity (what MVC's fidelity alone would give)"))
+register_method(Method("pseudo_label", "semi_supervised", pseudo_labels=True, color="#a64d79",
+                       summary="self-training on the same unlabelled pool the generator learns from: pool images "
+                               "pseudo-labelled by the `none` classifier at confidence >= "
+                               "classify.pseudo_label_threshold replace real images of their class as MVC's do"))

@@ -17,9 +17,12 @@
 # # 04 · Generation (Figure 4) and image metrics
 #
 # `M` images per labelled training image from the MVC model in each mixing mode of `generate.modes` (two guidance
-# scales), and the sets of `generate.sets`. The digits study makes 3: `mvc_coarse`, `mvc_fine` and `sd_naive` (the
-# backbone before fine-tuning, text only, the same prompts and count). Then distance to the real domain (FID, KID),
-# label fidelity, copies and diversity per synthetic set. About 1 minute for digits on 2 cores.
+# scales), and the sets of `generate.sets`. The digits study makes 5: `mvc_coarse`, `mvc_fine`, `sd_naive` (the
+# backbone before fine-tuning, text only, the same prompts and count), and two oracle controls: `oracle_real` (a
+# real pool image of the class in place of each generated one) and `oracle_generator_res` (those images through the
+# backbone's VAE: the best this generator can draw). Then distance to the real domain (FID, KID), label fidelity,
+# copies and diversity per synthetic set, and the judge's accuracy on real images through the VAE (the ceiling of
+# every set's label fidelity). About 1 minute for digits on 2 cores.
 #
 # Several processes: `accelerate launch --num_processes N -m mvc generate PARAMS` (each its own slice).
 

@@ -17,11 +17,14 @@
 # # 05 · Classification
 #
 # Every method of `classify.methods` trains the same classifier for the same number of optimizer steps on the
-# same splits and seeds. The digits study runs 11: `none` (crop and flip), `autoaugment`, `randaugment`,
+# same splits and seeds. The digits study runs 15: `none` (crop and flip), `autoaugment`, `randaugment`,
 # `trivialaugment`, `mixup`, `cutmix`, `source_pretrained` (the surrogate's printed digits used directly:
 # pretrain on them, then train on the shots), `sd_naive` (the naive synthetic images), `mvc`, `mvc_two_phase`
-# (phase 2 on real images only, at a lower learning rate) and `mvc_randaugment` (MVC's images with RandAugment).
-# The cell below prints what the study you opened runs. About 2 minutes for digits on 2 cores.
+# (phase 2 on real images only, at a lower learning rate), `mvc_randaugment` (MVC's images with RandAugment),
+# `pseudo_label` (self-training on the unlabelled pool the generator learns from: no method has data its
+# comparators lack) and three oracle controls, MVC's M and p_synthetic with perfect images: `oracle_real`,
+# `oracle_generator_res` (through the generator's VAE) and `oracle_noisy` (that set made as often wrong as MVC's
+# images). The cell below prints what the study you opened runs. About 3 minutes for digits on 2 cores.
 
 # %% tags=["parameters"]
 params = "params/digits.yaml"  # a params file, relative to the repository root

@@ -212,7 +212,7 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     table = image_metrics(cfg, show_progress=False)
     assert list(table.columns) == METRIC_COLUMNS
     assert set(table["synthetic_set"]) == {"real_train", "mvc_coarse", "mvc_fine", "mvc_none", "sd_naive", "sd_img2img",
-                                           "sd_finetuned", "mvc_nomix_trained"}
+                                           "sd_finetuned", "mvc_nomix_trained", "oracle_real", "oracle_generator_res"}
     assert table["label_fidelity"].between(0, 1).all() and (table["fid"] >= -1e-6).all()
     # the smoke study has 4 training images per class: every set is cut to 4 of each of the 3 classes
     assert (table["images_per_class"] == 4).all()  # FID, KID, diversity: an equal stratified sample of every set
@@ -224,6 +224,9 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     assert info["judge_splits"] == ["val", "pool"] and info["images_per_class"] == 4
     assert info["judge_images"] == splits["split"].isin(["val", "pool"]).sum()
     assert np.allclose(table["judge_accuracy_on_real"], info["judge_accuracy_on_real"])
+    assert np.allclose(table["judge_accuracy_through_vae"], info["judge_accuracy_through_vae"])
+    real = table.set_index("synthetic_set").loc["oracle_real"]
+    assert real["label_fidelity"] == 1 and real["copies_pool"] == 1  # real pool images the judge trained on
     assert pd.read_csv(cfg.paths.image_metrics, dtype={"shots": str}).equals(table)
     assert (table["shots"] == "4").all() and (table["partners_per_class"] == 3).all()
     captions = load_captions(cfg).set_index("image_id")

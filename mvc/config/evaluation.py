@@ -84,6 +84,9 @@ class ClassifyConfig(Section):
     randaugment_magnitude: int = 9  # RandAugment: magnitude, of 31 bins
     mixup_alpha: float = 0.2  # MixUp: Beta(alpha, alpha)
     cutmix_alpha: float = 1.0  # CutMix: Beta(alpha, alpha)
+    # pseudo_label (self-training on the pool): a pool image joins, with the class the reference method's classifier
+    # (one per unit, seed `seed`) gives it, where that classifier's softmax is at least this (FixMatch's 0.95)
+    pseudo_label_threshold: float = Field(0.95, gt=0, le=1)
     crop_padding: int = 2  # random crop after padding by this many pixels, for every method
     hflip: bool = True  # a horizontal flip changes a digit's identity: off for digits
     ablation: bool = False  # also run the ablation grid (mode, M, p_synthetic, one vs two phase)
