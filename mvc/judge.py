@@ -77,16 +77,18 @@ def judge_accuracy(cfg: StudyConfig, judge: nn.Module, data: ClassificationData,
     return acc
 
 
-def through_vae(cfg: StudyConfig, images: torch.Tensor, device: str = "cpu") -> torch.Tensor:
-    """uint8 NCHW images encoded and decoded by the backbone's VAE (its posterior mode) at backbone.resolution, and
-    read back at the data resolution and channels as the synthetic sets are: what the generator's bottleneck keeps."""
+def through_vae(cfg: StudyConfig, images: torch.Tensor, device: str = "cpu", vae=None) -> torch.Tensor:
+    """uint8 NCHW images encoded and decoded by the backbone's VAE (or `vae`; its posterior mode) at
+    backbone.resolution, and read back at the data resolution and channels as the synthetic sets are: what the
+    generator's bottleneck keeps."""
     from diffusers import AutoencoderKL
     from PIL import Image
 
     from mvc.components import decode_latents, encode_latents
 
-    kw = {"revision": cfg.backbone.revision} if cfg.backbone.kind == "pretrained" and cfg.backbone.revision else {}
-    vae = AutoencoderKL.from_pretrained(backbone_source(cfg), subfolder="vae", **kw).to(device).eval()
+    if vae is None:
+        kw = {"revision": cfg.backbone.revision} if cfg.backbone.kind == "pretrained" and cfg.backbone.revision else {}
+        vae = AutoencoderKL.from_pretrained(backbone_source(cfg), subfolder="vae", **kw).to(device).eval()
     x = images_to_tensor(images.permute(0, 2, 3, 1).numpy(), cfg.backbone.resolution)
     back = tensor_to_images(decode_latents(vae, encode_latents(vae, x) * vae.config.scaling_factor))
     return to_chw(np.stack([to_array(Image.fromarray(im), cfg.data.resolution, cfg.data.channels) for im in back]))
