@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # VAE recipes as overrides of backbone.surrogate; "profile" is the params file's own
 RECIPES = {
     "digits": {"profile": {}, "steps_x2.5": {"vae_steps": 1000}},
-    "folder": {"profile": {}, "steps_x2.5": {"vae_steps": 1500},
-               "latents_16x16": {"vae_channels": [32, 64], "latent_channels": 8}},
+    "folder": {"profile": {}, "latents_16x16": {"vae_channels": [32, 64], "latent_channels": 8},
+               "steps_x2.5": {"vae_steps": 1500}},
 }
 
 
@@ -82,6 +82,7 @@ def write(rows: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="shapes,glyphs,textures,digits")
+    p.add_argument("--recipes", default=None, help="comma-separated recipe names (default: all of the dataset's)")
     p.add_argument("--data", type=Path, default=None, help="where make_imagefolders.py wrote (default: a temp folder)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -97,7 +98,7 @@ def main() -> None:
     done = {(r["dataset"], r["recipe"]) for r in rows}
     for dataset in args.datasets.split(","):
         for recipe, update in RECIPES["digits" if dataset == "digits" else "folder"].items():
-            if (dataset, recipe) in done:
+            if (dataset, recipe) in done or (args.recipes and recipe not in args.recipes.split(",")):
                 continue
             rows.append({**measure(dataset, recipe, update, data, out), "cpu": cpu_model()})
             write(rows)

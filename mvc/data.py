@@ -69,9 +69,9 @@ def assign_splits(items: list[Item], cfg: DataConfig, seed: int) -> dict[str, tu
     """Per class, a seeded candidate order: {class: ([(split, quota, own candidates), ...], shared candidates)}.
 
     Official test items go to `test`; the others fill `test` (if the dataset has none), `val`, `train`
-    (`labelled_per_class` candidates, from which every shots level draws) and `pool`, in that order: no split
-    depends on the shots levels. Candidates, not final: an unreadable item is skipped and
-    the next one taken, so quotas stay exact.
+    (`labelled_per_class` candidates, from which every shots level draws; only items marked `labellable` where a
+    dataset marks some not) and `pool`, in that order: no split depends on the shots levels. Candidates, not
+    final: an unreadable item is skipped and the next one taken, so quotas stay exact.
     """
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[int]] = {}
@@ -88,8 +88,12 @@ def assign_splits(items: list[Item], cfg: DataConfig, seed: int) -> dict[str, tu
         n_test = len(test_idx) if has_official_test else max(1, round(cfg.test_fraction * len(rest)))
         if cfg.test_per_class:
             n_test = min(n_test, cfg.test_per_class)
+        train_own = None
+        if not all(items[i].labellable for i in rest):  # the dataset says which items may be labelled shots
+            train_own = [i for i in rest if items[i].labellable][: cfg.labelled_per_class]
+            rest = [i for i in rest if i not in set(train_own)]
         quotas = [("test", n_test, test_idx if has_official_test else None), ("val", cfg.val_per_class, None),
-                  ("train", cfg.labelled_per_class, None), ("pool", cfg.pool_per_class, None)]
+                  ("train", cfg.labelled_per_class, train_own), ("pool", cfg.pool_per_class, None)]
         plan[cls] = (quotas, rest)
     return plan
 

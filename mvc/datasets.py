@@ -30,6 +30,7 @@ class Item:
     source: str  # file path, or "<file>#<index>" for images inside a batch file
     class_dir: str  # class key as the dataset names it (folder, wnid, label name)
     official: str | None = None  # "train" / "test" where the dataset ships a split
+    labellable: bool = True  # may be a labelled shot (a testbed draws its shots from some factor combinations only)
 
 
 class Reader:

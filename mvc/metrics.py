@@ -19,7 +19,10 @@ fidelity and copies use every image of a set. Measured:
 - memorization: `copies`, the share of images whose nearest labelled training image is closer than a third of the
   second nearest, and their median nearest distance over the real-to-real one (`nn_distance_vs_real`); the same
   test against the unlabelled pool (`copies_pool`) and the labelled source domain (`copies_source`), the other
-  images the generator learnt from (NaN where the study has none).
+  images the generator learnt from (NaN where the study has none);
+- novel combinations (datasets that declare their factors, e.g. the `concepts` testbed): the share of a set's
+  images whose (intended class, factors read by probes trained on the pool) none of the labelled shots has, and
+  the probes' lowest accuracy on test (`mvc.factor_probes`).
 
 Every unit (shots level x replicate) is measured, each with its own labelled images and synthetic sets, its own
 stratified sample size and a sampling seed of its own (so a resumed stage measures as an uninterrupted one); the
@@ -49,6 +52,7 @@ from mvc.artifacts import (
 )
 from mvc.classifiers import evaluate
 from mvc.config import StudyConfig
+from mvc.factor_probes import FactorProbes, combinations, known_factors, novel_share
 from mvc.image_measures import (
     FeatureModule,
     efficientnet_lite0_features,
@@ -66,7 +70,7 @@ from mvc.imaging import to_chw
 from mvc.io import read_rows, write_csv
 from mvc.judge import judge_accuracy, judge_accuracy_through_vae, split_images, train_judge
 from mvc.progress import progress
-from mvc.registry import set_mode
+from mvc.registry import DATASETS, set_mode
 from mvc.runtime import pick_device, seed_everything
 from mvc.source_domains import source_domain_images
 from mvc.state import stage
@@ -76,7 +80,7 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["shots", "replicate", "synthetic_set", "mode", "images", "images_per_class", "fid", "kid_mean",
                   "kid_std", "kid_ci95_low", "kid_ci95_high", "label_fidelity", "diversity", "copies", "nn_distance",
                   "nn_distance_vs_real", "copies_pool", "copies_source", "judge_accuracy_on_real",
-                  "judge_accuracy_through_vae", "feature_extractor",
+                  "judge_accuracy_through_vae", "novel_combinations", "factor_probe_accuracy", "feature_extractor",
                   "captions_per_class", "distinct_caption_share", "mixable_classes", "partners_per_class"]
 
 ImageSet = tuple[torch.Tensor, np.ndarray, str]  # uint8 NCHW images, labels, mode
@@ -96,6 +100,8 @@ class Instruments:
     device: str = "cpu"  # where the judge and the feature extractor run
     pool: torch.Tensor | None = None  # the unlabelled pool (uint8 NCHW), None when the study has none
     source: torch.Tensor | None = None  # the labelled source domain at the data resolution, None when none
+    probes: FactorProbes | None = None  # a probe per known factor (datasets that declare factors), else None
+    labelled: set[tuple] | None = None  # the (class, factors...) combinations of the unit's labelled shots
 
 
 def feature_extractor(cfg: StudyConfig, judge: nn.Module) -> nn.Module:
@@ -149,6 +155,8 @@ def measure(name: str, imgs: torch.Tensor, labels: np.ndarray, keep: np.ndarray,
             "label_fidelity": evaluate(tools.judge, imgs, torch.tensor(labels), tools.device)[0],
             "diversity": feature_diversity(feats, labels[keep]), **copies,
             "judge_accuracy_on_real": tools.judge_accuracy, "judge_accuracy_through_vae": tools.judge_through_vae,
+            "novel_combinations": novel_share(tools.probes, imgs, labels, tools.labelled) if tools.probes else np.nan,
+            "factor_probe_accuracy": min(tools.probes.accuracy.values()) if tools.probes else np.nan,
             "feature_extractor": m.feature_extractor}
 
 
@@ -181,7 +189,7 @@ def other_banks(cfg: StudyConfig) -> tuple[torch.Tensor | None, torch.Tensor | N
 
 
 def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge_acc: tuple[float, float],
-                 banks: tuple, device: str) -> list[dict]:
+                 banks: tuple, device: str, probes: FactorProbes | None = None) -> list[dict]:
     """The rows of one unit: its real training images and each of its synthetic sets."""
     rng = np.random.default_rng([unit.seed, unit.shots_now or 0, unit.replicate])
     (ref_x, ref_y, _), sets = image_sets(unit)
@@ -191,8 +199,13 @@ def measure_unit(unit: StudyConfig, judge: nn.Module, features: nn.Module, judge
     train_x = sets["real_train"][0]
     real_nearest = float(nearest_two(train_x, train_x, torch.arange(len(train_x)))[0].median()) \
         if len(train_x) > 2 else float("nan")
+    labelled = None
+    if probes is not None:
+        splits = load_splits(unit)
+        train = splits[splits["split"] == "train"]
+        labelled = set(combinations(train["label"], known_factors(unit, train)))
     tools = Instruments(judge, features, extract_features(features, ref_x[ref]), *judge_acc, train_x, real_nearest,
-                        device, *banks)
+                        device, *banks, probes=probes, labelled=labelled)
     design = {"shots": unit.current_unit.label, "replicate": unit.replicate, **effective_design(unit)}
     rows = []
     for name, (x, y, mode) in sets.items():
@@ -215,13 +228,15 @@ def image_metrics(cfg: StudyConfig, show_progress: bool = True) -> dict:
                  judge_accuracy_through_vae(cfg, judge, judge_data, device))
     features = feature_extractor(cfg, judge).to(device).eval()
     banks = other_banks(cfg)
+    probes = FactorProbes(cfg, stored_splits(cfg), load_images(cfg), device) \
+        if DATASETS[cfg.data.dataset].factors is not None else None
     rows = read_rows(cfg.paths.image_metrics)
     rows = [] if rows is None else rows.to_dict("records")
     done = {(str(r["shots"]), int(r["replicate"])) for r in rows}
     for unit in progress(cfg.units(), desc="metrics", unit="unit", disable=not show_progress):
         if (unit.current_unit.label, unit.replicate) in done:
             continue
-        rows += measure_unit(unit, judge, features, judge_acc, banks, device)
+        rows += measure_unit(unit, judge, features, judge_acc, banks, device, probes)
         write_csv(cfg.paths.image_metrics, pd.DataFrame(rows, columns=METRIC_COLUMNS))
     main = [r for r in rows if (str(r["shots"]), int(r["replicate"])) == (cfg.current_unit.label, 0)]
     return {"judge_accuracy_on_real": judge_acc[0], "judge_accuracy_through_vae": judge_acc[1],

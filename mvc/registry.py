@@ -46,6 +46,9 @@ class Dataset:
     name: str
     reader: Callable[[Any], Any]  # DataConfig -> mvc.datasets.Reader
     summary: str = ""
+    # a testbed with known concepts: an image's source -> its factors ({"colour": "red", ...}); the metrics then
+    # measure novel factor combinations (`mvc.factor_probes`)
+    factors: Callable[[str], dict] | None = None
 
 
 DATASETS: dict[str, Dataset] = {}

@@ -174,6 +174,13 @@ def _selection_log(cfg: StudyConfig) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
+def _novel_table(metrics: pd.DataFrame) -> pd.DataFrame | None:
+    if "novel_combinations" not in metrics or metrics["novel_combinations"].isna().all():
+        return None
+    return metrics[["synthetic_set", "images", "label_fidelity", "novel_combinations", "copies", "copies_pool",
+                    "factor_probe_accuracy"]].round(4)
+
+
 def _nonempty(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     return frame if frame is not None and len(frame) else None
 
@@ -266,6 +273,14 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
                "of its images (under half: mixing has little to mix, and the headline says so). Main unit "
                "({data.max_shots} labelled images per class, replicate 0).",
                lambda d: load_image_metrics(d.cfg).drop(columns=["shots", "replicate"]).round(4)),
+    ReportItem("novel_combinations", "table", "Image metrics",
+               "Known concepts (a dataset that declares its factors): per set, the share of images whose combination "
+               "of intended class and factors (read by one probe per factor, trained on the pool and scored on test: "
+               "factor_probe_accuracy is the lowest) no labelled shot has, beside label fidelity and copies. The "
+               "labelled images reach 0 by definition; oracle_real shows what drawing every combination gives; a "
+               "probe's errors on blurred images also count as novel, so read a set's share beside "
+               "oracle_generator_res's (real images through the same VAE).",
+               lambda d: _novel_table(load_image_metrics(d.cfg))),
     ReportItem("image_metrics_by_level", "table", "Image metrics",
                "The image measures of every shots level, each the mean over the level's replicates (replicates: how "
                "many were measured); every unit has its own labelled images, fine-tuning and generation.",

@@ -116,8 +116,26 @@ register_dataset(Dataset("brain_tumor_mri", _reader("BrainTumorMRIReader"),
 register_dataset(Dataset("imagefolder", _reader("ImageFolderReader"),
                          "your own images, one folder per class (torchvision's ImageFolder)"))
 
+
+def _concepts(name: str) -> Callable:
+    def call(*args):
+        from mvc import concepts
+
+        return getattr(concepts, name)(*args)
+
+    return call
+
+
+register_dataset(Dataset("concepts", _concepts("ConceptsReader"),
+                         "the testbed with known concepts: coloured shapes whose labelled shots show only some "
+                         "combinations of colour, background and size (mvc.concepts; drawn in-process, offline)",
+                         factors=_concepts("source_factors")))
+
 register_captioner(CaptionerSpec("attributes", _captioner("attribute_captioner"),
                                  summary="the offline attribute captioner (size, position, stroke, colour)"))
+register_captioner(CaptionerSpec("factors", lambda cfg, device="cpu": _concepts("FactorCaptioner")(),
+                                 summary="the concepts testbed's factors read from the pixels (colour, size, "
+                                         "position, background), never the shape: where BLIP-2 stands"))
 register_captioner(CaptionerSpec("blip2", _captioner("blip2_captioner"),
                                  weights=_captioner("blip2_parameters"), on_device=True,
                                  summary="BLIP-2 through transformers (caption.model, caption.question)"))

@@ -29,7 +29,8 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     # a dataset of mvc.registry.DATASETS: digits, cifar10, cifar100, tiny_imagenet, caltech101, brain_tumor_mri, or
-    # imagefolder (your own folders under root); `register_dataset` adds one
+    # imagefolder (your own folders under root), concepts (the testbed with known concepts, mvc.concepts);
+    # `register_dataset` adds one
     dataset: str = "digits"
     root: str | None = None  # data root for on-disk datasets (relative paths from the repo root)
     download: bool = False  # let torchvision download CIFAR when it is missing (opt-in)
