@@ -24,7 +24,7 @@ BACKGROUNDS = ["plain", "striped", "dotted"]
 SIZES = ["small", "large"]
 POSITIONS = ["left", "right"]
 FACTORS = {"colour": list(COLOURS), "background": BACKGROUNDS, "size": SIZES, "position": POSITIONS}
-SIDE = 32
+SIDE = 16  # the digits study's resolution: the surrogate's two-level VAE keeps a shape there (8x8 latents)
 GREY, DARK = 205, 150  # the background and its pattern: unsaturated, so the shape is the only saturated region
 IMAGES_PER_CLASS = 300
 
@@ -67,21 +67,19 @@ def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 
 
 def render(index: int, seed: int = 0) -> Image.Image:
-    """Image `index` at 32 px: its background pattern, then its shape in its colour, size and half of the image."""
+    """Image `index` at 16 px: its background pattern, then its shape in its colour, size and half of the image."""
     f = factors_of(index, seed)
     rng = np.random.default_rng([seed, index, 1])
     pixels = np.full((SIDE, SIDE), GREY, np.uint8)
     if f["background"] == "striped":
-        pixels[(np.arange(SIDE) // 3) % 2 == 0, :] = DARK
+        pixels[(np.arange(SIDE) // 2) % 2 == 0, :] = DARK
     elif f["background"] == "dotted":
-        phase = int(rng.integers(3))
-        for y in range(phase, SIDE, 6):
-            for x in range(phase, SIDE, 6):
-                pixels[y: y + 2, x: x + 2] = DARK
+        phase = int(rng.integers(2))
+        pixels[phase::4, phase::4] = DARK
     img = Image.fromarray(pixels).convert("RGB")
-    r = 5.0 if f["size"] == "small" else 8.5
-    cx = (8.5 if f["position"] == "left" else 23.5) + rng.uniform(-1, 1)
-    cy = 16 + rng.uniform(-3, 3)
+    r = 4.3 if f["size"] == "small" else 6.7  # large enough that the surrogate's VAE keeps the outline
+    cx = (6.5 if f["position"] == "left" else 9.5) + rng.uniform(-0.3, 0.3)
+    cy = 8 + rng.uniform(-0.5, 0.5)
     draw = ImageDraw.Draw(img)
     colour = COLOURS[f["colour"]]
     if f["shape"] == "circle":
@@ -117,7 +115,7 @@ def source_factors(source: str, seed: int = 0) -> dict[str, str]:
 
 
 def read_factors(images: np.ndarray) -> list[dict[str, str]]:
-    """The four factors read back from uint8 images (N, 32, 32, 3) of the testbed: the colour of the saturated
+    """The four factors read back from uint8 images (N, 16, 16, 3) of the testbed: the colour of the saturated
     pixels, their extent (size) and side (position), and the pattern of the unsaturated ones (background)."""
     out = []
     palette = np.array(list(COLOURS.values()), float)
@@ -131,12 +129,13 @@ def read_factors(images: np.ndarray) -> list[dict[str, str]]:
         ys, xs = np.nonzero(mask)
         grey = img[..., 0][~mask]
         dark_share = float((grey < (GREY + DARK) / 2).mean())
-        rows = np.where(~mask, img[..., 0], np.nan)
-        row_dark = np.nanmean(rows < (GREY + DARK) / 2, axis=1)
-        striped = np.nanstd(row_dark) > 0.3
-        background = "striped" if striped else "dotted" if dark_share > 0.03 else "plain"
-        out.append({"colour": colour, "background": background, "size": "large" if mask.sum() > 110 else "small",
-                    "position": "left" if xs.mean() < SIDE / 2 else "right"})
+        dark = np.where(~mask, (img[..., 0] < (GREY + DARK) / 2).astype(float), np.nan)
+        visible = (~mask).any(1)
+        row_dark = np.nanmean(dark[visible], axis=1)  # stripes: whole rows dark or light
+        striped = np.std(row_dark) > 0.3
+        background = "striped" if striped else "dotted" if dark_share > 0.02 else "plain"
+        out.append({"colour": colour, "background": background, "size": "large" if np.hypot(ys - ys.mean(), xs - xs.mean()).max() > 5.6 else "small",
+                    "position": "left" if xs.mean() < (SIDE - 1) / 2 else "right"})
     return out
 
 

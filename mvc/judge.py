@@ -97,7 +97,7 @@ def through_vae(cfg: StudyConfig, images: torch.Tensor, device: str = "cpu", vae
 def judge_accuracy_through_vae(cfg: StudyConfig, judge: nn.Module, data: ClassificationData,
                                device: str = "cpu") -> float:
     """The judge's accuracy on its real test images after the generator's bottleneck (`through_vae`): the label
-    fidelity a perfect sampler of this backbone would reach, the ceiling of every set's; nan where the judge's
+    fidelity a generator drawing the real images exactly would reach (what the bottleneck keeps); nan where the judge's
     accuracy on real images is not measured (`judge_accuracy`)."""
     if cfg.metrics.judge_scored_on in cfg.metrics.judge_splits:
         return float("nan")

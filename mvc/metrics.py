@@ -14,7 +14,7 @@ fidelity and copies use every image of a set. Measured:
 - label fidelity: the accuracy on the set of the judge, a small CNN trained on real images of
   `metrics.judge_splits` (never `train`, the images MVC generates from); its accuracy on the real test split is
   recorded as `judge_accuracy_on_real`, and on the same images after the backbone's VAE encodes and decodes them
-  as `judge_accuracy_through_vae` (the ceiling of any sampler of this backbone: what its bottleneck keeps);
+  as `judge_accuracy_through_vae` (what a generator drawing the real images exactly would reach: what the bottleneck keeps);
 - diversity: the mean pairwise feature distance within a class, averaged over classes;
 - memorization: `copies`, the share of images whose nearest labelled training image is closer than a third of the
   second nearest, and their median nearest distance over the real-to-real one (`nn_distance_vs_real`); the same
@@ -94,7 +94,7 @@ class Instruments:
     features: nn.Module  # on `device`, as the judge
     reference: torch.Tensor  # features of the reference sample, float64 (N, d)
     judge_accuracy: float  # the judge's accuracy on the real test split
-    judge_through_vae: float  # ... and on those images through the backbone's VAE (the generator's ceiling)
+    judge_through_vae: float  # ... and on those images through the backbone's VAE (what the bottleneck keeps)
     train: torch.Tensor  # the unit's labelled training images (uint8 NCHW): what a copy would copy
     real_nearest: float  # median pixel distance from a training image to its nearest other one
     device: str = "cpu"  # where the judge and the feature extractor run

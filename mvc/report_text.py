@@ -69,8 +69,9 @@ def _ceiling(row) -> str:
     if pd.isna(ceiling):
         return ""
     return (f" Through the backbone's VAE alone (encoded and decoded, no sampling) the judge reads {ceiling:.0%} of "
-            f"the same real images: the most any sampler of this backbone can reach"
-            + (", so the VAE, not the sampler, bounds this set." if row.label_fidelity >= ceiling - 0.05 else "."))
+            f"the same real images: what a generator drawing the real images exactly would reach"
+            + (", so the VAE, more than the sampler, limits this set." if row.label_fidelity >= ceiling - 0.05
+               else "."))
 
 
 def interval_sentence(cfg: StudyConfig) -> str:

@@ -21,8 +21,8 @@
 # backbone before fine-tuning, text only, the same prompts and count), and two oracle controls: `oracle_real` (a
 # real pool image of the class in place of each generated one) and `oracle_generator_res` (those images through the
 # backbone's VAE: the best this generator can draw). Then distance to the real domain (FID, KID), label fidelity,
-# copies and diversity per synthetic set, and the judge's accuracy on real images through the VAE (the ceiling of
-# every set's label fidelity). About 1 minute for digits on 2 cores.
+# copies and diversity per synthetic set, and the judge's accuracy on real images through the VAE (what a generator
+# that drew the real images exactly would reach). About 1 minute for digits on 2 cores.
 #
 # Several processes: `accelerate launch --num_processes N -m mvc generate PARAMS` (each its own slice).
 
