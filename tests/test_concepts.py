@@ -9,8 +9,8 @@ import pandas as pd
 from mvc import artifacts
 from tests.conftest import REPO, smoke_config, stage_functions
 
-CONCEPTS = ["data.dataset=concepts", "data.classes=[circle, square, triangle]", "data.resolution=32",
-            "backbone.resolution=32", "caption.backend=factors", "backbone.surrogate.source_domain=none",
+CONCEPTS = ["data.dataset=concepts", "data.classes=[circle, square, triangle]", "data.resolution=16",
+            "backbone.resolution=16", "caption.backend=factors", "backbone.surrogate.source_domain=none",
             "generate.sets=[sd_naive]", "classify.methods=[none, mvc]"]
 
 
@@ -91,6 +91,6 @@ def test_the_concepts_profile_is_the_testbed():
 
     cfg = load_config(REPO / "params" / "concepts.yaml")
     assert cfg.data.dataset == "concepts" and cfg.caption.backend == "factors"
-    assert cfg.backbone.resolution == cfg.data.resolution == 32  # drawn at the classifier's resolution
+    assert cfg.backbone.resolution == cfg.data.resolution == 16  # drawn at the classifier's resolution
     assert {"oracle_real", "oracle_generator_res", "oracle_noisy", "pseudo_label", "randaugment", "none", "mvc",
             "mvc_nomix", "sd_naive", "sd_img2img"} <= set(cfg.classify.methods)
