@@ -134,7 +134,8 @@ def read_factors(images: np.ndarray) -> list[dict[str, str]]:
         row_dark = np.nanmean(dark[visible], axis=1)  # stripes: whole rows dark or light
         striped = np.std(row_dark) > 0.3
         background = "striped" if striped else "dotted" if dark_share > 0.02 else "plain"
-        out.append({"colour": colour, "background": background, "size": "large" if np.hypot(ys - ys.mean(), xs - xs.mean()).max() > 5.6 else "small",
+        reach = np.hypot(ys - ys.mean(), xs - xs.mean()).max()  # the farthest shape pixel from its centre
+        out.append({"colour": colour, "background": background, "size": "large" if reach > 5.6 else "small",
                     "position": "left" if xs.mean() < (SIDE - 1) / 2 else "right"})
     return out
 

@@ -14,7 +14,8 @@ fidelity and copies use every image of a set. Measured:
 - label fidelity: the accuracy on the set of the judge, a small CNN trained on real images of
   `metrics.judge_splits` (never `train`, the images MVC generates from); its accuracy on the real test split is
   recorded as `judge_accuracy_on_real`, and on the same images after the backbone's VAE encodes and decodes them
-  as `judge_accuracy_through_vae` (what a generator drawing the real images exactly would reach: what the bottleneck keeps);
+  as `judge_accuracy_through_vae` (what a generator drawing the real images exactly would reach: what the
+  bottleneck keeps);
 - diversity: the mean pairwise feature distance within a class, averaged over classes;
 - memorization: `copies`, the share of images whose nearest labelled training image is closer than a third of the
   second nearest, and their median nearest distance over the real-to-real one (`nn_distance_vs_real`); the same
