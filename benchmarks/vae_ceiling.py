@@ -1,10 +1,10 @@
-"""The CPU generator's ceiling: how much of a class survives the surrogate's VAE. For digits, the concepts testbed
-and the three folders of `scripts/make_imagefolders.py`, and each VAE recipe, the VAE is trained on the unlabelled
-pool exactly as the backbone stage trains it (`mvc.backbone._train_vae`; no UNet), and the profile's judge (trained on val and pool) reads
-the real test images as they are and through that VAE (encoded to its posterior mode, decoded, read back at the data
-resolution: `mvc.judge.through_vae`). A generator that drew the real images exactly would be read as well as the
-second number, so it says whether the fidelity target (0.8 x the judge on real images) is open to a better UNet or
-closed by the VAE.
+"""The CPU generator's ceiling: how much of a class survives the surrogate's VAE. For digits, the concepts testbed and
+the three folders of `scripts/make_imagefolders.py`, and each VAE recipe, the VAE is trained on the unlabelled pool
+exactly as the backbone stage trains it (`mvc.backbone._train_vae`; no UNet), and the profile's judge (trained on
+val and pool) reads the real test images as they are and through that VAE (encoded to its posterior mode, decoded,
+read back at the data resolution: `mvc.judge.through_vae`). A generator that drew the real images exactly would be
+read as well as the second number, so it says whether the fidelity target (0.8 x the judge on real images) is open
+to a better UNet or closed by the VAE.
 
     python benchmarks/vae_ceiling.py [--datasets shapes,glyphs,textures] [--data DIR]
 Writes `benchmarks/vae_ceiling.md` and `.json` (a row appended as each recipe ends: a stopped run resumes).
