@@ -268,10 +268,16 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, device: str = "cpu", batch_size: int = 512) -> torch.Tensor:
+    """The model's logits (on the CPU) of uint8 NCHW images, in batches."""
+    return torch.cat([model(normalize(x[i: i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu",
              batch_size: int = 512) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (top-k with k = min(5, classes))."""
-    logits = torch.cat([model(normalize(x[i: i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)])
+    logits = predict_logits(model, x, device, batch_size)
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     return (top[:, 0] == y).float().mean().item(), (top == y[:, None]).any(1).float().mean().item()

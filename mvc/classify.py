@@ -23,7 +23,14 @@ from mvc.artifacts import (
     load_synthetic,
     shots_label,
 )
-from mvc.classifiers import PSEUDO_LABELLED, ClassificationData, RunSpec, evaluate, normalize, train_classifier
+from mvc.classifiers import (
+    PSEUDO_LABELLED,
+    ClassificationData,
+    RunSpec,
+    evaluate,
+    predict_logits,
+    train_classifier,
+)
 from mvc.config import StudyConfig
 from mvc.grid import grid, run_key
 from mvc.imaging import to_chw
@@ -54,10 +61,7 @@ def judge_of(cfg: StudyConfig):
 def judged_as_intended(cfg: StudyConfig, images: torch.Tensor, labels: np.ndarray) -> np.ndarray:
     """True for each synthetic image the judge labels as its intended class (never another class: an image is kept
     with its label, or left out)."""
-    judge, device = judge_of(cfg), pick_device(cfg.device)
-    with torch.no_grad():
-        predicted = torch.cat([judge(normalize(images[i: i + 512]).to(device)).argmax(1).cpu()
-                               for i in range(0, len(images), 512)])
+    predicted = predict_logits(judge_of(cfg), images, pick_device(cfg.device)).argmax(1)
     return predicted.numpy() == np.asarray(labels)
 
 
@@ -131,10 +135,7 @@ def pseudo_labelled_pool(cfg: StudyConfig, data: ClassificationData) -> tuple[to
     teacher = train_classifier(data, RunSpec(role_of("reference"), cfg.seed), cfg.classify, cfg.data.resolution,
                                device)
     x = to_chw(images[pool["image_id"].to_numpy()])
-    with torch.no_grad():
-        probs = torch.cat([teacher(normalize(x[i: i + 512]).to(device)).softmax(1).cpu()
-                           for i in range(0, len(x), 512)])
-    confidence, predicted = probs.max(1)
+    confidence, predicted = predict_logits(teacher, x, device).softmax(1).max(1)
     keep = (confidence >= cfg.classify.pseudo_label_threshold).numpy()
     predicted = predicted.numpy()
     rng, train_y = np.random.default_rng([cfg.seed, 23]), data.train_y.numpy()

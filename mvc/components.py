@@ -158,6 +158,11 @@ def encode_latents(vae, images, batch_size: int | None = None, part: str = "mode
         return torch.cat([one(images[i: i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+def reconstruct(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] encoded to the VAE posterior's mode and decoded: what the latent space keeps of them."""
+    return decode_latents(vae, encode_latents(vae, images) * vae.config.scaling_factor)
+
+
 def decode_latents(vae, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Images in [-1, 1] (float32, on the latents' device) of scaled latents, decoded in batches bounded by the
     memory they need (SD 1.5's decoder takes about 1 GiB per 512 px image)."""

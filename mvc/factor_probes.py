@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mvc.classifiers import ClassificationData, RunSpec, evaluate, normalize, train_classifier
+from mvc.classifiers import ClassificationData, RunSpec, evaluate, predict_logits, train_classifier
 from mvc.config import ClassifyConfig, StudyConfig
 from mvc.registry import DATASETS, role_of
 from mvc.stages import JUDGE_RECIPE
@@ -54,15 +54,10 @@ class FactorProbes:
             self.accuracy[name] = evaluate(self.models[name], data.test_x, data.test_y, device)[0]
             log.info("metrics: factor probe %s reads %.3f of the test images", name, self.accuracy[name])
 
-    @torch.no_grad()
     def read(self, images: torch.Tensor) -> pd.DataFrame:
         """The factors the probes read from uint8 NCHW images."""
-        out = {}
-        for name, model in self.models.items():
-            pred = torch.cat([model(normalize(images[i: i + 512]).to(self.device)).argmax(1).cpu()
-                              for i in range(0, len(images), 512)])
-            out[name] = [self.values[name][int(p)] for p in pred]
-        return pd.DataFrame(out)
+        return pd.DataFrame({name: [self.values[name][int(p)] for p in predict_logits(model, images, self.device)
+                                    .argmax(1)] for name, model in self.models.items()})
 
 
 def combinations(labels, factors: pd.DataFrame) -> list[tuple]:

@@ -84,13 +84,13 @@ def through_vae(cfg: StudyConfig, images: torch.Tensor, device: str = "cpu", vae
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from mvc.components import decode_latents, encode_latents
+    from mvc.components import reconstruct
 
     if vae is None:
         kw = {"revision": cfg.backbone.revision} if cfg.backbone.kind == "pretrained" and cfg.backbone.revision else {}
         vae = AutoencoderKL.from_pretrained(backbone_source(cfg), subfolder="vae", **kw).to(device).eval()
     x = images_to_tensor(images.permute(0, 2, 3, 1).numpy(), cfg.backbone.resolution)
-    back = tensor_to_images(decode_latents(vae, encode_latents(vae, x) * vae.config.scaling_factor))
+    back = tensor_to_images(reconstruct(vae, x))
     return to_chw(np.stack([to_array(Image.fromarray(im), cfg.data.resolution, cfg.data.channels) for im in back]))
 
 

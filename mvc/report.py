@@ -105,9 +105,10 @@ def render_notebooks(cfg: StudyConfig) -> list[Path]:
     return out
 
 
-def write_index(cfg: StudyConfig) -> Path:
+def write_index(cfg: StudyConfig, reading: str | None = None) -> Path:
     """`reports/<study>/index.html` from `templates/report.html.j2`: the items in the registry's order, then the
-    notebooks, the resolved params and the provenance."""
+    notebooks, the resolved params and the provenance; `reading`: the oracle controls' (`oracle_reading`, computed
+    when not given)."""
     paths = cfg.paths
     notebooks = render_notebooks(cfg)
     sections: dict[str, list[dict]] = {s: [] for s in SECTIONS}
@@ -126,7 +127,8 @@ def write_index(cfg: StudyConfig) -> Path:
         backbone_name=cfg.backbone.model if cfg.backbone.kind == "pretrained" else "surrogate",
         classifier=cfg.classify.backbone, backbone_sentence=backbone_sentence(cfg),
         generated=time.strftime("%Y-%m-%d %H:%M"), sections=[(s, e) for s, e in sections.items() if e],
-        warnings=headline_warnings(cfg), readings=[r for r in [oracle_reading(ReportInputs(cfg).oracles)] if r],
+        warnings=headline_warnings(cfg),
+        readings=[r for r in [reading or oracle_reading(ReportInputs(cfg).oracles)] if r],
         notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2))
     write_text(paths.index, page)
     return paths.index
@@ -138,10 +140,11 @@ def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     written = write_items(cfg)
     if cfg.paths.results.exists():  # the per-seed runs, so that anyone can recompute every table from them
         shutil.copyfile(cfg.paths.results, cfg.paths.report / "results.csv")
-    write_index(cfg)
+    reading = oracle_reading(ReportInputs(cfg).oracles)
+    write_index(cfg, reading)
     return {"figures": sum(ITEM[k].kind == "figure" for k in written),
             "tables": sum(ITEM[k].kind == "table" for k in written),
-            "warnings": headline_warnings(cfg), "oracle_reading": oracle_reading(ReportInputs(cfg).oracles)}
+            "warnings": headline_warnings(cfg), "oracle_reading": reading}
 
 
 def _largest_level(study_report: Path) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mvc.components import decode_latents, encode_latents
+from mvc.components import reconstruct
 from mvc.imaging import tensor_to_images
 from mvc.sampling import initial_noise, sample
 
@@ -86,6 +86,5 @@ def draw_pool(b: SampleBatch) -> np.ndarray:
 
 def draw_pool_through_vae(b: SampleBatch) -> np.ndarray:
     """That pool image encoded and decoded by the model's VAE (its posterior mode) at backbone.resolution
-    (`oracle_generator_res`: the best any sampler of this backbone can draw)."""
-    latents = encode_latents(b.vae, b.partners()) * b.vae.config.scaling_factor
-    return tensor_to_images(decode_latents(b.vae, latents))
+    (`oracle_generator_res`: a perfect generator at this backbone's bottleneck)."""
+    return tensor_to_images(reconstruct(b.vae, b.partners()))
