@@ -34,7 +34,7 @@ from mvc.classifiers import (
 from mvc.config import StudyConfig
 from mvc.grid import grid, run_key
 from mvc.imaging import to_chw
-from mvc.io import append_rows, merge_parts, part_file, read_rows, rows_and_parts
+from mvc.io import append_rows, merge_parts, part_file, read_rows, rows_and_parts, write_json
 from mvc.progress import progress
 from mvc.registry import METHODS, method_sets, role_of, set_images_per_source
 from mvc.runtime import pick_device, process_state
@@ -146,9 +146,16 @@ def pseudo_labelled_pool(cfg: StudyConfig, data: ClassificationData) -> tuple[to
         rows[members] = own[np.arange(len(members)) % len(own)]
         index[members] = np.arange(len(members)) // len(own)
     keep &= rows >= 0
-    correct = float((predicted[keep] == pool["label"].to_numpy()[keep]).mean()) if keep.any() else float("nan")
+    truth = pool["label"].to_numpy()
+    correct = float((predicted[keep] == truth[keep]).mean()) if keep.any() else float("nan")
     log.info("classify: pseudo-labels for %d of %d pool images (threshold %.2f), %.1f%% of them right",
              keep.sum(), len(x), cfg.classify.pseudo_label_threshold, 100 * correct)
+    unit = cfg.current_unit
+    write_json(cfg.paths.pseudo_labels / f"{unit.name}.json", {
+        "shots": unit.label, "replicate": unit.replicate, "threshold": cfg.classify.pseudo_label_threshold,
+        "pool_images": len(x), "kept": int(keep.sum()), "kept_share": round(float(keep.mean()), 4),
+        "kept_correct": round(correct, 4) if keep.any() else None,
+        "teacher_pool_accuracy": round(float((predicted == truth).mean()), 4)})
     return x[torch.from_numpy(keep)], rows[keep], index[keep]
 
 

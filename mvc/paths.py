@@ -113,6 +113,11 @@ class StudyPaths:
         return self.run / "results.csv"
 
     @property
+    def pseudo_labels(self) -> Path:
+        """What self-training's teacher labelled in the pool, one JSON per unit (`classify.pseudo_labelled_pool`)."""
+        return self.run / "pseudo_labels"
+
+    @property
     def image_metrics(self) -> Path:
         return self.run / "image_metrics.csv"
 

@@ -26,7 +26,7 @@ from mvc.io import write_text
 from mvc.paths import REPO_ROOT
 from mvc.registry import report_order
 from mvc.report_items import ITEM, REPORT_ITEMS, SECTIONS, ReportInputs, item_path, numbered_items
-from mvc.report_text import backbone_sentence, format_caption, headline_warnings, oracle_reading
+from mvc.report_text import backbone_sentence, format_caption, headline_warnings, oracle_reading, primary_reading
 from mvc.stages import notebook_stages
 from mvc.state import stage, stage_info
 from mvc.units import Unit
@@ -105,10 +105,19 @@ def render_notebooks(cfg: StudyConfig) -> list[Path]:
     return out
 
 
-def write_index(cfg: StudyConfig, reading: str | None = None) -> Path:
+def readings(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """The report's readings in words, each (title, text): the primary contrast's (`primary_reading`) and the
+    oracle controls' (`oracle_reading`), where they ran."""
+    inputs = ReportInputs(cfg)
+    said = [("The primary contrast.", primary_reading(inputs.primary, cfg)),
+            ("What the oracle controls say.", oracle_reading(inputs.oracles))]
+    return [(title, text) for title, text in said if text]
+
+
+def write_index(cfg: StudyConfig, said: list[tuple[str, str]] | None = None) -> Path:
     """`reports/<study>/index.html` from `templates/report.html.j2`: the items in the registry's order, then the
-    notebooks, the resolved params and the provenance; `reading`: the oracle controls' (`oracle_reading`, computed
-    when not given)."""
+    notebooks, the resolved params and the provenance; `said`: the readings (`readings`, computed when not
+    given)."""
     paths = cfg.paths
     notebooks = render_notebooks(cfg)
     sections: dict[str, list[dict]] = {s: [] for s in SECTIONS}
@@ -128,7 +137,7 @@ def write_index(cfg: StudyConfig, reading: str | None = None) -> Path:
         classifier=cfg.classify.backbone, backbone_sentence=backbone_sentence(cfg),
         generated=time.strftime("%Y-%m-%d %H:%M"), sections=[(s, e) for s, e in sections.items() if e],
         warnings=headline_warnings(cfg),
-        readings=[r for r in [reading or oracle_reading(ReportInputs(cfg).oracles)] if r],
+        readings=readings(cfg) if said is None else said,
         notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2))
     write_text(paths.index, page)
     return paths.index
@@ -140,11 +149,11 @@ def build_report(cfg: StudyConfig, show_progress: bool = True) -> dict:
     written = write_items(cfg)
     if cfg.paths.results.exists():  # the per-seed runs, so that anyone can recompute every table from them
         shutil.copyfile(cfg.paths.results, cfg.paths.report / "results.csv")
-    reading = oracle_reading(ReportInputs(cfg).oracles)
-    write_index(cfg, reading)
+    said = readings(cfg)
+    write_index(cfg, said)
     return {"figures": sum(ITEM[k].kind == "figure" for k in written),
             "tables": sum(ITEM[k].kind == "table" for k in written),
-            "warnings": headline_warnings(cfg), "oracle_reading": reading}
+            "warnings": headline_warnings(cfg), "readings": dict(said)}
 
 
 def _largest_level(study_report: Path) -> str:

@@ -5,6 +5,7 @@ numbering follows what is present. `draw` builds items without saving them, for 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,7 +32,14 @@ from mvc.grid import grid, run_key
 from mvc.imaging import tensor_to_images
 from mvc.registry import METHODS, report_order
 from mvc.report_text import format_caption
-from mvc.statistics import ablation_table, accuracy_table, oracle_tests, paired_tests, shots_table
+from mvc.statistics import (
+    ablation_table,
+    accuracy_table,
+    oracle_tests,
+    paired_tests,
+    primary_contrast,
+    shots_table,
+)
 from mvc.units import Unit
 
 SECTIONS = ("Main result", "How the recipe was chosen", "Few-shot curve", "What the method generates",
@@ -75,6 +83,13 @@ class ReportInputs:
             return None
         out = pd.concat(tests)
         return out[["shots"] + [c for c in out.columns if c != "shots"]].reset_index(drop=True)
+
+    @cached_property
+    def primary(self) -> pd.DataFrame:
+        """The contrast declared before the run (`report.comparator` at `report.primary_shots`)."""
+        r = self.cfg.report
+        return primary_contrast(self.results, r.comparator, r.primary_shots or self.cfg.data.max_shots,
+                                r.primary_target)
 
     @cached_property
     def oracles(self) -> pd.DataFrame:
@@ -181,6 +196,16 @@ def _novel_table(metrics: pd.DataFrame) -> pd.DataFrame | None:
                     "factor_probe_accuracy"]].round(4)
 
 
+def _pseudo_label_table(d: ReportInputs) -> pd.DataFrame | None:
+    """Per unit that ran self-training: how much of the pool its teacher labelled past the threshold, and how much
+    of that it got right (from `runs/<study>/pseudo_labels/`)."""
+    if "pseudo_label" not in set(d.results["method"]):
+        return None
+    files = [d.cfg.paths.pseudo_labels / f"{u.current_unit.name}.json" for u in d.cfg.units()]
+    rows = [json.loads(f.read_text()) for f in files if f.exists()]
+    return pd.DataFrame(rows) if rows else None
+
+
 def _nonempty(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     return frame if frame is not None and len(frame) else None
 
@@ -248,12 +273,25 @@ REPORT_ITEMS: tuple[ReportItem, ...] = (
     ReportItem("classification_bars", "figure", "Ablations and tests",
                "Top-1 accuracy per method at {data.max_shots} labelled images per class (MVC methods in orange); "
                "bars: {interval}.", lambda d: figures.accuracy_bars(d.classification)),
+    ReportItem("primary_contrast", "table", "Ablations and tests",
+               "The primary contrast, declared in the params before the run: the method under test minus "
+               "{report.comparator} at the shots level of report.primary_shots (null: the largest), paired over "
+               "classifier seeds; one test, not corrected (every other test is secondary). mde80: the difference it "
+               "detects 80% of the time; units_for_target: the units (replicates, or seeds with one replicate) that "
+               "would detect report.primary_target ({report.primary_target}) points at the spread seen. "
+               "{paired_interval}", lambda d: _nonempty(d.primary)),
     ReportItem("paired_tests", "table", "Ablations and tests",
                "MVC minus each baseline (top-1 points) at each shots level, paired over classifier seeds, with a "
                "t-test and Holm's correction over the baselines of a level; the comparator fixed in advance is "
                "{report.comparator} (comparator = True); mde80: the smallest difference the same test detects with "
                "80% power (two-sided, 5%, before Holm's correction), so a difference not resolved may still be any "
                "size below it. {paired_interval}", lambda d: d.paired),
+    ReportItem("pseudo_labels", "table", "Ablations and tests",
+               "Self-training (pseudo_label), per unit: the pool images its teacher (the reference method's "
+               "classifier of the unit's labelled images) labels at softmax confidence >= "
+               "{classify.pseudo_label_threshold} (kept, kept_share), the share of those labelled right "
+               "(kept_correct, from the pool's known labels, which no method trains on), and the teacher's accuracy "
+               "on the whole pool.", _pseudo_label_table),
     ReportItem("ablation", "table", "Ablations and tests",
                "MVC under one change each (mixing mode, images per source M, p_synthetic), beside one- and two-phase "
                "MVC on the same seeds; mean and 95% interval over those seeds.",

@@ -5,6 +5,7 @@ mostly do not carry their class), which reading of the oracle controls the numbe
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from mvc.artifacts import load_image_metrics
@@ -170,3 +171,27 @@ def oracle_reading(table: pd.DataFrame) -> str | None:
         verdict = (f"MVC is below a perfect generator made as often wrong as MVC's images are (MVC - oracle_noisy: "
                    f"{_said(fidelity)}): its images lack more than their class (detail, variety).")
     return (f"A perfect generator would help here: oracle_real gives {_said(head)} over {ref}. " + verdict + neck)
+
+
+def primary_reading(table: pd.DataFrame, cfg: StudyConfig) -> str | None:
+    """The contrast declared before the run (`mvc.statistics.primary_contrast`) in words: its difference and
+    interval, whether the interval excludes 0, what the design can detect (mde80) and what detecting
+    `report.primary_target` points would take; None where it did not run."""
+    if table is None or table.empty:
+        return None
+    row = table.iloc[0].to_dict()
+    level = "every image labelled" if row["shots"] == "all" else f"{row['shots']} labelled images per class"
+    head = (f"Declared in the params before the run: {row['method']} - {row['baseline']} at {level} is "
+            f"{_said(row)}, over {row['replicates'] if row['replicates'] > 1 else row['seeds']} "
+            f"{'replicates' if row['replicates'] > 1 else 'classifier seeds'} (p = {row['p_value']:.3g}, one "
+            f"uncorrected test). ")
+    side = _resolved(row)
+    said = (f"{row['method']} is {'above' if side > 0 else 'below'} {row['baseline']}: the interval excludes 0."
+            if side else f"The interval does not exclude 0: no difference is shown, and one smaller than "
+            f"{row['mde80']:.2f} points either way is not ruled out.")
+    need = row["units_for_target"]
+    if np.isfinite(row["mde80"]) and row["mde80"] > row["target"] and np.isfinite(need):
+        unit = "replicates" if row["replicates"] > 1 else "classifier seeds"
+        said += (f" To detect {row['target']:g} point(s) 80% of the time at the spread seen would take about "
+                 f"{int(need)} {unit}.")
+    return head + said

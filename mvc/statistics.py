@@ -34,6 +34,21 @@ def detectable_difference(units: np.ndarray, power: float = 0.8, alpha: float = 
     return float(d * sd)
 
 
+def units_to_detect(units: np.ndarray, target: float, power: float = 0.8, alpha: float = 0.05) -> float:
+    """How many units (replicates, or seeds with one replicate) a two-sided paired t-test needs to detect a true
+    difference of `target` with probability `power`, at the spread of `units`: what a design that cannot detect
+    `target` would have to grow to. NaN below 2 units or without spread."""
+    from statsmodels.stats.power import TTestPower
+
+    units = np.asarray(units, dtype=float)
+    sd = units.std(ddof=1) if len(units) > 1 else 0.0
+    if len(units) < 2 or sd == 0:
+        return float("nan")
+    n = TTestPower().solve_power(effect_size=target / sd, nobs=None, alpha=alpha, power=power,
+                                 alternative="two-sided")
+    return float(np.ceil(max(n, 2)))
+
+
 def replicate_means(values: pd.Series, replicates: pd.Series | None) -> np.ndarray:
     """The mean of `values` within each replicate (one value per replicate); the values themselves when there is
     one replicate (or no replicate column): the units an interval is taken over."""
@@ -101,18 +116,23 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def paired_units(main: pd.DataFrame, method: str, baseline: str) -> tuple[pd.Index, np.ndarray, pd.Series | None]:
+    """The seeds `method` and `baseline` share, the paired differences (top-1 points) averaged within each
+    replicate (the units of a test), and `method`'s replicate column (None without one)."""
+    mine = main[main["method"] == method].set_index("seed")
+    replicate = mine["replicate"] if "replicate" in mine else None
+    b = main[main["method"] == baseline].set_index("seed")["top1"]
+    seeds = mine.index.intersection(b.index)
+    diff = (mine["top1"].loc[seeds] - b.loc[seeds]) * 100
+    return seeds, replicate_means(diff, None if replicate is None else replicate.loc[seeds]), replicate
+
+
 def paired_difference(main: pd.DataFrame, method: str, baseline: str) -> dict:
     """`method` minus `baseline` (top-1 points) over their shared seeds: mean, 95% interval, t-test p-value and mde80.
     With several replicates of the generative pipeline the paired differences are averaged within each replicate
     and the test and interval are over those replicate means (a replicate's seeds are not independent draws of the
     pipeline)."""
-    mine = main[main["method"] == method].set_index("seed")
-    a = mine["top1"]
-    replicate = mine["replicate"] if "replicate" in mine else None
-    b = main[main["method"] == baseline].set_index("seed")["top1"]
-    seeds = a.index.intersection(b.index)
-    diff = (a.loc[seeds] - b.loc[seeds]) * 100
-    units = replicate_means(diff, None if replicate is None else replicate.loc[seeds])
+    seeds, units, replicate = paired_units(main, method, baseline)
     m, h = mean_ci(units)
     note = ""
     if len(units) < 2:
@@ -125,6 +145,23 @@ def paired_difference(main: pd.DataFrame, method: str, baseline: str) -> dict:
             "replicates": len(units) if replicate is not None and replicate.nunique() > 1 else 1,
             "difference": round(m, 2), "ci95": round(h, 2), "p_value": p,
             "mde80": round(detectable_difference(units), 2), "note": note}
+
+
+def primary_contrast(results: pd.DataFrame, comparator: str, shots: int | None, target: float,
+                     method: str | None = None) -> pd.DataFrame:
+    """The contrast declared before the run (`report.comparator`, `report.primary_shots`): the method under test
+    minus `comparator` at `shots`, one paired test (`paired_difference`), not corrected (it is the one test fixed in
+    advance), with the units that would detect `target` points 80% of the time at the spread seen; empty when
+    either method did not run there."""
+    method = method or role_of("under_test")
+    main = at_shots(results[results["variant"] == "main"], shots)
+    if not {method, comparator} <= set(main["method"]):
+        return pd.DataFrame()
+    row = paired_difference(main, method, comparator)
+    units = paired_units(main, method, comparator)[1]
+    row["p_value"] = round(row["p_value"], 4)
+    return pd.DataFrame([{"shots": "all" if shots is None else shots, **row, "target": target,
+                          "units_for_target": units_to_detect(units, target)}])
 
 
 def _holm_columns(table: pd.DataFrame) -> pd.DataFrame:

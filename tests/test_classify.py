@@ -83,6 +83,24 @@ def test_phase_two_sees_no_synthetic_image_and_budgets_match(smoke):
     assert all(not used.any() for _, used, _ in seen["none"])
 
 
+def test_two_phase_training_changes_the_classifiers_predictions(smoke):
+    """mvc and mvc_two_phase share the seed, so their first phase draws the same batches; the second phase (real
+    images only, a lower rate) must then move the weights, and the test predictions with them. (Equal means of the
+    two in an old digits_full report were a tie of means on a small test set, not equal runs.)"""
+    from mvc.classifiers import predict_logits
+
+    c = _cfg(smoke, steps=12, batch_size=6, crop_padding=0, two_phase_fraction=0.5, two_phase_lr_scale=0.5)
+    data, logits, batches = _data(), {}, {}
+    for method in ("mvc", "mvc_two_phase"):
+        log = []
+        model = train_classifier(data, RunSpec(method, 0, synthetic_sets=("mvc_coarse",), p_synthetic=1.0), c, 16,
+                                 on_batch=lambda phase, x, used, log=log: log.append(x.clone()))
+        logits[method], batches[method] = predict_logits(model, data.test_x, "cpu"), log
+    assert all(torch.equal(a, b) for a, b in zip(batches["mvc"][:6], batches["mvc_two_phase"][:6]))
+    assert not any(torch.equal(a, b) for a, b in zip(batches["mvc"][6:], batches["mvc_two_phase"][6:]))
+    assert not torch.allclose(logits["mvc"], logits["mvc_two_phase"], atol=1e-4)
+
+
 def test_source_pretrained_trains_on_the_source_domain_then_on_the_labelled_images(smoke_generated):
     """The control that gets the generator's extra data directly: its first source_fraction of steps draw from the
     labelled source domain the surrogate learnt from (printed digits, with their labels), the rest from the shots."""

@@ -72,6 +72,10 @@ def test_pseudo_labels_come_from_the_pool_and_respect_the_threshold(smoke_genera
     strict = pseudo_labelled_pool(cfg.model_copy(update={"classify": cfg.classify.model_copy(
         update={"pseudo_label_threshold": 0.999999})}), data)
     assert len(strict[0]) < len(pool)  # a 5-step teacher is not sure of every pool image
+    said = __import__("json").loads((cfg.paths.pseudo_labels / f"{cfg.current_unit.name}.json").read_text())
+    assert said["pool_images"] == len(pool) and said["kept"] == len(strict[0])  # the last call's, for the report
+    assert said["threshold"] == 0.999999
+    assert said["kept_correct"] is None if said["kept"] == 0 else 0 <= said["kept_correct"] <= 1
     x, rows, index = everything
     assert ((rows >= 0) & (rows < len(data.train_y))).all()
     # each row's images are distinct pool images, indexed 0, 1, ... per labelled image
@@ -125,6 +129,31 @@ def test_the_report_says_which_reading_the_oracles_support(effects, reading):
     assert len(table) == 5 and table["p_holm"].notna().all()
     assert oracle_reading(table).startswith(reading) or reading in oracle_reading(table)
     assert not {"oracle_real", "oracle_noisy"} & set(paired_tests(_results(effects))["baseline"])  # controls
+
+
+@pytest.mark.parametrize(("effect", "said"), [(3.0, "mvc is above randaugment"),
+                                              (0.0, "The interval does not exclude 0")])
+def test_the_primary_contrast_is_one_uncorrected_test_with_what_it_can_detect(effect, said):
+    from mvc.report_text import primary_reading
+    from mvc.statistics import paired_tests, primary_contrast
+
+    results = _results({"none": 0, "randaugment": 0.5, "mixup": 0.2, "mvc": 0.5 + effect}, noise=0.8)
+    table = primary_contrast(results, "randaugment", None, target=0.1)
+    assert len(table) == 1 and table.loc[0, "baseline"] == "randaugment"
+    tests = paired_tests(results)
+    assert table.loc[0, "p_value"] == tests.set_index("baseline").loc["randaugment", "p_value"]  # not Holm's
+    assert table.loc[0, "units_for_target"] > 6  # 0.1 points at this spread needs more than the six seeds
+    reading = primary_reading(table, None)
+    assert said in reading and "Declared in the params before the run" in reading
+    assert ("would take about" in reading) == (table.loc[0, "mde80"] > 0.1)
+    assert primary_contrast(results, "autoaugment", None, 1.0).empty  # the comparator did not run
+
+
+def test_a_primary_level_the_study_does_not_have_is_refused(smoke):
+    from mvc.config import StudyConfig
+
+    with pytest.raises(ValueError, match="report.primary_shots is 7"):
+        StudyConfig.model_validate({**smoke.model_dump(), "report": {"primary_shots": 7}})
 
 
 def test_no_reading_without_the_oracles():

@@ -126,11 +126,13 @@ def test_smoke_study_end_to_end_through_papermill(smoke_study):
     assert (report / "figures" / "finetune_samples.png").exists()  # drawn by the generate stage, not a cell
     runs = pd.read_csv(report / "results.csv")  # the per-seed runs beside the tables computed from them
     assert {"method", "seed"} <= set(runs) and len(runs) == len(pd.read_csv(tmp_path / "runs/smoke/results.csv"))
-    for table in ("classification", "image_metrics", "paired_tests"):
+    for table in ("classification", "image_metrics", "primary_contrast", "paired_tests", "pseudo_labels"):
         for ext in ("csv", "md", "tex"):
             assert (report / "tables" / f"{table}.{ext}").exists()
     assert not list((report / "tables").glob("ablation.*"))  # no ablation grid here: left out, not empty
     assert "MVC under one change each" not in (report / "index.html").read_text()
+    assert "<b>The primary contrast.</b> Declared in the params before the run: mvc - randaugment" in \
+        (report / "index.html").read_text()
     prov = json.loads((report / "provenance.json").read_text())
     assert set(prov["stages"]) == set(NOTEBOOKS)
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in prov["stages"].values())

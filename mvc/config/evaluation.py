@@ -108,6 +108,11 @@ class ReportConfig(Section):
     # `tuned_classical` role of mvc/vocabulary.py (RandAugment, as the paper names it); the report tests MVC against
     # every baseline too, with Holm's correction
     comparator: str = Field(default_factory=lambda: registry.role_of("tuned_classical"))
+    # the primary contrast, declared before the run: the method under test minus `comparator` at this shots level
+    # (None: the largest), reported first, alone and uncorrected, with the difference it can detect (mde80) and the
+    # replicates that would detect `primary_target` points; every other test is secondary
+    primary_shots: int | None = Field(None, ge=1)
+    primary_target: float = Field(1.0, gt=0)  # top-1 points the design should detect with 80% power
     examples_per_class: int = Field(4, ge=1)  # images per class in the figures
     classes_in_figures: int = Field(10, ge=1)  # at most this many classes shown
     # a synthetic set whose label fidelity is more than this below the judge's accuracy on real images is named in

@@ -130,6 +130,16 @@ class StudyConfig(UnitViews):
             raise ValueError(f"redraw_labelled is true but data.labelled_per_class ({self.data.labelled_per_class}) "
                              f"equals the largest shots level, so every replicate would draw the same images: set "
                              f"data.labelled_per_class above {self.data.max_shots}")
+        if self.report.primary_shots is not None and self.report.primary_shots not in self.data.shot_levels:
+            raise ValueError(f"report.primary_shots is {self.report.primary_shots}, not a level of data.shots "
+                             f"({self.data.shots}): name one of them, or null for the largest")
+        primary = self.report.primary_shots or self.data.max_shots
+        if self.curve_methods is not None and primary != self.data.max_shots:
+            missing = {registry.role_of("under_test"), self.report.comparator} - set(self.curve_methods)
+            if missing:
+                raise ValueError(f"report.primary_shots is {primary}, below the largest level, but curve_methods "
+                                 f"leaves out {sorted(missing)}, so the primary contrast would not run there: add "
+                                 f"them to curve_methods")
         if self.curve_methods == []:
             raise ValueError(f"curve_methods is empty with data.shots {self.data.shots}: no method would run below "
                              f"the largest level while its models were still made; name the methods of the curve, "
