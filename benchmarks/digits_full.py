@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET_S = 3600
+BUDGET_S = 5400  # issue 33: the whole design, replicated, in at most 90 minutes on 2 cores
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--no-run", action="store_true")
+    p.add_argument("--note", default="", help="a line on how the run was made, written under the tables")
     args = p.parse_args()
     from mvc import state
     from mvc.config import load_config
@@ -39,14 +40,17 @@ def main() -> None:
         wall = time.time() - start
     prov = json.loads(cfg.paths.provenance.read_text())
     nb = prov["stages"]
-    sec = {s.name: state.stage_info(cfg, s.name).get("seconds", float("nan")) for s in STAGES}
+    recorded = {k: v for nb_ in prov["stages"].values() for k, v in nb_.get("stage_seconds", {}).items()}
+    # the stage records of runs/ where they are, else what the provenance kept of them (a run made elsewhere)
+    sec = {s.name: state.stage_info(cfg, s.name).get("seconds", recorded.get(s.name, float("nan"))) for s in STAGES}
+    runs = state.stage_info(cfg, "classify").get("runs") or sum(1 for _ in open(cfg.paths.report / "results.csv")) - 1
     study_s = sum(v["wall_s"] for v in nb.values())
     result = {"device": prov["device"], "budget_s": BUDGET_S, "study_s": round(study_s, 1),
               "wall_s_with_start_up": round(wall, 1) if wall else None, "stage_s": sec,
               "notebooks": {k: {"wall_s": v["wall_s"], "peak_rss_mb": v["peak_rss_mb"]} for k, v in nb.items()},
               "peak_rss_mb": max(v["peak_rss_mb"] for v in nb.values()),
               "units": len(cfg.units()), "shots": cfg.data.shot_levels, "replicates": cfg.replicates,
-              "classifier_runs": state.stage_info(cfg, "classify").get("runs")}
+              "classifier_runs": runs}
     (ROOT / "benchmarks/digits_full.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# The whole digits design on the CPU: `params/digits_full.yaml`", "",
              f"Device: {prov['device']}. Shots {cfg.data.shot_levels}, {cfg.replicates} replicates of the generative "
@@ -58,7 +62,7 @@ def main() -> None:
     lines += [f"| {k} | {v['wall_s']} | {v['peak_rss_mb']} |" for k, v in sorted(nb.items())]
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in sec.items()]
-    lines += ["", "The report: `reports/digits_full/index.html`."]
+    lines += ["", "The report: `reports/digits_full/index.html`."] + (["", f"Note: {args.note}"] if args.note else [])
     (ROOT / "benchmarks/digits_full.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -40,16 +40,18 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class PretrainedLite0(nn.Module):
-    """EfficientNet-Lite0 (ImageNet weights, offline) with a new linear head; takes the kit's [-1, 1] images, resizes
-    them to `size` and normalizes them as ImageNet's were."""
+class ImageNetClassifier(nn.Module):
+    """An ImageNet-pretrained body (its pooled features) with a new linear head, as the field's few-shot and
+    full-data protocols use it: takes the kit's [-1, 1] images, resizes them to `size` (224 for ResNet-50) and
+    normalizes them as ImageNet's were. `body`: efficientnet_lite0 (weights installed from the registry), a
+    torchvision ResNet or a timm model, each without its classifier."""
 
-    def __init__(self, num_classes: int, pretrained: bool, size: int) -> None:
+    def __init__(self, body: nn.Module, num_features: int, num_classes: int, size: int) -> None:
         super().__init__()
-        from mvc.image_measures import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
+        from mvc.image_measures import IMAGENET_MEAN, IMAGENET_STD
 
-        self.body, self.size = efficientnet_lite0(pretrained), size
-        self.head = nn.Linear(self.body.num_features, num_classes)
+        self.body, self.size = body, size
+        self.head = nn.Linear(num_features, num_classes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -71,10 +73,31 @@ class PretrainedLite0(nn.Module):
         return _Embedding(self)
 
 
-class _Embedding(nn.Module):
-    """A view of a PretrainedLite0's `embed` as a module (the network is held outside the module tree)."""
+def imagenet_body(name: str, pretrained: bool) -> tuple[nn.Module, int]:
+    """The body of an ImageNet classifier without its head, and its feature width: `efficientnet_lite0`, a
+    torchvision `resnet18`/`resnet50` (standard stem, weights from the torch hub cache) or `timm:<name>` (weights
+    from the Hugging Face cache)."""
+    if name == "efficientnet_lite0":
+        from mvc.image_measures import efficientnet_lite0
 
-    def __init__(self, network: PretrainedLite0) -> None:
+        body = efficientnet_lite0(pretrained)
+        return body, body.num_features
+    if name in ("resnet18", "resnet50"):
+        import torchvision
+
+        body = getattr(torchvision.models, name)(weights="DEFAULT" if pretrained else None)
+        width, body.fc = body.fc.in_features, nn.Identity()
+        return body, width
+    import timm
+
+    body = timm.create_model(name.removeprefix("timm:"), pretrained=pretrained, num_classes=0)
+    return body, body.num_features
+
+
+class _Embedding(nn.Module):
+    """A view of an ImageNetClassifier's `embed` as a module (the network is held outside the module tree)."""
+
+    def __init__(self, network: ImageNetClassifier) -> None:
         super().__init__()
         self.__dict__["network"] = network  # not registered: a view, not a copy
 
@@ -84,38 +107,44 @@ class _Embedding(nn.Module):
 
 def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
                      width: int = 32, input_size: int = 64) -> nn.Module:
-    """`small_cnn`, `resnet18` / `resnet50` (torchvision; small-image stem for resnet18), `efficientnet_lite0`
-    (ImageNet weights from the installed registry package: offline; at `input_size` pixels), or `timm:<name>`."""
+    """`small_cnn`; `efficientnet_lite0` (its ImageNet weights installed from the registry: offline); `resnet18` /
+    `resnet50` (torchvision) or `timm:<name>`. With `pretrained` (or for efficientnet_lite0, always) an
+    `ImageNetClassifier` at `input_size` pixels; from scratch, resnet18 has a small-image stem and the rest their
+    own, at the data's resolution."""
     import torchvision
 
-    try:
-        if name == "efficientnet_lite0":
-            return PretrainedLite0(num_classes, pretrained, input_size)
-        if name == "small_cnn":
-            if pretrained:
-                raise ValueError("classify.pretrained: small_cnn has no pretrained weights; "
-                                 "use resnet18/50 or timm:<name>")
-            return SmallCNN(num_classes, in_channels, width)
-        if name in ("resnet18", "resnet50"):
-            weights = "DEFAULT" if pretrained else None
-            model = getattr(torchvision.models, name)(weights=weights)
-            if name == "resnet18":  # CIFAR-style stem: 3x3 stride-1 conv, no max-pool
-                model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-                model.maxpool = nn.Identity()
-            model.fc = nn.Linear(model.fc.in_features, num_classes)
-            return model
-        if name.startswith("timm:"):
-            import timm
-
-            return timm.create_model(name[5:], pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
-    except (OSError, RuntimeError) as err:
+    known = name in ("small_cnn", "efficientnet_lite0", "resnet18", "resnet50") or name.startswith("timm:")
+    if not known:
+        raise ValueError(f"classify.backbone: {name!r} is not one of small_cnn, resnet18, resnet50, "
+                         f"efficientnet_lite0, timm:<name>")
+    if name == "small_cnn":
         if pretrained:
-            raise RuntimeError(f"classify.pretrained: ImageNet weights for {name} are not available offline ({err}); "
-                               "put them in the torch hub / HF cache on a connected machine, or set "
-                               "classify.pretrained: false") from err
-        raise
-    raise ValueError(f"classify.backbone: {name!r} is not one of small_cnn, resnet18, resnet50, efficientnet_lite0, "
-                     f"timm:<name>")
+            raise ValueError("classify.pretrained: small_cnn has no pretrained weights; use resnet18/50, "
+                             "efficientnet_lite0 or timm:<name>")
+        return SmallCNN(num_classes, in_channels, width)
+    try:
+        if pretrained or name == "efficientnet_lite0":
+            return ImageNetClassifier(*imagenet_body(name, pretrained), num_classes, input_size)
+    except (OSError, RuntimeError) as err:
+        from mvc.weights import fetch_hint
+
+        raise RuntimeError(f"classify.pretrained: ImageNet weights for {name} are not available offline ({err}); "
+                           f"{fetch_hint(name)}, or set classify.pretrained: false") from err
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name[5:], pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    model = getattr(torchvision.models, name)(weights=None)
+    if name == "resnet18":  # CIFAR-style stem: 3x3 stride-1 conv, no max-pool
+        model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The final linear layer: what a linear probe trains."""
+    return model.fc if hasattr(model, "fc") and not isinstance(model, ImageNetClassifier) else model.head
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,21 +196,36 @@ def replacement_sets(spec: RunSpec) -> list[str]:
 
 
 class SyntheticSampler:
-    """Replaces each real image of a batch by one of its synthetic images with probability `p`."""
+    """Replaces real images of a batch by synthetic ones, by `combine` (`classify.combine`): `own`, one of the image's
+    own synthetics with probability `p`; `class`, any synthetic image of its class with probability `p`; `concat`,
+    the real and synthetic sets pooled (a real image's slot goes to a synthetic image of its class with the
+    synthetic share of that class's pool, whatever `p`); `synthetic_only`, one of its own synthetics always."""
 
-    def __init__(self, data: ClassificationData, sets: list[str], max_per_source: int | None = None):
+    def __init__(self, data: ClassificationData, sets: list[str], max_per_source: int | None = None,
+                 combine: str = "own"):
         parts = [data.synthetic[g] for g in sets]
         self.images = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, dtype=torch.uint8)
         sources = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, int)
         index = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, int)
         keep = index < max_per_source if max_per_source else np.ones(len(index), bool)
-        self.of_source = [np.flatnonzero(keep & (sources == s)) for s in range(len(data.train_y))]
+        self.combine, self.share = combine, None
+        if combine in ("class", "concat"):
+            labels = data.train_y.numpy()
+            of_class = {c: np.flatnonzero(keep & (labels[sources] == c)) for c in np.unique(labels)}
+            self.of_source = [of_class[c] for c in labels]
+            if combine == "concat":
+                real = {c: int((labels == c).sum()) for c in of_class}
+                self.share = [len(of_class[c]) / (len(of_class[c]) + real[c]) for c in labels]
+        else:
+            self.of_source = [np.flatnonzero(keep & (sources == s)) for s in range(len(data.train_y))]
 
     def __call__(self, rows: np.ndarray, p: float, rng: np.random.Generator, real: torch.Tensor):
         out, used = real.clone(), np.zeros(len(rows), bool)
+        if self.combine == "synthetic_only":
+            p = 1.0
         for i, r in enumerate(rows):
             cands = self.of_source[r]
-            if len(cands) and rng.random() < p:
+            if len(cands) and rng.random() < (p if self.share is None else self.share[r]):
                 out[i] = self.images[cands[rng.integers(len(cands))]]
                 used[i] = True
         return out, used
@@ -206,7 +250,8 @@ class RunSpec:
 
 
 def phase_schedule(method: str, c: ClassifyConfig) -> list[tuple[int, float, bool, bool]]:
-    """[(steps, lr scale, synthetic allowed, on the source domain)] per phase; every method totals `c.steps`."""
+    """[(steps, lr scale, synthetic allowed, on the source domain)] per phase; every method totals `c.steps` (set
+    from `epochs` by `train_classifier` where the params count in epochs)."""
     synthetic = METHODS[method].draws_images(c)
     if METHODS[method].two_phase:  # phase 2: real images only, a fresh cosine schedule at a lower rate
         second = max(1, round(c.two_phase_fraction * c.steps))
@@ -222,28 +267,49 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() / 255 - 0.5) / 0.5
 
 
+def lr_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """One phase's schedule: cosine over its `steps`, after a linear warm-up of `warmup` of them (none: plain
+    cosine, as before warm-up was a field)."""
+    warmup = min(warmup, steps - 1)
+    if warmup <= 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / (warmup + 1), total_iters=warmup)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps - warmup))
+    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
+
+
 def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig, resolution: int,
                      device: str = "cpu", on_batch=None) -> nn.Module:
     """Train one classifier; `on_batch(phase, images, used_synthetic)` sees every batch (tests use it)."""
     seed_everything(spec.seed)
     rng = np.random.default_rng(spec.seed)
+    if c.epochs is not None:
+        c = c.model_copy(update={"steps": c.steps_for(len(data.train_y))})
     model = build_classifier(c.backbone, data.num_classes, data.train_x.shape[1], c.pretrained,
                              c.small_cnn_width, c.input_size).to(device)
+    probe = c.train == "linear_probe"
+    if probe:  # DA-Fusion's protocol: the pretrained body frozen, only the new head learns
+        model.requires_grad_(False)
+        head_of(model).requires_grad_(True)
+    trained = [p for p in model.parameters() if p.requires_grad]
     layout = torch.channels_last if c.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
     per_image = method_transform(spec.method, c, resolution)
     per_batch = batch_transform(spec.method, c, data.num_classes)
     sets = replacement_sets(spec)
-    sampler = SyntheticSampler(data, sets, spec.max_per_source) if sets else None
+    sampler = SyntheticSampler(data, sets, spec.max_per_source, c.combine) if sets else None
     if c.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
+        opt = torch.optim.SGD(trained, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
     else:
-        opt = adamw(model.parameters(), device, lr=c.lr, weight_decay=c.weight_decay)
+        opt = adamw(trained, device, lr=c.lr, weight_decay=c.weight_decay)
     model.train()
+    if probe:
+        model.eval()  # the frozen body's batch norm keeps its ImageNet statistics
+        head_of(model).train()
     for phase, (steps, lr_scale, synthetic_ok, on_source) in enumerate(phase_schedule(spec.method, c)):
         for group in opt.param_groups:
             group["lr"] = c.lr * lr_scale
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+        sched = lr_schedule(opt, steps, c.warmup_steps if phase == 0 else 0)
         if on_source and data.source is None:
             raise ValueError(f"method {spec.method} trains on the labelled source domain, which was not loaded")
         pool_x, pool_y = data.source if on_source else (data.train_x, data.train_y)
@@ -259,7 +325,8 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
             x = normalize(x)
             if per_batch is not None:
                 x, y = per_batch(x, y)
-            loss = F.cross_entropy(model(x.to(device, memory_format=layout)), y.to(device))
+            loss = F.cross_entropy(model(x.to(device, memory_format=layout)), y.to(device),
+                                   label_smoothing=c.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -162,9 +162,11 @@ def pseudo_labelled_pool(cfg: StudyConfig, data: ClassificationData) -> tuple[to
 def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:
     """One row of results.csv."""
     c = cfg.classify
-    share = spec.p_synthetic * (1 - (c.two_phase_fraction if METHODS[spec.method].two_phase else 0)) \
-        if METHODS[spec.method].draws_images(c) else 0.0
     per_source = sum(spec.max_per_source or set_images_per_source(cfg.generate, s) for s in spec.synthetic_sets)
+    # the share of a batch's slots a synthetic image may take, by classify.combine (concat: M of every M + 1)
+    p = {"synthetic_only": 1.0, "concat": per_source / (per_source + 1)}.get(c.combine, spec.p_synthetic)
+    share = p * (1 - (c.two_phase_fraction if METHODS[spec.method].two_phase else 0)) \
+        if METHODS[spec.method].draws_images(c) else 0.0
     return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed, "replicate": spec.replicate,
             "shots": shots_label(spec.shots), "backbone": c.backbone, "variant": spec.variant,
             "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),

@@ -124,6 +124,19 @@ def main(argv: list[str] | None = None) -> int:
                 print("# estimated peak memory (GB): " + ", ".join(f"{k} {v:.1f}" for k, v in need.items()))
             else:
                 print_memory_model(cfg, args.gpu_memory)
+            from mvc.weights import required_weights
+
+            for w in required_weights(cfg):
+                print(f"# weights {w.field}: {w.name}: " + ("cached" if w.cached else f"MISSING: {w.fetch}"))
+            if cfg.backbone.kind == "pretrained":
+                from mvc.gpu_bill import gpu_bill
+
+                bill = gpu_bill(cfg)
+                for row in bill:
+                    print(f"# GPU bill ({row['how']}): {row['stage']}: {row['s'] / 3600:.2f} h")
+                if bill:
+                    print(f"# GPU bill: {sum(r['s'] for r in bill) / 3600:.1f} h on one H100/H200-class GPU "
+                          f"(mvc/gpu_bill.py says how each row is counted)")
         else:
             cfg = load_config(args.params, args.overrides)
             if args.command in ("caption", "finetune", "generate") and cfg.backbone.kind == "pretrained":

@@ -26,6 +26,7 @@ from mvc.progress import PROGRESS_ENV, bar
 from mvc.resources import check_memory
 from mvc.stages import NOTEBOOKS, STAGES, notebook_stages
 from mvc.state import FORCE_ENV
+from mvc.weights import require_weights
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,8 @@ def run_study(params: str | Path, notebooks: str | None = None, overrides: list[
     params_path = resolve_path(params).resolve()
     cfg = load_config(params_path, overrides)
     chosen = parse_notebooks(notebooks)
-    check_memory(cfg)  # before any work: a stage that cannot fit the card (or this CPU) is refused, naming the setting
+    require_weights(cfg)  # before any work: a study whose pretrained weights are not cached, naming each missing id
+    check_memory(cfg)  # and a stage that cannot fit the card (or this CPU), naming the setting
     ensure_writable(cfg.paths.run, "runs_root")
     ensure_writable(cfg.paths.report, "reports_root")
     with study_lock(cfg.paths.run):

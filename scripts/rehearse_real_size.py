@@ -321,7 +321,7 @@ def study_overrides(args, work: Path, inception: Path) -> list[str]:
             f"data.shots={args.shots}", "data.val_per_class=1", f"finetune.steps={args.steps}",
             "finetune.lr_warmup_steps=0", f"finetune.checkpoint_every={args.steps}", f"generate.steps={args.steps}",
             f"generate.images_per_source={args.images_per_source}", "metrics.judge_steps=2",
-            f"classify.steps={args.steps}", "classify.seeds=[0]"]
+            f"classify.steps={args.steps}", "classify.epochs=null", "classify.seeds=[0]", "replicates=1"]
     if args.tiny_resolution:  # the dry run only
         sets.append(f"backbone.resolution={args.tiny_resolution}")
     return sets + args.extra_set
@@ -583,7 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "memory").mkdir()
     env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": python_path()}
+           "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": python_path(),
+           "TORCH_HOME": str(work / "torch_home")}
+    if not list((work / "torch_home").glob("hub/checkpoints/resnet50-*.pth")):
+        from tests.tiny_models import save_random_torchvision_weights
+
+        save_random_torchvision_weights("resnet50", work / "torch_home")  # the classifier's ImageNet weights
     t0, notes = time.time(), []
     if args.scale == "tiny":
         notes.append("DRY RUN: tiny models with the real layouts and hub ids" + (

@@ -4,7 +4,8 @@ random models saved to disk), where the data lies (a fixture in the dataset's re
 
 What runs on this CPU as the profile says: BLIP-2 captioning, the backbone loaded from a folder, bf16 autocast
 fine-tuning with gradient accumulation, gradient checkpointing and EMA, DPM-Solver++ sampling, Inception features
-for FID/KID (from a local weights file), the ResNet-18 classifier with SGD. What falls back on a CPU, with a
+for FID/KID (from a local weights file), the ImageNet ResNet-50 (shape-true random weights where torchvision
+reads them) fine-tuned with SGD, warm-up and label smoothing. What falls back on a CPU, with a
 logged reason: `torch.compile` of the UNet (`finetune.compile`, `generate.compile`), and bf16 weights in
 generation (fp32 on a CPU).
 """
@@ -31,6 +32,7 @@ ALLOWED_OVERRIDES = {
     "finetune.checkpoint_every": "size", "generate.steps": "size", "generate.images_per_source": "size",
     "generate.batch_size": "size", "metrics.kid_subset_size": "size", "metrics.kid_subsets": "size",
     "metrics.judge_steps": "size", "classify.steps": "size", "classify.batch_size": "size", "classify.seeds": "size",
+    "classify.epochs": "size", "classify.warmup_steps": "size", "classify.input_size": "size", "replicates": "size",
 }
 PROFILES = ["cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
 
@@ -51,16 +53,29 @@ def rehearsal_overrides(tmp_path, root, tiny_sd, tiny_blip2, inception) -> list[
         f"data.root={root}", "data.shots=2", "data.val_per_class=1", "data.resolution=16", "backbone.resolution=16",
         "caption.max_new_tokens=3", "finetune.steps=2", "finetune.batch_size=4", "finetune.lr_warmup_steps=0",
         "finetune.checkpoint_every=1", "generate.steps=2", "generate.images_per_source=2", "metrics.kid_subset_size=2",
-        "metrics.kid_subsets=5", "metrics.judge_steps=2", "classify.steps=2", "classify.batch_size=4",
-        "classify.seeds=[0,1]",
+        "metrics.kid_subsets=5", "metrics.judge_steps=2", "classify.steps=2", "classify.epochs=null",
+        "classify.warmup_steps=1", "classify.batch_size=4", "classify.input_size=32", "classify.seeds=[0,1]",
+        "replicates=1",
     ]
     assert {o.split("=")[0] for o in overrides} <= set(ALLOWED_OVERRIDES), "a rehearsal overrides a method setting"
     return overrides
 
 
+@pytest.fixture(scope="module")
+def imagenet_resnet50(tmp_path_factory):
+    """Shape-true random ResNet-50 weights where torchvision reads the ImageNet ones (the torch hub cache)."""
+    from tests.tiny_models import save_random_torchvision_weights
+
+    home = tmp_path_factory.mktemp("torch_home")
+    save_random_torchvision_weights("resnet50", home)
+    return home
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", PROFILES)
-def test_paper_profile_dress_rehearsal(tmp_path, tiny_sd, tiny_blip2, inception_file, profile, caplog):
+def test_paper_profile_dress_rehearsal(tmp_path, tiny_sd, tiny_blip2, inception_file, imagenet_resnet50, profile,
+                                       caplog, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_resnet50))
     make, flag = FIXTURES[profile]
     root = tmp_path / "data"
     root.mkdir()
@@ -73,6 +88,8 @@ def test_paper_profile_dress_rehearsal(tmp_path, tiny_sd, tiny_blip2, inception_
                 if f"{section}.{k}" not in ALLOWED_OVERRIDES}
         assert kept == {k: v for k, v in getattr(cfg, section).model_dump().items() if k in kept}, section
     assert cfg.metrics.feature_extractor == "inception" and cfg.finetune.mixed_precision == "bf16"
+    assert (shipped.classify.backbone, shipped.classify.pretrained, shipped.classify.input_size) == \
+        ("resnet50", True, 224) and shipped.replicates >= 3  # the field's classifier, replicated (docs/protocol.md)
     with caplog.at_level(logging.WARNING):
         run_until(cfg, "report")
     assert "finetune.compile: torch.compile skipped on cpu" in caplog.text  # the logged fallback

@@ -79,3 +79,17 @@ def save_random_inception(path: Path) -> dict:
     state = net.state_dict()
     torch.save(state, path)
     return state
+
+
+def save_random_torchvision_weights(name: str, torch_home: Path) -> Path:
+    """A randomly initialised torchvision `name` (e.g. resnet50) saved where `torchvision.models.<name>(weights=
+    'DEFAULT')` reads its ImageNet weights from the torch hub cache (`TORCH_HOME`), under the file name of the real
+    release: the real loading code runs, offline, on shape-true random weights."""
+    import torch
+    import torchvision
+
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    path = Path(torch_home) / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(getattr(torchvision.models, name)(weights=None).state_dict(), path)
+    return path

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -60,15 +61,31 @@ class ClassifyConfig(Section):
     # small_cnn | resnet18 | resnet50 | efficientnet_lite0 (ImageNet weights installed from the registry: offline, for
     # the CPU profiles on natural images) | timm:<name>
     backbone: str = "small_cnn"
-    input_size: int = Field(64, ge=16, le=512)  # efficientnet_lite0: the side images are resized to
+    # the side images are resized to for an ImageNet-pretrained backbone (and efficientnet_lite0): 224 as the field
+    # runs ResNet-50 (DA-Fusion 256, Diff-Mix 224 or 448)
+    input_size: int = Field(64, ge=16, le=512)
     small_cnn_width: int = Field(32, ge=4)  # channels of small_cnn's first block (x2, x4 after)
-    pretrained: bool = False  # ImageNet weights (must be cached locally)
-    steps: int = Field(300, ge=1)  # optimizer steps, the same for every method
+    # ImageNet weights, read offline from the torch hub cache (resnet18/50) or the Hugging Face cache (timm:<name>);
+    # `mvc study` names the missing ones before any work
+    pretrained: bool = False
+    # finetune: every weight trains (Diff-Mix's recipe); linear_probe: the pretrained body frozen (batch norm in
+    # eval mode), only the new linear head trains (DA-Fusion's)
+    train: Literal["finetune", "linear_probe"] = "finetune"
+    steps: int = Field(300, ge=1)  # optimizer steps, the same for every method (unless `epochs` is set)
+    # passes over the unit's labelled images instead of `steps`: steps = ceil(epochs x train images / batch_size),
+    # the same for every method of a unit (full-data profiles count in epochs, as the field does)
+    epochs: float | None = Field(None, gt=0)
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up of the first phase before its cosine schedule
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the cross-entropy (Diff-Mix: 0.1)
     batch_size: int = Field(64, ge=1)  # images per optimizer step
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, nesterov
     lr: float = Field(3e-3, gt=0)  # peak learning rate of the cosine schedule
     weight_decay: float = Field(5e-4, ge=0)  # decoupled weight decay (AdamW) or L2 (SGD)
     p_synthetic: float = Field(0.5, ge=0, le=1)  # a synthetic image replaces its real source with this chance
+    # how real and synthetic images combine (docs/protocol.md): own, a real image replaced by one of its own
+    # synthetics with probability p_synthetic (DA-Fusion's); class, by any synthetic image of its class; concat, the
+    # two sets pooled (each image drawn equally often; p_synthetic unused); synthetic_only, every real image replaced
+    combine: Literal["own", "class", "concat", "synthetic_only"] = "own"
     evaluate_on: Literal["test", "val"] = "test"  # val: choose a recipe without looking at test accuracy
     # the MVC synthetic sets the mvc methods draw from; one set: as many synthetic images per source as the naive set
     mvc_modes: list[MixMode] = Field(["coarse"], min_length=1)
@@ -101,6 +118,19 @@ class ClassifyConfig(Section):
     @classmethod
     def _registered(cls, v: list[str]) -> list[str]:
         return _known_methods(v, "classify.methods")
+
+    @model_validator(mode="after")
+    def _probe_needs_weights(self) -> ClassifyConfig:
+        if self.train == "linear_probe" and not (self.pretrained or self.backbone == "efficientnet_lite0"):
+            raise ValueError(f"classify.train: linear_probe trains only the head of a pretrained body, but "
+                             f"classify.pretrained is false for {self.backbone}: set classify.pretrained: true, or "
+                             f"classify.train: finetune")
+        return self
+
+    def steps_for(self, train_images: int) -> int:
+        """The optimizer steps of one run on `train_images` labelled images: `epochs` passes when set, else
+        `steps`."""
+        return self.steps if self.epochs is None else max(1, math.ceil(self.epochs * train_images / self.batch_size))
 
 
 class ReportConfig(Section):
