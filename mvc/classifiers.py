@@ -9,6 +9,7 @@ on real images only, at `two_phase_lr_scale` times the learning rate.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,6 +74,20 @@ class ImageNetClassifier(nn.Module):
         return _Embedding(self)
 
 
+def torchvision_imagenet_weights(name: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of `name` from the torch hub cache, read once per process and cache folder: a
+    grid of classifier runs would otherwise read the same file (ResNet-50: 98 MB) for every run. Callers copy them
+    into their own model (`load_state_dict` copies), so the cached tensors are never trained."""
+    return _read_torchvision_weights(name, torch.hub.get_dir())
+
+
+@functools.lru_cache(maxsize=2)
+def _read_torchvision_weights(name: str, hub_dir: str) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    return torchvision.models.get_model_weights(name).DEFAULT.get_state_dict(progress=False, check_hash=True)
+
+
 def imagenet_body(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     """The body of an ImageNet classifier without its head, and its feature width: `efficientnet_lite0`, a
     torchvision `resnet18`/`resnet50` (standard stem, weights from the torch hub cache) or `timm:<name>` (weights
@@ -85,7 +100,9 @@ def imagenet_body(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     if name in ("resnet18", "resnet50"):
         import torchvision
 
-        body = getattr(torchvision.models, name)(weights="DEFAULT" if pretrained else None)
+        body = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            body.load_state_dict(torchvision_imagenet_weights(name))
         width, body.fc = body.fc.in_features, nn.Identity()
         return body, width
     import timm
