@@ -161,7 +161,7 @@ def build_classifier(name: str, num_classes: int, in_channels: int = 3, pretrain
 
 def head_of(model: nn.Module) -> nn.Module:
     """The final linear layer: what a linear probe trains."""
-    return model.fc if hasattr(model, "fc") and not isinstance(model, ImageNetClassifier) else model.head
+    return model.fc if hasattr(model, "fc") else model.head  # torchvision's own head, or ours
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ class SyntheticSampler:
         sources = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, int)
         index = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, int)
         keep = index < max_per_source if max_per_source else np.ones(len(index), bool)
-        self.combine, self.share = combine, None
+        self.share = [1.0] * len(data.train_y) if combine == "synthetic_only" else None  # per row, instead of p
         if combine in ("class", "concat"):
             labels = data.train_y.numpy()
             of_class = {c: np.flatnonzero(keep & (labels[sources] == c)) for c in np.unique(labels)}
@@ -238,8 +238,6 @@ class SyntheticSampler:
 
     def __call__(self, rows: np.ndarray, p: float, rng: np.random.Generator, real: torch.Tensor):
         out, used = real.clone(), np.zeros(len(rows), bool)
-        if self.combine == "synthetic_only":
-            p = 1.0
         for i, r in enumerate(rows):
             cands = self.of_source[r]
             if len(cands) and rng.random() < (p if self.share is None else self.share[r]):

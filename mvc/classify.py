@@ -159,8 +159,9 @@ def pseudo_labelled_pool(cfg: StudyConfig, data: ClassificationData) -> tuple[to
     return x[torch.from_numpy(keep)], rows[keep], index[keep]
 
 
-def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dict:
-    """One row of results.csv."""
+def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float, train_images: int) -> dict:
+    """One row of results.csv; `steps`: those the run took on its `train_images` labelled images (`epochs` counts
+    them per unit)."""
     c = cfg.classify
     per_source = sum(spec.max_per_source or set_images_per_source(cfg.generate, s) for s in spec.synthetic_sets)
     # the share of a batch's slots a synthetic image may take, by classify.combine (concat: M of every M + 1)
@@ -169,8 +170,9 @@ def result_row(cfg: StudyConfig, spec: RunSpec, top1: float, top5: float) -> dic
         if METHODS[spec.method].draws_images(c) else 0.0
     return {"dataset": cfg.data.dataset, "method": spec.method, "seed": spec.seed, "replicate": spec.replicate,
             "shots": shots_label(spec.shots), "backbone": c.backbone, "variant": spec.variant,
-            "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps, "synthetic_share": round(share, 3),
-            "synthetic_per_source": per_source, "params_hash": cfg.stage_hash("classify")}
+            "top1": round(top1, 5), "top5": round(top5, 5), "steps": c.steps_for(train_images),
+            "synthetic_share": round(share, 3), "synthetic_per_source": per_source,
+            "params_hash": cfg.stage_hash("classify")}
 
 
 def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int | None = None,
@@ -198,7 +200,7 @@ def run_specs(cfg: StudyConfig, specs: list[RunSpec], part: Path, threads: int |
         data = loaded[unit]
         model = train_classifier(data, spec, cfg.classify, cfg.data.resolution, device)
         top1, top5 = evaluate(model, data.test_x, data.test_y, device)
-        append_rows(part, pd.DataFrame([result_row(cfg, spec, top1, top5)], columns=RESULT_COLUMNS))
+        append_rows(part, pd.DataFrame([result_row(cfg, spec, top1, top5, len(data.train_y))], columns=RESULT_COLUMNS))
         ran += 1
     return ran
 

@@ -8,6 +8,7 @@ A backbone is the five parts a diffusers Stable Diffusion folder holds: `vae` (A
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from mvc.io import atomic_dir
 from mvc.paths import ModelFolderError, hub_error, resolve_path
 from mvc.progress import quiet_library_bars
 from mvc.surrogate import build_surrogate_text_parts
@@ -59,13 +61,16 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
     kw = {"revision": revision} if revision and where != str(local) else {}
     quiet_library_bars()
     try:
+        # the class each folder's config names: CLIPTextModel and CLIPTokenizer in Stable Diffusion, BertModel and
+        # BertTokenizer in the surrogate's MiniLM
+        text_encoder = AutoModel.from_pretrained(where, subfolder="text_encoder", dtype=dtype, **kw)
         return Backbone(
             vae=AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=dtype, **kw),
             unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=unet_dtype or dtype, **kw),
-            # the class each folder's config names: CLIPTextModel and CLIPTokenizer in Stable Diffusion, BertModel and
-            # BertTokenizer in the surrogate's MiniLM
-            text_encoder=AutoModel.from_pretrained(where, subfolder="text_encoder", dtype=dtype, **kw),
-            tokenizer=AutoTokenizer.from_pretrained(where, subfolder="tokenizer", **kw),
+            text_encoder=text_encoder,
+            # given the text encoder's config, AutoTokenizer does not look for a config.json in tokenizer/, which a
+            # Stable Diffusion repository lacks (transformers 5.25 fails there offline from the hub cache)
+            tokenizer=AutoTokenizer.from_pretrained(where, subfolder="tokenizer", config=text_encoder.config, **kw),
             scheduler=DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kw),
         )
     except (OSError, ValueError, RuntimeError) as err:
@@ -172,3 +177,18 @@ def decode_latents(vae, latents: torch.Tensor, batch_size: int | None = None) ->
         return torch.cat([vae.decode((latents[i: i + batch_size] / vae.config.scaling_factor).to(vae.device, vae.dtype))
                           .sample.float().clamp(-1, 1).to(latents.device)
                           for i in range(0, len(latents), batch_size)])
+
+
+def save_model(bb, unet, folder: Path, pipeline: str, extra: Callable[[Path], None] | None = None) -> None:
+    """A folder that diffusers' `pipeline` class loads with `from_pretrained` (the model's `FineTunedModel.pipeline`:
+    `StableDiffusionInstructPix2PixPipeline` for the image-conditioned models, `StableDiffusionPipeline` else);
+    `extra(folder)` writes files of its own into it before it takes its name."""
+    import diffusers
+
+    pipe = getattr(diffusers, pipeline)(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet,
+                                        scheduler=bb.scheduler, safety_checker=None, feature_extractor=None,
+                                        requires_safety_checker=False)
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if extra is not None:
+            extra(tmp)

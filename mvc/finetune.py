@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import pandas as pd
 import torch
 from accelerate import Accelerator
@@ -30,9 +29,9 @@ from mvc.artifacts import (
     trained_model,
     unit_needs_model,
 )
-from mvc.components import diffusion_loss, load_backbone, widen_conv_in
+from mvc.components import diffusion_loss, load_backbone, save_model, widen_conv_in
 from mvc.config import StudyConfig
-from mvc.io import append_rows, atomic_dir, read_rows, write_csv, write_json
+from mvc.io import append_rows, read_rows, write_csv, write_json
 from mvc.progress import progress
 from mvc.registry import MODELS
 from mvc.resources import check_memory
@@ -122,7 +121,12 @@ def train(cfg: StudyConfig, model: str = "mvc", show_progress: bool = True,
     """The fine-tuning loop of every model of `mvc.registry.MODELS`: MVC's, the text-only baseline's, the
     no-mixing ablation's.
     Everything it built (accelerator, models, optimizer, EMA) is released when it returns, so that the next unit's
-    fine-tuning in the same process starts from the memory the first one started from."""
+    fine-tuning in the same process starts from the memory the first one started from. A model that trains tokens
+    (`FineTunedModel.trains`) is learnt by `mvc.textual_inversion.train_tokens` instead."""
+    if MODELS[model].trains == "tokens":
+        from mvc.textual_inversion import train_tokens
+
+        return train_tokens(cfg, model, show_progress, max_steps)
     accelerator = _accelerator(cfg, cfg.paths.model_work(MODELS[model].stage))
     try:
         return _train(cfg, accelerator, model, show_progress, max_steps)
@@ -271,13 +275,3 @@ def _save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> None:
         for old in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def save_model(bb, unet, folder: Path, pipeline: str) -> None:
-    """A folder that diffusers' `pipeline` class loads with `from_pretrained` (the model's `FineTunedModel.pipeline`:
-    `StableDiffusionInstructPix2PixPipeline` for the image-conditioned models, `StableDiffusionPipeline` else)."""
-    pipe = getattr(diffusers, pipeline)(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=unet,
-                                        scheduler=bb.scheduler,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    with atomic_dir(folder) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)

@@ -171,7 +171,8 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             condition=None if cond_latents is None else (lambda rows=rows: cond_latents[rows]),
             sources=lambda ids=ids: tensor_to_images(diffusion_images(cfg, ids)),
             prompts=[cfg.data.prompt_template.format(name=class_of[label_of[i]]) for i in ids],
-            pipeline=pipeline, strength=g.img2img_strength,
+            pipeline=pipeline, strength=g.img2img_strength, labels=[int(label_of[i]) for i in ids],
+            template=cfg.data.prompt_template, strengths=tuple(g.dafusion_strengths),
             partners=lambda batch=batch: diffusion_images(
                 cfg, [partner[(it.source_image_id, it.index)] for it in batch])))
         records = []
@@ -308,13 +309,20 @@ def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batche
     emb.frame["class_name"] = splits.loc[emb.frame["image_id"], "class_name"].to_numpy()
     ids = emb.frame["image_id"].tolist()
     dtype = sampling_dtype(dist.device)
-    models = load_generation_models(cfg, emb, dist.device, dtype)
-    for unet, *_ in (v for k, v in models.items() if isinstance(k, str)):  # a pipeline shares its model's UNet
-        if cfg.generate.channels_last:
-            unet.to(memory_format=torch.channels_last)
-        maybe_compile(unet, cfg.generate.compile, dist.device, "generate.compile")
-    made = {n: generate_set(cfg, n, models, emb, dist.process_index, dist.num_processes,
-                            show_progress and dist.is_main_process, max_batches) for n in names}
+    made = {}
+    for model in models_of_sets(names):  # one model in memory at a time: its sets, then the next model's
+        sets = [n for n in names if set_spec(n)[0].model == model]
+        if all((cfg.paths.synthetic / n / "manifest.csv").exists() for n in sets):
+            continue
+        models = load_generation_models(cfg, emb, dist.device, dtype, sets=sets)
+        for unet, *_ in (v for k, v in models.items() if isinstance(k, str)):  # a pipeline shares its model's UNet
+            if cfg.generate.channels_last:
+                unet.to(memory_format=torch.channels_last)
+            maybe_compile(unet, cfg.generate.compile, dist.device, "generate.compile")
+        made.update({n: generate_set(cfg, n, models, emb, dist.process_index, dist.num_processes,
+                                     show_progress and dist.is_main_process, max_batches) for n in sets})
+        del models
+        release_memory()
     dist.wait_for_everyone()
     if max_batches is not None:
         return None

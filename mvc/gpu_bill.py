@@ -1,5 +1,6 @@
 """The GPU bill of a study: what each stage costs on one H100/H200-class GPU, counted from what the params make it
-do (images generated per set and replicate, fine-tuning steps per replicate, classifier steps per method and seed).
+do (images generated per set and replicate, each set's M and SDEdit strength; fine-tuning steps of every fine-tuned
+model per replicate, DA-Fusion's textual inversion per class; classifier steps per method and seed).
 
 Fine-tuning and generation use throughput MEASURED on an H200 with SD-1.5-shaped models
 (`benchmarks/gpu_sd15_h200.json`); captioning, image metrics and the classifier are ESTIMATES from FLOP counts at an
@@ -10,6 +11,7 @@ the CPU and the synthetic sampler, which may bound the classifier's throughput. 
 from __future__ import annotations
 
 from mvc.config import StudyConfig
+from mvc.registry import MODELS, models_of_sets, set_images_per_source, set_spec, synthetic_set_names
 
 # measured on an H200 (benchmarks/gpu_sd15_h200.json, torch 2.11.0+cu130)
 FINETUNE_SAMPLES_PER_S = 21.362  # MVC fine-tuning, batch 4, gradient checkpointing, bf16, 512 px
@@ -40,22 +42,35 @@ def gpu_bill(cfg: StudyConfig, classes: int | None = None, train_images: int | N
             return []
         classes, train_images = DATASET_SIZES[cfg.data.dataset]
     n = labelled_images(cfg, classes, train_images)
-    ft, g, c, reps = cfg.finetune, cfg.generate, cfg.classify, cfg.replicates
+    ft, g, c, ti, reps = cfg.finetune, cfg.generate, cfg.classify, cfg.textual_inversion, cfg.replicates
     scale = (cfg.backbone.resolution / 512) ** 2  # cost per image scales with the latent's pixels
-    mvc_images = n * g.images_per_source * len(g.modes)
-    # the baselines' sets (sd_naive, sd_img2img, ...), two passes per step where MVC's sampler runs three
-    other_images = n * g.images_per_source * len([s for s in g.sets if not s.startswith("oracle")])
+    sets = synthetic_set_names(g)
+    mvc_images = sum(n * set_images_per_source(g, s) for s in sets if set_spec(s)[0].draws.image_conditioned)
+    # the baselines' sets: two UNet passes per step where MVC's sampler runs three; an SDEdit set denoises only its
+    # t0's share of the steps (DA-Fusion: the mean of its t0 values); the oracles' real images cost nothing
+    other = {s: n * set_images_per_source(g, s) for s in sets
+             if not set_spec(s)[0].draws.image_conditioned and not set_spec(s)[0].draws.pool}
+    share = {s: (sum(g.dafusion_strengths) / len(g.dafusion_strengths) if s == "dafusion" else g.img2img_strength)
+             if set_spec(s)[0].draws.img2img else 1.0 for s in other}
+    other_images, other_passes = sum(other.values()), sum(other[s] * 2 / 3 * share[s] for s in other)
+    unet_models = [m for m in models_of_sets(sets) if m != "backbone" and MODELS[m].trains == "unet"]
+    token_models = [m for m in models_of_sets(sets) if m != "backbone" and MODELS[m].trains == "tokens"]
     samples = ft.batch_size * ft.gradient_accumulation_steps
+    # textual inversion: a forward and backward pass of the frozen UNet per sample, counted at fine-tuning's rate
+    token_samples = len(token_models) * classes * ti.steps * ti.batch_size
+    finetune_what = f"{ft.steps} steps x {samples} samples for {', '.join(unet_models)}"
+    if token_models:
+        finetune_what += f"; {classes} classes x {ti.steps} steps x {ti.batch_size} for {', '.join(token_models)}"
     flop_224 = CLASSIFIER_FLOP_224.get(c.backbone.removeprefix("timm:"), CLASSIFIER_FLOP_224["resnet50"])
     side, stem = (c.input_size, 1) if c.pretrained else (cfg.data.resolution, CIFAR_STEM)
     per_step = max(0.004, 3 * flop_224 * (side / 224) ** 2 * stem * c.batch_size / (MFU * PEAK))
     runs, steps = len(c.methods) * len(c.seeds), c.steps_for(n)
     return [
         {"stage": "caption (BLIP-2, fp16)", "how": "estimate", "s": n * BLIP2_FLOP / (MFU * PEAK)},
-        {"stage": f"finetune ({reps} x {ft.steps} steps x {samples} samples)", "how": "measured rate",
-         "s": reps * ft.steps * samples / FINETUNE_SAMPLES_PER_S * scale},
+        {"stage": f"finetune ({reps} x ({finetune_what}))", "how": "measured rate",
+         "s": reps * (len(unet_models) * ft.steps * samples + token_samples) / FINETUNE_SAMPLES_PER_S * scale},
         {"stage": f"generate ({reps} x ({mvc_images:,} MVC + {other_images:,} baseline images))",
-         "how": "measured rate", "s": reps * (mvc_images + other_images * 2 / 3) / MVC_IMAGES_PER_S * scale},
+         "how": "measured rate", "s": reps * (mvc_images + other_passes) / MVC_IMAGES_PER_S * scale},
         {"stage": "metrics (Inception features)", "how": "estimate",
          "s": reps * (mvc_images + other_images + 2 * n) * INCEPTION_FLOP / (MFU * PEAK)},
         {"stage": f"classify ({runs} runs x {steps:,} steps, {c.backbone}{' ImageNet' if c.pretrained else ''} at "

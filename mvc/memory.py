@@ -31,7 +31,7 @@ from mvc.footprint import (
     encode_batch_size,
     scaled,
 )
-from mvc.registry import CAPTIONERS, models_of_sets, set_spec, synthetic_set_names
+from mvc.registry import CAPTIONERS, set_spec, synthetic_set_names
 from mvc.runtime import on_cpu
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _finetune_step(z: Sizes) -> StagePrediction:
 def _generate_batch(z: Sizes) -> StagePrediction:
     gen, g = z.cfg.generate, GIB
     unet_bytes = 2 if z.gpu else 4  # bf16 weights on a GPU, float32 on a CPU
-    n_unets = len(models_of_sets(synthetic_set_names(gen)))
+    n_unets = 1  # the models of a unit's sets are loaded one at a time (`mvc.generate.generate_unit`)
     dec_batch = encode_batch_size(z.vae_cfg, z.cfg.backbone.resolution, z.capacity, DECODE, cap=4096)
     images = z.n * gen.images_per_source
     sample = {"UNet weights": n_unets * z.unet_p * unet_bytes / g, "VAE weights (fp32)": z.vae_p * 4 / g,

@@ -164,10 +164,15 @@ class ModelFolderError(FileNotFoundError):
     """A model folder that is missing, incomplete or unreadable; the message names what is wrong."""
 
 
+def names_a_folder(model: str) -> bool:
+    """Whether a model field names a local folder (it exists, or reads as a path) rather than a hub id."""
+    return resolve_path(model).exists() or model.startswith((".", "/", "~"))
+
+
 def hub_error(model: str, field: str, err: Exception) -> Exception:
     """A clear error for a model that could not be loaded from a folder or the hub."""
     path = resolve_path(model)
-    if path.exists() or model.startswith((".", "/", "~")):
+    if names_a_folder(model):
         return ModelFolderError(f"{field}: could not load the model folder {path}: {err}. "
                                 "Point it at a folder written by `save_pretrained`.")
     return ModelFolderError(

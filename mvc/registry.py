@@ -97,6 +97,10 @@ class FineTunedModel:
     training_mixing: str | None  # the caption mixing in training: None: `finetune.mixing.mode`; "none": own caption
     summary: str  # one line for `mvc --help`
     always: bool = False  # trained in every unit (MVC's own model); else only where a set the study makes needs it
+    # what its stage trains: "unet", the UNet with the diffusion loss (`mvc.finetune`); "tokens", one new token
+    # embedding per class with everything else frozen (textual inversion, `mvc.textual_inversion`: DA-Fusion's)
+    trains: Literal["unet", "tokens"] = "unet"
+    reads: tuple[str, ...] = ("finetune",)  # the params its stage reads (a section or dotted fields), in its hash
 
     @property
     def pipeline(self) -> str:
@@ -165,7 +169,8 @@ class SyntheticSet:
     guidance: float | Callable[[Any], tuple[float, float]] = 3.0
     summary: str = ""
     per_mode: bool = False  # one set `<name>_<mode>` per mode of `generate.modes` (the MVC sets)
-    images_per_source: int | None = None  # its own M; None: generate.images_per_source
+    # its own M (a number, or GenerateConfig -> a number, e.g. a field of its own); None: generate.images_per_source
+    images_per_source: int | Callable[[Any], int] | None = None
     role: str | None = None  # a key of ROLES
 
     @property
@@ -192,7 +197,8 @@ def _check_role(role: str | None) -> None:
 
 def set_images_per_source(g, name: str) -> int:
     """M of synthetic set `name`: its declaration's, else `generate.images_per_source`."""
-    return set_spec(name)[0].images_per_source or g.images_per_source
+    m = set_spec(name)[0].images_per_source
+    return (m(g) if callable(m) else m) or g.images_per_source
 
 
 def text_only_set_names() -> list[str]:

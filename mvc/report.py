@@ -109,7 +109,7 @@ def readings(cfg: StudyConfig) -> list[tuple[str, str]]:
     """The report's readings in words, each (title, text): the primary contrast's (`primary_reading`) and the
     oracle controls' (`oracle_reading`), where they ran."""
     inputs = ReportInputs(cfg)
-    said = [("The primary contrast.", primary_reading(inputs.primary, cfg)),
+    said = [("The primary contrast.", primary_reading(inputs.primary)),
             ("What the oracle controls say.", oracle_reading(inputs.oracles))]
     return [(title, text) for title, text in said if text]
 

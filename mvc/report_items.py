@@ -88,8 +88,7 @@ class ReportInputs:
     def primary(self) -> pd.DataFrame:
         """The contrast declared before the run (`report.comparator` at `report.primary_shots`)."""
         r = self.cfg.report
-        return primary_contrast(self.results, r.comparator, r.primary_shots or self.cfg.data.max_shots,
-                                r.primary_target)
+        return primary_contrast(self.results, r.comparator, self.cfg.primary_level, r.primary_target)
 
     @cached_property
     def oracles(self) -> pd.DataFrame:

@@ -173,7 +173,7 @@ def oracle_reading(table: pd.DataFrame) -> str | None:
     return (f"A perfect generator would help here: oracle_real gives {_said(head)} over {ref}. " + verdict + neck)
 
 
-def primary_reading(table: pd.DataFrame, cfg: StudyConfig) -> str | None:
+def primary_reading(table: pd.DataFrame) -> str | None:
     """The contrast declared before the run (`mvc.statistics.primary_contrast`) in words: its difference and
     interval, whether the interval excludes 0, what the design can detect (mde80) and what detecting
     `report.primary_target` points would take; None where it did not run."""

@@ -1,7 +1,8 @@
 """The built-in samplers of the synthetic sets (declared in `mvc.registry`): what one batch needs (`SampleBatch`)
 and three ways to draw it. `draw_conditioned` is MVC's (two-scale guidance on the source's latent and a text mix),
 `draw_text` the naive baseline's (text-only guidance from the same mix), `draw_sdedit` Real-Guidance's img2img of
-the source with its class prompt. `draw_pool` and `draw_pool_through_vae` are the oracles' (real pool images of the
+the source with its class prompt, `draw_dafusion` DA-Fusion's (img2img toward the class's learnt token at a t0 drawn
+per image). `draw_pool` and `draw_pool_through_vae` are the oracles' (real pool images of the
 source's class, as they are or through the VAE: what a perfect generator would give, at its bottleneck or not). A
 sampler of your own is a function of a `SampleBatch` in a `Sampler` declaration.
 """
@@ -46,6 +47,9 @@ class SampleBatch:
     # () -> a real pool image of each source's class, (B, 3, R, R) in [-1, 1] at backbone.resolution (samplers with
     # `pool`): each pool image of a class drawn once before any is drawn again (`mvc.generate.pool_partners`)
     partners: Callable[[], torch.Tensor] | None = None
+    labels: list[int] | None = None  # each source's class
+    template: str = "{name}"  # data.prompt_template
+    strengths: tuple[float, ...] = (0.5,)  # generate.dafusion_strengths: t0 drawn per image from these
 
     def noise(self) -> torch.Tensor:
         """One seeded N(0, I) latent per image, independent of batching."""
@@ -77,6 +81,27 @@ def sdedit(pipe, sources: np.ndarray, prompts: list[str], seeds: list[int], *, s
                num_inference_steps=steps, guidance_scale=guidance, output_type="np",
                generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
+def dafusion_strength(seed: int, strengths) -> float:
+    """The t0 of the image drawn with `seed`: one of `strengths`, uniformly, seeded by the image alone (DA-Fusion)."""
+    return float(strengths[np.random.default_rng([seed, 0xDAF]).integers(len(strengths))])
+
+
+def draw_dafusion(b: SampleBatch) -> np.ndarray:
+    """DA-Fusion: SDEdit of each source toward its class's learnt token (`mvc.textual_inversion`), at a t0 drawn per
+    image from `generate.dafusion_strengths`; the images of one t0 go through img2img together."""
+    from mvc.textual_inversion import class_prompt
+
+    b.pipeline.scheduler = b.scheduler
+    sources, t0 = b.sources(), np.array([dafusion_strength(s, b.strengths) for s in b.seeds])
+    prompts = [class_prompt(b.template, label) for label in b.labels]
+    out = np.zeros((len(b.seeds), *sources.shape[1:]), np.uint8)
+    for strength in np.unique(t0):
+        rows = np.flatnonzero(t0 == strength)
+        out[rows] = sdedit(b.pipeline, sources[rows], [prompts[r] for r in rows], [b.seeds[r] for r in rows],
+                           strength=float(strength), steps=b.steps, guidance=b.s_text)
+    return out
 
 
 def draw_pool(b: SampleBatch) -> np.ndarray:

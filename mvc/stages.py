@@ -65,7 +65,7 @@ def model_stage(model: FineTunedModel) -> Stage:
     set the study makes is sampled from it (`generate.sets`, and below the largest level the `curve_methods`).
     `replicates` is in no hash of a per-unit stage: replicate r's seeds do not depend on R, so a study given more
     replicates runs the new units only (`PER_UNIT`)."""
-    reads = ("finetune", "redraw_labelled") + (() if model.always else ("curve_methods", "classify.mvc_modes",
+    reads = model.reads + ("redraw_labelled",) + (() if model.always else ("curve_methods", "classify.mvc_modes",
                                                                           "generate.sets"))
     return Stage(model.stage, reads, ("embed", "backbone"), "03",
                  lambda p, m=model: (p.model(m.name, m.stage), p.model_work(m.stage), p.model_units(m.stage)),

@@ -127,8 +127,9 @@ def paired_units(main: pd.DataFrame, method: str, baseline: str) -> tuple[pd.Ind
     return seeds, replicate_means(diff, None if replicate is None else replicate.loc[seeds]), replicate
 
 
-def paired_difference(main: pd.DataFrame, method: str, baseline: str) -> dict:
-    """`method` minus `baseline` (top-1 points) over their shared seeds: mean, 95% interval, t-test p-value and mde80.
+def paired_difference(main: pd.DataFrame, method: str, baseline: str, target: float | None = None) -> dict:
+    """`method` minus `baseline` (top-1 points) over their shared seeds: mean, 95% interval, t-test p-value and mde80
+    (and, given a `target` in points, `units_for_target`: the units that would detect it, `units_to_detect`).
     With several replicates of the generative pipeline the paired differences are averaged within each replicate
     and the test and interval are over those replicate means (a replicate's seeds are not independent draws of the
     pipeline)."""
@@ -144,7 +145,8 @@ def paired_difference(main: pd.DataFrame, method: str, baseline: str) -> dict:
     return {"method": method, "baseline": baseline, "seeds": len(seeds),
             "replicates": len(units) if replicate is not None and replicate.nunique() > 1 else 1,
             "difference": round(m, 2), "ci95": round(h, 2), "p_value": p,
-            "mde80": round(detectable_difference(units), 2), "note": note}
+            "mde80": round(detectable_difference(units), 2), "note": note,
+            **({} if target is None else {"target": target, "units_for_target": units_to_detect(units, target)})}
 
 
 def primary_contrast(results: pd.DataFrame, comparator: str, shots: int | None, target: float,
@@ -157,11 +159,9 @@ def primary_contrast(results: pd.DataFrame, comparator: str, shots: int | None, 
     main = at_shots(results[results["variant"] == "main"], shots)
     if not {method, comparator} <= set(main["method"]):
         return pd.DataFrame()
-    row = paired_difference(main, method, comparator)
-    units = paired_units(main, method, comparator)[1]
+    row = paired_difference(main, method, comparator, target)
     row["p_value"] = round(row["p_value"], 4)
-    return pd.DataFrame([{"shots": "all" if shots is None else shots, **row, "target": target,
-                          "units_for_target": units_to_detect(units, target)}])
+    return pd.DataFrame([{"shots": "all" if shots is None else shots, **row}])
 
 
 def _holm_columns(table: pd.DataFrame) -> pd.DataFrame:

@@ -143,6 +143,7 @@ register_captioner(CaptionerSpec("blip2", _captioner("blip2_captioner"),
 register_sampler(Sampler("conditioned", _draw("draw_conditioned"), image_conditioned=True))
 register_sampler(Sampler("text", _draw("draw_text")))
 register_sampler(Sampler("sdedit", _draw("draw_sdedit"), img2img=True))
+register_sampler(Sampler("dafusion_sdedit", _draw("draw_dafusion"), img2img=True))
 register_sampler(Sampler("pool", _draw("draw_pool"), pool=True))
 register_sampler(Sampler("pool_through_vae", _draw("draw_pool_through_vae"), pool=True))
 
@@ -156,6 +157,10 @@ register_model(FineTunedModel("mvc_nomix_trained", "finetune_mvc_nomix_trained",
                               training_mixing="none",
                               summary="the no-mixing-in-training ablation: MVC fine-tuned on own captions (when "
                                       "generate.sets has mvc_nomix_trained)"))
+register_model(FineTunedModel("dafusion", "finetune_dafusion", image_conditioned=False, training_mixing="none",
+                              trains="tokens", reads=("textual_inversion", "finetune.seed", "data.prompt_template"),
+                              summary="DA-Fusion's per-class tokens: textual inversion of one token per class on the "
+                                      "labelled images, the backbone frozen (when generate.sets has dafusion)"))
 
 register_set(SyntheticSet("mvc", "mvc", "conditioned", guidance=_mvc_guidance, per_mode=True,
                           summary="the fine-tuned MVC model, conditioned on the source's latent and an MVC mix of its "
@@ -166,6 +171,12 @@ register_set(SyntheticSet("sd_naive", "backbone", "text", role="naive",
 register_set(SyntheticSet("sd_img2img", "backbone", "sdedit", mode=lambda g: "img2img",
                           summary="SDEdit of each source with its class prompt at a fixed t0 "
                                   "(generate.img2img_strength), as Real-Guidance does; no fine-tuning"))
+register_set(SyntheticSet("dafusion", "dafusion", "dafusion_sdedit", mode=lambda g: "dafusion", guidance=7.5,
+                          images_per_source=lambda g: g.dafusion_images_per_source,
+                          summary="DA-Fusion: SDEdit of each source toward its class's learnt token "
+                                  "(data.prompt_template with the token for the name), t0 drawn per image from "
+                                  "generate.dafusion_strengths, M = generate.dafusion_images_per_source, s_T 7.5 "
+                                  "(DA-Fusion's)"))
 register_set(SyntheticSet("sd_finetuned", "sd_finetuned", "text",
                           summary="the text-only fine-tuned backbone, the sd_naive set's prompts and noise"))
 register_set(SyntheticSet("mvc_nomix_trained", "mvc_nomix_trained", "conditioned", mode=lambda g: "none",
@@ -198,6 +209,9 @@ register_method(Method("source_pretrained", "real", source=True, color="#3d85c6"
 register_method(Method("sd_naive", "synthetic", sets=_one_set("sd_naive"), summary="the sd_naive set"))
 register_method(Method("sd_img2img", "synthetic", sets=_one_set("sd_img2img"), color="#6aa84f", curve=True,
                        summary="the sd_img2img set (SDEdit)"))
+register_method(Method("dafusion", "synthetic", sets=_one_set("dafusion"), color="#b45f06", curve=True,
+                       summary="DA-Fusion (Trabucco et al., ICLR 2024): the dafusion set, each real image replaced "
+                               "with chance classify.p_synthetic (DA-Fusion's 0.5)"))
 register_method(Method("sd_finetuned", "synthetic", sets=_one_set("sd_finetuned"), color="#8e63ce", curve=True,
                        summary="the sd_finetuned set (text-only fine-tuned backbone)"))
 register_method(Method("mvc_nomix", "mvc", sets=lambda c: mvc_set_names(["none"]), color="#e69138",

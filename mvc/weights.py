@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvc.config import StudyConfig
-from mvc.paths import resolve_path
+from mvc.paths import names_a_folder, resolve_path
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,8 @@ class Weights:
 
 def _hub_cached(repo: str, filename: str, revision: str | None = None) -> bool:
     """Whether `repo` (a Hugging Face id) or a local folder holding `filename` is readable offline."""
-    path = resolve_path(repo)
-    if path.exists() or repo.startswith((".", "/", "~")):
-        return (path / filename).exists()
+    if names_a_folder(repo):
+        return (resolve_path(repo) / filename).exists()
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo, filename, revision=revision), str)

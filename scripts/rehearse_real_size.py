@@ -10,7 +10,9 @@ the words of CLIP's BPE, since OPT's own vocabulary cannot be downloaded). Weigh
 noise), written tensor by tensor as safetensors shards, so building never holds a whole model in memory. Then a
 CIFAR-10 fixture in torchvision's python-batch format, a random FID Inception, `mvc check` and every stage of
 the profile with only locations and counts overridden (classes, shots, steps, images): resolution, dtype, batch
-sizes, gradient checkpointing, EMA, compile, captioner and guidance stay as shipped.
+sizes, gradient checkpointing, EMA, compile, captioner and guidance stay as shipped. The one exception is forced by
+the counts: SDEdit denoises int(steps x t0) steps, so with one sampling step the SDEdit sets (sd_img2img, DA-Fusion)
+run at t0 = 1 (the overrides in the output say so).
 
     python scripts/rehearse_real_size.py                 # real size: ~45 min on 2 CPU cores, ~40 GB of disk
     python scripts/rehearse_real_size.py --scale tiny --out /tmp/reh/tiny   # dry run at 512 px: 3.3 min on 2 cores
@@ -321,7 +323,18 @@ def study_overrides(args, work: Path, inception: Path) -> list[str]:
             f"data.shots={args.shots}", "data.val_per_class=1", f"finetune.steps={args.steps}",
             "finetune.lr_warmup_steps=0", f"finetune.checkpoint_every={args.steps}", f"generate.steps={args.steps}",
             f"generate.images_per_source={args.images_per_source}", "metrics.judge_steps=2",
-            f"classify.steps={args.steps}", "classify.epochs=null", "classify.seeds=[0]", "replicates=1"]
+            f"classify.steps={args.steps}", "classify.epochs=null", "classify.seeds=[0]", "replicates=1",
+            f"data.labelled_per_class={args.shots + 1}", f"textual_inversion.steps={args.steps}",
+            f"textual_inversion.checkpoint_every={args.steps}",
+            f"generate.dafusion_images_per_source={args.images_per_source}"]
+    from mvc.config import load_config
+
+    shipped = load_config(REPO / args.profile).generate
+    denoised = [t for t in shipped.dafusion_strengths if int(args.steps * t) >= 1]  # img2img: int(steps x t0) steps
+    if denoised != shipped.dafusion_strengths:  # what a run of this few steps can draw (at least t0 = 1)
+        sets.append(f"generate.dafusion_strengths=[{','.join(str(t) for t in denoised or [1.0])}]")
+    if int(args.steps * shipped.img2img_strength) < 1:
+        sets.append("generate.img2img_strength=1.0")
     if args.tiny_resolution:  # the dry run only
         sets.append(f"backbone.resolution={args.tiny_resolution}")
     return sets + args.extra_set

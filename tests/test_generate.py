@@ -10,7 +10,7 @@ from PIL import Image
 
 from mvc import artifacts, generate, state
 from mvc.generate import WorkItem, shard
-from mvc.registry import set_guidance
+from mvc.registry import set_guidance, set_images_per_source
 from mvc.sampling import guided_eps
 
 
@@ -91,7 +91,7 @@ def test_manifest_labels_and_counts(smoke_generated):
     train = splits[splits["split"] == "train"]
     for name in artifacts.synthetic_set_names(cfg.generate):
         m = pd.read_csv(cfg.paths.synthetic / name / "manifest.csv")
-        assert len(m) == len(train) * cfg.generate.images_per_source
+        assert len(m) == len(train) * set_images_per_source(cfg.generate, name)  # DA-Fusion's M is its own
         label = dict(zip(train["image_id"], train["label"]))
         assert (m["label"] == m["source_image_id"].map(label)).all()
         assert list(m.columns) == generate.MANIFEST_COLUMNS

@@ -143,7 +143,7 @@ def test_the_primary_contrast_is_one_uncorrected_test_with_what_it_can_detect(ef
     tests = paired_tests(results)
     assert table.loc[0, "p_value"] == tests.set_index("baseline").loc["randaugment", "p_value"]  # not Holm's
     assert table.loc[0, "units_for_target"] > 6  # 0.1 points at this spread needs more than the six seeds
-    reading = primary_reading(table, None)
+    reading = primary_reading(table)
     assert said in reading and "Declared in the params before the run" in reading
     assert ("would take about" in reading) == (table.loc[0, "mde80"] > 0.1)
     assert primary_contrast(results, "autoaugment", None, 1.0).empty  # the comparator did not run

@@ -33,6 +33,8 @@ ALLOWED_OVERRIDES = {
     "generate.batch_size": "size", "metrics.kid_subset_size": "size", "metrics.kid_subsets": "size",
     "metrics.judge_steps": "size", "classify.steps": "size", "classify.batch_size": "size", "classify.seeds": "size",
     "classify.epochs": "size", "classify.warmup_steps": "size", "classify.input_size": "size", "replicates": "size",
+    "data.labelled_per_class": "size", "textual_inversion.steps": "size", "textual_inversion.checkpoint_every": "size",
+    "generate.dafusion_images_per_source": "size",
 }
 PROFILES = ["cifar10", "cifar100", "tiny_imagenet", "caltech101", "brain_tumor_mri", "imagefolder"]
 
@@ -52,10 +54,11 @@ def rehearsal_overrides(tmp_path, root, tiny_sd, tiny_blip2, inception) -> list[
         f"backbone.model={tiny_sd}", f"caption.model={tiny_blip2}", f"metrics.inception_weights={inception}",
         f"data.root={root}", "data.shots=2", "data.val_per_class=1", "data.resolution=16", "backbone.resolution=16",
         "caption.max_new_tokens=3", "finetune.steps=2", "finetune.batch_size=4", "finetune.lr_warmup_steps=0",
-        "finetune.checkpoint_every=1", "generate.steps=2", "generate.images_per_source=2", "metrics.kid_subset_size=2",
+        "finetune.checkpoint_every=1", "generate.steps=4", "generate.images_per_source=2", "metrics.kid_subset_size=2",
         "metrics.kid_subsets=5", "metrics.judge_steps=2", "classify.steps=2", "classify.epochs=null",
         "classify.warmup_steps=1", "classify.batch_size=4", "classify.input_size=32", "classify.seeds=[0,1]",
-        "replicates=1",
+        "replicates=1", "data.labelled_per_class=3", "textual_inversion.steps=2",
+        "textual_inversion.checkpoint_every=1", "generate.dafusion_images_per_source=2",
     ]
     assert {o.split("=")[0] for o in overrides} <= set(ALLOWED_OVERRIDES), "a rehearsal overrides a method setting"
     return overrides
@@ -83,7 +86,8 @@ def test_paper_profile_dress_rehearsal(tmp_path, tiny_sd, tiny_blip2, inception_
     shipped = load_config(REPO / "params" / f"{profile}.yaml")
     cfg = load_config(REPO / "params" / f"{profile}.yaml",
                       rehearsal_overrides(tmp_path, root, tiny_sd, tiny_blip2, inception_file))
-    for section in ("caption", "text", "finetune", "generate", "metrics", "classify"):  # the method as shipped
+    sections = ("caption", "text", "finetune", "textual_inversion", "generate", "metrics", "classify")
+    for section in sections:  # the method as shipped
         kept = {k: v for k, v in getattr(shipped, section).model_dump().items()
                 if f"{section}.{k}" not in ALLOWED_OVERRIDES}
         assert kept == {k: v for k, v in getattr(cfg, section).model_dump().items() if k in kept}, section
@@ -102,3 +106,9 @@ def test_paper_profile_dress_rehearsal(tmp_path, tiny_sd, tiny_blip2, inception_
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     assert StableDiffusionInstructPix2PixPipeline.from_pretrained(str(cfg.paths.mvc_model)).unet.config.in_channels == 8
+    if "dafusion" in cfg.generate.sets:  # DA-Fusion's tokens in CLIP's tokenizer, its images from them
+        from transformers import CLIPTokenizer
+
+        folder = cfg.paths.model("dafusion", "finetune_dafusion")
+        tokens = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer")
+        assert "<mvc-class-0>" in tokens.get_vocab() and "dafusion" in set(metrics["synthetic_set"])

@@ -91,6 +91,9 @@ def test_epochs_set_the_steps_and_warm_up_ramps_the_rate(smoke):
     finally:
         classifiers.lr_schedule = real
     assert len(seen) == 5  # the steps of two epochs
+    from mvc.classify import result_row
+
+    assert result_row(smoke.model_copy(update={"classify": c}), RunSpec("none", 0), 0.5, 0.9, 12)["steps"] == 5
     assert rates[0] < rates[1] < 0.3 + 1e-9 and rates[2] == pytest.approx(0.3)  # linear warm-up, then the cosine
 
 
@@ -146,8 +149,18 @@ def test_the_gpu_bill_counts_what_the_params_make_the_study_do():
     assert rows["finetune"] == pytest.approx(3 * one["finetune"]) and rows["generate"] == pytest.approx(
         3 * one["generate"])  # every replicate fine-tunes and generates
     assert rows["classify"] == pytest.approx(3 * one["classify"])  # a run per seed
-    full = {r["stage"].split()[0]: r["s"] for r in bill.gpu_bill(load_config(REPO / "params" / "cifar10_full.yaml"))}
+    same_sets = ["generate.sets=[sd_naive, sd_img2img, dafusion, sd_finetuned]", "generate.modes=[coarse, fine, none]"]
+    full = {r["stage"].split()[0]: r["s"] for r in bill.gpu_bill(load_config(REPO / "params" / "cifar10_full.yaml",
+                                                                             same_sets))}
     assert full["generate"] == pytest.approx(rows["generate"] * 45_000 / 1_000)  # every labelled image generates
+    more = {r["stage"].split()[0]: r["s"] for r in bill.gpu_bill(load_config(
+        REPO / "params" / "cifar10.yaml", ["generate.dafusion_images_per_source=20"]))}
+    mean_t0 = sum(cfg.generate.dafusion_strengths) / len(cfg.generate.dafusion_strengths)
+    assert more["generate"] - rows["generate"] == pytest.approx(  # DA-Fusion's M, at two passes and its mean t0
+        3 * 1_000 * 10 * 2 / 3 * mean_t0 / bill.MVC_IMAGES_PER_S)
+    assert rows["finetune"] - bill.gpu_bill(load_config(REPO / "params" / "cifar10.yaml", [
+        "generate.sets=[sd_naive, sd_img2img, sd_finetuned]", "classify.methods=[none, mvc]"]))[1]["s"] == \
+        pytest.approx(3 * 10 * 1000 * 4 / bill.FINETUNE_SAMPLES_PER_S)  # textual inversion: 10 classes x 1000 x 4
     assert bill.gpu_bill(load_config(REPO / "params" / "digits.yaml")) == []  # a dataset of unknown size: no bill
 
 

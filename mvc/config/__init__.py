@@ -17,6 +17,7 @@ from mvc.config.sections import (
     Section,
     SurrogateConfig,
     TextConfig,
+    TextualInversionConfig,
     TrainingMixingConfig,
 )
 from mvc.config.study import STUDY_NAME, StudyConfig
@@ -24,6 +25,7 @@ from mvc.config.study import STUDY_NAME, StudyConfig
 __all__ = [
     "STUDY_NAME", "BackboneConfig", "CaptionConfig", "ClassifyConfig", "ConfigError", "DataConfig", "FinetuneConfig",
     "GenerateConfig", "GenerationMixingConfig", "MethodName", "MetricsConfig", "MixMode", "MixingConfig",
-    "ReportConfig", "Section", "SelectConfig", "StudyConfig", "SurrogateConfig", "TextConfig", "TrainingMixingConfig",
+    "ReportConfig", "Section", "SelectConfig", "StudyConfig", "SurrogateConfig", "TextConfig", "TextualInversionConfig",
+    "TrainingMixingConfig",
     "config_to_yaml", "load_config", "with_values",
 ]

@@ -3,6 +3,7 @@ generation. Every choice the paper leaves open is a field, with its default and 
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -258,6 +259,27 @@ class FinetuneConfig(Section):
         return "no" if v is False else v
 
 
+class TextualInversionConfig(Section):
+    """DA-Fusion's per-class tokens (stage finetune_dafusion, `mvc.textual_inversion`): one new token of the backbone's
+    tokenizer per class, its embedding learnt on the class's labelled images by the diffusion loss, the UNet, VAE and
+    every other embedding frozen; seeded by finetune.seed (replicate r: + r)."""
+
+    # optimizer steps per class (each class's token is learnt on its own images, as DA-Fusion's script does), images
+    # per step, and AdamW's constant rate (diffusers' textual_inversion.py, which DA-Fusion's script adapts: 5e-4)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    initializer: str = "the"  # the word (one token of the backbone's tokenizer) each new token starts from
+    # autocast precision of the frozen UNet's forward and backward (bf16 on a CPU only where it computes bf16 natively)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: int = Field(250, ge=1)  # steps between resumable checkpoints of the class being learnt
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        return "no" if v is False else v
+
+
 class GenerateConfig(Section):
     scheduler: Literal["ddim", "dpmsolver++", "euler"] = "ddim"  # the sampler (diffusers' schedulers)
     steps: int = Field(25, ge=1)  # sampling steps
@@ -280,10 +302,32 @@ class GenerateConfig(Section):
     # use guidance_text and guidance_image
     set_guidance: dict[str, float] = {}
     img2img_strength: float = Field(0.5, gt=0, le=1)  # t0: the share of the noise schedule the real image is noised
+    # dafusion (DA-Fusion): SDEdit of each real image toward its class's learnt token (stage finetune_dafusion), t0
+    # drawn per image from these values, M images per source (DA-Fusion's paper: t0 in {0.25, 0.5, 0.75, 1}, M = 10)
+    dafusion_strengths: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=1)
+    dafusion_images_per_source: int = Field(10, ge=1)
     batch_size: int = Field(100, ge=1)  # images per sampling batch
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
     compile: bool = False  # torch.compile the UNet for sampling
     seed: int = 0  # the noise and the mixes of every image (replicate r: seed + r)
+
+    @field_validator("dafusion_strengths")
+    @classmethod
+    def _strengths(cls, v: list[float]) -> list[float]:
+        if any(not 0 < t <= 1 for t in v):
+            raise ValueError(f"generate.dafusion_strengths: {v}; each t0 must be in (0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _img2img_denoises(self) -> GenerateConfig:
+        # diffusers' img2img denoises int(steps x t0) steps: none at all would be an error deep in the pipeline
+        for name, field, t0 in (("sd_img2img", "img2img_strength", self.img2img_strength),
+                                ("dafusion", "dafusion_strengths", min(self.dafusion_strengths))):
+            if name in self.sets and int(self.steps * t0) < 1:
+                raise ValueError(f"generate.{field}: t0 = {t0} at generate.steps = {self.steps} denoises no step of "
+                                 f"{name} (img2img runs int(steps x t0)); raise generate.steps to "
+                                 f"{math.ceil(1 / t0)} or more, or t0")
+        return self
 
     @field_validator("sets")
     @classmethod

@@ -18,6 +18,7 @@ from mvc.config.sections import (
     GenerateConfig,
     MethodName,
     TextConfig,
+    TextualInversionConfig,
 )
 from mvc.config.views import UnitViews
 
@@ -47,6 +48,7 @@ class StudyConfig(UnitViews):
     text: TextConfig = TextConfig()
     backbone: BackboneConfig = BackboneConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    textual_inversion: TextualInversionConfig = TextualInversionConfig()  # DA-Fusion's tokens (generate.sets: dafusion)
     generate: GenerateConfig = GenerateConfig()
     metrics: MetricsConfig = MetricsConfig()
     classify: ClassifyConfig = ClassifyConfig()
@@ -96,6 +98,11 @@ class StudyConfig(UnitViews):
         return self
 
     @property
+    def primary_level(self) -> int | None:
+        """The shots level of the primary contrast: `report.primary_shots`, or the largest level."""
+        return self.report.primary_shots or self.data.max_shots
+
+    @property
     def generation_upsampled(self) -> bool:
         """The generator draws below the resolution the classifier reads, so its images are upsampled."""
         return self.backbone.resolution < self.data.resolution
@@ -133,7 +140,7 @@ class StudyConfig(UnitViews):
         if self.report.primary_shots is not None and self.report.primary_shots not in self.data.shot_levels:
             raise ValueError(f"report.primary_shots is {self.report.primary_shots}, not a level of data.shots "
                              f"({self.data.shots}): name one of them, or null for the largest")
-        primary = self.report.primary_shots or self.data.max_shots
+        primary = self.primary_level
         if self.curve_methods is not None and primary != self.data.max_shots:
             missing = {registry.role_of("under_test"), self.report.comparator} - set(self.curve_methods)
             if missing:
