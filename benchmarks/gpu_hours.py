@@ -30,7 +30,8 @@ def main() -> None:
              "Made by `python benchmarks/gpu_hours.py`. `measured rate`: throughput measured on an H200 with "
              "SD-1.5-shaped models (`gpu_sd15_h200.json`, torch " + measured["torch"] + "), scaled to the "
              "profile's work; `estimate`: FLOP counts at an assumed 20% of the 989 TFLOP/s bf16 peak (classifier "
-             "steps at least 4 ms). No paper profile has run end to end on a GPU yet.", ""]
+             "steps at least 4 ms, and at least their batch's host-side work measured on one CPU thread: "
+             "`classifier_host_cost.json`). No paper profile has run end to end on a GPU yet.", ""]
     summary = ["| profile | labelled images | caption | finetune | generate | metrics | classify | total |",
                "|---|---|---|---|---|---|---|---|"]
     for profile in PROFILES:

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"(mvc/gpu_bill.py says how each row is counted)")
         else:
             cfg = load_config(args.params, args.overrides)
-            if args.command in ("caption", "finetune", "generate") and cfg.backbone.kind == "pretrained":
+            if args.command in ("caption", "finetune", "finetune_dafusion", "generate") and \
+                    cfg.backbone.kind == "pretrained":
                 check_memory(cfg, args.command)  # a setting that cannot fit is refused before any model loads
             from mvc.pipeline import stage_function  # deferred: it imports every stage's module
 

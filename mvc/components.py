@@ -52,7 +52,7 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
     """Load the five parts from a local diffusers folder or a hub id (cached, or online), in `dtype` (the UNet in
     `unet_dtype` when given)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     local = resolve_path(source)
     where = str(local) if local.exists() or str(source).startswith((".", "/", "~")) else str(source)
@@ -63,7 +63,11 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
     try:
         # the class each folder's config names: CLIPTextModel and CLIPTokenizer in Stable Diffusion, BertModel and
         # BertTokenizer in the surrogate's MiniLM
-        text_encoder = AutoModel.from_pretrained(where, subfolder="text_encoder", dtype=dtype, **kw)
+        config = AutoConfig.from_pretrained(where, subfolder="text_encoder", **kw)
+        # the surrogate's BERT is saved without the pooler SD never reads: not built, so not reported missing
+        extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
+        text_encoder = AutoModel.from_pretrained(where, subfolder="text_encoder", config=config, dtype=dtype, **extra,
+                                                 **kw)
         return Backbone(
             vae=AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=dtype, **kw),
             unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=unet_dtype or dtype, **kw),

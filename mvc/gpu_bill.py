@@ -3,9 +3,10 @@ do (images generated per set and replicate, each set's M and SDEdit strength; fi
 model per replicate, DA-Fusion's textual inversion per class; classifier steps per method and seed).
 
 Fine-tuning and generation use throughput MEASURED on an H200 with SD-1.5-shaped models
-(`benchmarks/gpu_sd15_h200.json`); captioning, image metrics and the classifier are ESTIMATES from FLOP counts at an
-assumed 20% of the bf16 peak, with a floor of 4 ms per classifier step, and leave out the per-image augmentation on
-the CPU and the synthetic sampler, which may bound the classifier's throughput. `mvc check` prints it;
+(`benchmarks/gpu_sd15_h200.json`); captioning, image metrics and the classifier's network are ESTIMATES from FLOP
+counts at an assumed 20% of the bf16 peak. A classifier step takes at least 4 ms, and at least the host-side work of
+its batch (per-image augmentation and synthetic replacement, MEASURED on one CPU thread:
+`benchmarks/classifier_host_cost.json`), which runs in Python beside the network. `mvc check` prints it;
 `benchmarks/gpu_hours.py` writes it for every paper profile."""
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ BLIP2_FLOP = 2 * 1.0e9 * 257 + 2 * 2.7e9 * 62  # ViT-g over 257 tokens + OPT-2.7
 INCEPTION_FLOP = 5.7e9  # one FID Inception forward at 299 px
 CLASSIFIER_FLOP_224 = {"resnet18": 1.82e9, "resnet50": 4.1e9}  # one forward at 224 px (ImageNet stem)
 CIFAR_STEM = 16  # the small-image stem (stride 1, no max-pool) keeps 4x4 times the ImageNet stem's pixels
+# the classifier loop's host-side work per training image (per-image augmentation, synthetic replacement), slowest
+# method of params/cifar10.yaml, one CPU thread, MEASURED at each data resolution
+# (benchmarks/classifier_host_cost.json); a GPU host core is taken to be as fast as that one
+HOST_MS_PER_IMAGE = {32: 0.215, 64: 0.239, 128: 0.396}
 # (classes, training images) of the paper datasets, for a bill before the data is read
 DATASET_SIZES = {"cifar10": (10, 50_000), "cifar100": (100, 50_000), "tiny_imagenet": (200, 100_000),
                  "caltech101": (101, 6_074), "brain_tumor_mri": (4, 5_712)}
@@ -63,7 +68,9 @@ def gpu_bill(cfg: StudyConfig, classes: int | None = None, train_images: int | N
         finetune_what += f"; {classes} classes x {ti.steps} steps x {ti.batch_size} for {', '.join(token_models)}"
     flop_224 = CLASSIFIER_FLOP_224.get(c.backbone.removeprefix("timm:"), CLASSIFIER_FLOP_224["resnet50"])
     side, stem = (c.input_size, 1) if c.pretrained else (cfg.data.resolution, CIFAR_STEM)
-    per_step = max(0.004, 3 * flop_224 * (side / 224) ** 2 * stem * c.batch_size / (MFU * PEAK))
+    host = HOST_MS_PER_IMAGE[min((r for r in HOST_MS_PER_IMAGE if r >= cfg.data.resolution), default=128)]
+    per_step = max(0.004, 3 * flop_224 * (side / 224) ** 2 * stem * c.batch_size / (MFU * PEAK),
+                   c.batch_size * host / 1000)
     runs, steps = len(c.methods) * len(c.seeds), c.steps_for(n)
     return [
         {"stage": "caption (BLIP-2, fp16)", "how": "estimate", "s": n * BLIP2_FLOP / (MFU * PEAK)},

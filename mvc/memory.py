@@ -156,6 +156,35 @@ def _finetune_step(z: Sizes) -> StagePrediction:
     return StagePrediction("finetune step", z.base + sum(train.values()), train, lower)
 
 
+def _token_step(z: Sizes) -> StagePrediction | None:
+    """One textual-inversion step (DA-Fusion's tokens, `mvc.textual_inversion`): the frozen UNet's weights and its
+    activations kept for the backward pass to the text (no checkpointing), the text encoder with its embedding
+    matrix's gradient and AdamW states, the VAE that encodes the class's images; None where no set needs tokens."""
+    from mvc.registry import MODELS, models_of_sets
+    from mvc.runtime import effective_mixed_precision
+
+    tokens = [m for m in models_of_sets(synthetic_set_names(z.cfg.generate)) if m in MODELS
+              and MODELS[m].trains == "tokens"]
+    if not tokens:
+        return None
+    ti, g = z.cfg.textual_inversion, GIB
+    precision = effective_mixed_precision(ti.mixed_precision, "cuda" if z.gpu else "cpu",
+                                          "textual_inversion.mixed_precision")
+    half = precision in ("bf16", "fp16")
+    embedding = 49_408 * 768  # CLIP ViT-L/14's token embedding matrix, all of it under AdamW
+    per_class = min(z.n, z.cfg.data.max_shots or z.n)
+    encode = scaled(ENCODE, min(per_class, encode_batch_size(z.vae_cfg, z.cfg.backbone.resolution, z.capacity)),
+                    z.px, z.vae_width)
+    step = {"UNet weights": z.unet_p * (2 if half and z.gpu else 4) / g, "VAE weights (fp32)": z.vae_p * 4 / g,
+            "text encoder, its embedding's gradient and AdamW states": (z.text_p + 3 * embedding) * 4 / g,
+            # a class's images are encoded once, before its steps: the larger of the two is the peak
+            "activations (encoding a class, or a step)":
+                max(encode, scaled(TRAIN_FULL, ti.batch_size, z.px, z.unet_width, 2 if half else 4))}
+    if not z.gpu:  # writing the model folder copies the UNet's tensors once more in host memory (fitted to the
+        step["model folder write (host)"] = z.unet_p * 4 / g  # real-size rehearsal's peak, 2026-12-07)
+    return StagePrediction("finetune_dafusion step", z.base + sum(step.values()), step, "textual_inversion.batch_size")
+
+
 def _generate_batch(z: Sizes) -> StagePrediction:
     gen, g = z.cfg.generate, GIB
     unet_bytes = 2 if z.gpu else 4  # bf16 weights on a GPU, float32 on a CPU
@@ -179,7 +208,8 @@ def predict(cfg, device: str = "cuda", capacity: float = 16.0) -> list[StagePred
     if cfg.backbone.kind != "pretrained":
         return []
     z = _sizes(cfg, device, capacity)
-    return [p for p in (_caption(z), _latent_cache(z), _finetune_step(z), _generate_batch(z)) if p is not None]
+    return [p for p in (_caption(z), _latent_cache(z), _finetune_step(z), _token_step(z), _generate_batch(z))
+            if p is not None]
 
 
 def labelled_images(cfg) -> int | None:
@@ -214,7 +244,8 @@ class DoesNotFit(ValueError):
     """A stage whose predicted peak exceeds the memory it will run in; the message names the setting to lower."""
 
 
-STAGE_PARTS = {"caption": ["caption"], "finetune": ["latent cache", "finetune step"], "generate": ["generate batch"]}
+STAGE_PARTS = {"caption": ["caption"], "finetune": ["latent cache", "finetune step"], "generate": ["generate batch"],
+               "finetune_dafusion": ["finetune_dafusion step"]}
 
 
 def check_fits(cfg, capacity: float | None = None, device: str | None = None,

@@ -114,10 +114,18 @@ def readings(cfg: StudyConfig) -> list[tuple[str, str]]:
     return [(title, text) for title, text in said if text]
 
 
+def study_commands(prov: dict) -> tuple[str, str]:
+    """(the command that made the study, the command that rebuilds its report from the finished runs/), from its
+    provenance (params file, overrides, git revision)."""
+    params = prov.get("params_file", "PARAMS") + "".join(f" --set {o}" for o in prov.get("overrides", []))
+    revision = prov.get("git_revision", "")[:7]
+    return f"mvc study {params}" + (f" (at git {revision})" if revision else ""), f"mvc report {params} --force"
+
+
 def write_index(cfg: StudyConfig, said: list[tuple[str, str]] | None = None) -> Path:
-    """`reports/<study>/index.html` from `templates/report.html.j2`: the items in the registry's order, then the
-    notebooks, the resolved params and the provenance; `said`: the readings (`readings`, computed when not
-    given)."""
+    """`reports/<study>/index.html` from `templates/report.html.j2`: the items in the registry's order, each with
+    its file and the commands that make it (`study_commands`), then the notebooks, the resolved params and the
+    provenance; `said`: the readings (`readings`, computed when not given)."""
     paths = cfg.paths
     notebooks = render_notebooks(cfg)
     sections: dict[str, list[dict]] = {s: [] for s in SECTIONS}
@@ -128,8 +136,10 @@ def write_index(cfg: StudyConfig, said: list[tuple[str, str]] | None = None) -> 
             entry["html"] = pd.read_csv(path).to_html(index=False, border=0, na_rep="")
         else:
             entry["png"] = base64.b64encode(path.read_bytes()).decode()
+        entry["file"] = str(path.relative_to(paths.report))
         sections[item.section].append(entry)
     prov = json.loads(paths.provenance.read_text()) if paths.provenance.exists() else {}
+    made_by, rebuilt_by = study_commands(prov)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True)
     page = env.get_template(TEMPLATE.name).render(
         study=cfg.study, dataset=cfg.data.dataset, backbone_kind=cfg.backbone.kind,
@@ -138,7 +148,8 @@ def write_index(cfg: StudyConfig, said: list[tuple[str, str]] | None = None) -> 
         generated=time.strftime("%Y-%m-%d %H:%M"), sections=[(s, e) for s, e in sections.items() if e],
         warnings=headline_warnings(cfg),
         readings=readings(cfg) if said is None else said,
-        notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2))
+        notebooks=notebooks, params=config_to_yaml(cfg), provenance=json.dumps(prov, indent=2),
+        made_by=made_by, rebuilt_by=rebuilt_by)
     write_text(paths.index, page)
     return paths.index
 

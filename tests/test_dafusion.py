@@ -110,3 +110,20 @@ def test_a_t0_that_denoises_nothing_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="generate.dafusion_strengths"):
         smoke_config(tmp_path, "generate.dafusion_strengths=[0.25, 1.0]")  # 2 steps x 0.25: no step
+
+
+def test_the_memory_model_counts_a_textual_inversion_step_where_a_set_needs_tokens():
+    from mvc import memory
+    from mvc.config import load_config
+    from tests.conftest import REPO
+
+    def step(*overrides):
+        cfg = load_config(REPO / "params" / "cifar10.yaml", list(overrides))
+        return next((p for p in memory.predict(cfg, "cuda", 80) if p.stage == "finetune_dafusion step"), None)
+
+    shipped = step()
+    assert shipped is not None and shipped.parts["UNet weights"] == pytest.approx(
+        step("textual_inversion.mixed_precision=no").parts["UNet weights"] / 2)  # bf16 weights of the frozen UNet
+    big = step("textual_inversion.batch_size=64")
+    assert big.gib > shipped.gib and big.lower == "textual_inversion.batch_size"
+    assert step("generate.sets=[sd_naive]", "classify.methods=[none, mvc]") is None  # no set needs tokens

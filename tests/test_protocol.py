@@ -142,6 +142,8 @@ def test_the_gpu_bill_counts_what_the_params_make_the_study_do():
     assert bill.FINETUNE_SAMPLES_PER_S == pytest.approx(measured["train"]["memory_gc_bf16"]["4"]["samples_per_s"],
                                                         abs=1e-3)
     assert bill.MVC_IMAGES_PER_S == pytest.approx(measured["generate"]["mvc_bf16_compiled"]["images_per_s"], abs=1e-3)
+    host = json.loads((REPO / "benchmarks" / "classifier_host_cost.json").read_text())["slowest_ms_per_image"]
+    assert {str(k): v for k, v in bill.HOST_MS_PER_IMAGE.items()} == host  # the classifier step's measured floor
     cfg = load_config(REPO / "params" / "cifar10.yaml")
     rows = {r["stage"].split()[0]: r["s"] for r in bill.gpu_bill(cfg)}
     one = {r["stage"].split()[0]: r["s"] for r in bill.gpu_bill(load_config(REPO / "params" / "cifar10.yaml",

@@ -133,6 +133,10 @@ def test_smoke_study_end_to_end_through_papermill(smoke_study):
     assert "MVC under one change each" not in (report / "index.html").read_text()
     assert "<b>The primary contrast.</b> Declared in the params before the run: mvc - randaugment" in \
         (report / "index.html").read_text()
+    index = (report / "index.html").read_text()  # under each item: its file and the commands that make it
+    assert "<code>tables/classification.csv</code> (and .md, .tex), made by <code>mvc study params/smoke.yaml" in index
+    assert "from the finished runs/: <code>mvc report params/smoke.yaml" in index and "(at git " in index
+    assert index.count("<p class=cmd>") == index.count("<figcaption>") + index.count("<div class=table>")
     prov = json.loads((report / "provenance.json").read_text())
     assert set(prov["stages"]) == set(NOTEBOOKS)
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in prov["stages"].values())
