@@ -212,12 +212,14 @@ def test_metrics_stage_on_the_smoke_study(smoke_generated):
     table = image_metrics(cfg, show_progress=False)
     assert list(table.columns) == METRIC_COLUMNS
     assert set(table["synthetic_set"]) == {"real_train", "mvc_coarse", "mvc_fine", "mvc_none", "sd_naive", "sd_img2img",
-                                           "sd_finetuned", "mvc_nomix_trained", "oracle_real", "oracle_generator_res"}
+                                           "dafusion", "sd_finetuned", "mvc_nomix_trained", "oracle_real",
+                                           "oracle_generator_res"}
     assert table["label_fidelity"].between(0, 1).all() and (table["fid"] >= -1e-6).all()
     # the smoke study has 4 training images per class: every set is cut to 4 of each of the 3 classes
     assert (table["images_per_class"] == 4).all()  # FID, KID, diversity: an equal stratified sample of every set
     images = table.set_index("synthetic_set")["images"]  # fidelity and copies: every image of a set
-    assert images["real_train"] == 12 and (images.drop("real_train") == 24).all()
+    assert images["real_train"] == 12 and (images.drop(["real_train", "dafusion"]) == 24).all()
+    assert images["dafusion"] == 12 * cfg.generate.dafusion_images_per_source  # its own M
     assert (table["kid_ci95_low"] <= table["kid_mean"]).all() and (table["kid_mean"] <= table["kid_ci95_high"]).all()
     info = stage_info(cfg, "metrics")
     splits = load_splits(cfg)

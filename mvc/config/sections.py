@@ -267,8 +267,8 @@ class TextualInversionConfig(Section):
     # optimizer steps per class (each class's token is learnt on its own images, as DA-Fusion's script does), images
     # per step, and AdamW's constant rate (diffusers' textual_inversion.py, which DA-Fusion's script adapts: 5e-4)
     steps: int = Field(1000, ge=1)
-    batch_size: int = Field(4, ge=1)
-    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(4, ge=1)  # images of the class per step
+    learning_rate: float = Field(5e-4, gt=0)  # AdamW's constant rate
     initializer: str = "the"  # the word (one token of the backbone's tokenizer) each new token starts from
     # autocast precision of the frozen UNet's forward and backward (bf16 on a CPU only where it computes bf16 natively)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
@@ -305,7 +305,7 @@ class GenerateConfig(Section):
     # dafusion (DA-Fusion): SDEdit of each real image toward its class's learnt token (stage finetune_dafusion), t0
     # drawn per image from these values, M images per source (DA-Fusion's paper: t0 in {0.25, 0.5, 0.75, 1}, M = 10)
     dafusion_strengths: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=1)
-    dafusion_images_per_source: int = Field(10, ge=1)
+    dafusion_images_per_source: int = Field(10, ge=1)  # M of the dafusion set
     batch_size: int = Field(100, ge=1)  # images per sampling batch
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
     compile: bool = False  # torch.compile the UNet for sampling
