@@ -9,6 +9,7 @@ import os
 import sys
 
 from mvc.config import ConfigError, config_to_yaml, load_config
+from mvc.memory import STAGE_PARTS
 from mvc.resources import check_memory
 from mvc.runtime import GPU_MEMORY_ENV, on_cpu
 from mvc.stages import STAGES
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"(mvc/gpu_bill.py says how each row is counted)")
         else:
             cfg = load_config(args.params, args.overrides)
-            if args.command in ("caption", "finetune", "finetune_dafusion", "generate") and \
-                    cfg.backbone.kind == "pretrained":
+            if args.command in STAGE_PARTS and cfg.backbone.kind == "pretrained":
                 check_memory(cfg, args.command)  # a setting that cannot fit is refused before any model loads
             from mvc.pipeline import stage_function  # deferred: it imports every stage's module
 

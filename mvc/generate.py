@@ -172,7 +172,7 @@ def generate_set(cfg: StudyConfig, name: str, models: dict, emb, rank: int = 0, 
             sources=lambda ids=ids: tensor_to_images(diffusion_images(cfg, ids)),
             prompts=[cfg.data.prompt_template.format(name=class_of[label_of[i]]) for i in ids],
             pipeline=pipeline, strength=g.img2img_strength, labels=[int(label_of[i]) for i in ids],
-            template=cfg.data.prompt_template, strengths=tuple(g.dafusion_strengths),
+            template=cfg.data.prompt_template, strengths=tuple(sampler.strengths(g) if sampler.strengths else ()),
             partners=lambda batch=batch: diffusion_images(
                 cfg, [partner[(it.source_image_id, it.index)] for it in batch])))
         records = []
@@ -312,8 +312,6 @@ def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batche
     made = {}
     for model in models_of_sets(names):  # one model in memory at a time: its sets, then the next model's
         sets = [n for n in names if set_spec(n)[0].model == model]
-        if all((cfg.paths.synthetic / n / "manifest.csv").exists() for n in sets):
-            continue
         models = load_generation_models(cfg, emb, dist.device, dtype, sets=sets)
         for unet, *_ in (v for k, v in models.items() if isinstance(k, str)):  # a pipeline shares its model's UNet
             if cfg.generate.channels_last:

@@ -39,6 +39,14 @@ def labelled_images(cfg: StudyConfig, classes: int, train_images: int) -> int:
     return train_images - classes * cfg.data.val_per_class
 
 
+def _mean_strength(sampler, g) -> float:
+    """The share of the sampling steps an image of `sampler` denoises: its t0 values' mean (1 without img2img)."""
+    if sampler.strengths is None:
+        return 1.0
+    t0 = sampler.strengths(g)
+    return sum(t0) / len(t0)
+
+
 def gpu_bill(cfg: StudyConfig, classes: int | None = None, train_images: int | None = None) -> list[dict]:
     """[{stage, how ('measured rate' or 'estimate'), s}] for the study as its params say; the dataset's size from
     `DATASET_SIZES` unless given. Empty for a dataset of unknown size."""
@@ -55,8 +63,7 @@ def gpu_bill(cfg: StudyConfig, classes: int | None = None, train_images: int | N
     # t0's share of the steps (DA-Fusion: the mean of its t0 values); the oracles' real images cost nothing
     other = {s: n * set_images_per_source(g, s) for s in sets
              if not set_spec(s)[0].draws.image_conditioned and not set_spec(s)[0].draws.pool}
-    share = {s: (sum(g.dafusion_strengths) / len(g.dafusion_strengths) if s == "dafusion" else g.img2img_strength)
-             if set_spec(s)[0].draws.img2img else 1.0 for s in other}
+    share = {s: _mean_strength(set_spec(s)[0].draws, g) for s in other}
     other_images, other_passes = sum(other.values()), sum(other[s] * 2 / 3 * share[s] for s in other)
     unet_models = [m for m in models_of_sets(sets) if m != "backbone" and MODELS[m].trains == "unet"]
     token_models = [m for m in models_of_sets(sets) if m != "backbone" and MODELS[m].trains == "tokens"]

@@ -130,6 +130,9 @@ class Sampler:
     draw: Callable[[Any], list]
     image_conditioned: bool = False  # reads the source's latent e_I: its model must be image-conditioned
     img2img: bool = False  # draws through diffusers' img2img pipeline over its model
+    # an img2img sampler's t0 values (GenerateConfig -> list): each image denoises int(steps x t0) steps from one of
+    # them; the schema refuses a t0 that denoises none, the GPU bill counts their mean share of the steps
+    strengths: Callable[[Any], list[float]] | None = None
     pool: bool = False  # reads `SampleBatch.partners`: real pool images of each source's class (the oracles)
     steps: int | None = None
     scheduler: str | None = None

@@ -49,7 +49,7 @@ class SampleBatch:
     partners: Callable[[], torch.Tensor] | None = None
     labels: list[int] | None = None  # each source's class
     template: str = "{name}"  # data.prompt_template
-    strengths: tuple[float, ...] = (0.5,)  # generate.dafusion_strengths: t0 drawn per image from these
+    strengths: tuple[float, ...] = ()  # the sampler's t0 values (`Sampler.strengths`): DA-Fusion draws one per image
 
     def noise(self) -> torch.Tensor:
         """One seeded N(0, I) latent per image, independent of batching."""

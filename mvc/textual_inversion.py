@@ -90,9 +90,12 @@ def learn_token(cfg: StudyConfig, bb, latents: torch.Tensor, label: int, token_i
     (its checkpoint kept). Resumes from the class's checkpoint in `work`."""
     ti = cfg.textual_inversion
     embeddings = bb.text_encoder.get_input_embeddings()
-    frozen = embeddings.weight.detach().clone()
-    keep = torch.ones(len(frozen), dtype=torch.bool)
-    keep[token_id] = False
+    prompt = class_prompt(cfg.data.prompt_template, label)
+    # the other rows the prompt reads get gradients too: those, and only those, are put back after every step
+    ids = bb.tokenizer([prompt], padding="max_length", max_length=bb.tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt").input_ids.unique()
+    touched = ids[ids != token_id].to(embeddings.weight.device)
+    frozen = embeddings.weight.detach()[touched].clone()
     opt = torch.optim.AdamW([embeddings.weight], lr=ti.learning_rate, weight_decay=0.0)
     checkpoint, step = work / f"checkpoint-class-{label}.pt", 0
     if checkpoint.exists():
@@ -105,7 +108,13 @@ def learn_token(cfg: StudyConfig, bb, latents: torch.Tensor, label: int, token_i
     precision = effective_mixed_precision(ti.mixed_precision, torch.device(device).type,
                                           "textual_inversion.mixed_precision")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    prompt = class_prompt(cfg.data.prompt_template, label)
+
+    def save_checkpoint(loss: torch.Tensor) -> None:
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"vector": embeddings.weight[token_id].detach().cpu(), "optimizer": opt.state_dict(),
+                        "step": step, "loss": float(loss.detach())}, tmp)
+
+    loss = None
     bar = progress(total=ti.steps, initial=step, desc=f"textual inversion {class_token(label)}",
                    disable=not show_progress)
     while step < ti.steps and (max_steps is None or step < max_steps):
@@ -117,20 +126,16 @@ def learn_token(cfg: StudyConfig, bb, latents: torch.Tensor, label: int, token_i
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        with torch.no_grad():  # only the class's row learns: the rest of the vocabulary is put back exactly
-            embeddings.weight[keep] = frozen[keep].to(embeddings.weight)
+        with torch.no_grad():  # only the class's row learns: the prompt's other words are put back exactly
+            embeddings.weight[touched] = frozen
         step += 1
         bar.update(1)
         if step % ti.checkpoint_every == 0 and step < ti.steps:
-            with atomic_path(checkpoint) as tmp:
-                torch.save({"vector": embeddings.weight[token_id].detach().cpu(), "optimizer": opt.state_dict(),
-                            "step": step, "loss": float(loss.detach())}, tmp)
+            save_checkpoint(loss)
     bar.close()
-    if step < ti.steps:
-        if max_steps is not None:
-            with atomic_path(checkpoint) as tmp:
-                torch.save({"vector": embeddings.weight[token_id].detach().cpu(), "optimizer": opt.state_dict(),
-                            "step": step, "loss": float(loss.detach())}, tmp)
+    if step < ti.steps:  # stopped by max_steps: where it stopped is kept
+        if loss is not None:
+            save_checkpoint(loss)
         return None
     return embeddings.weight[token_id].detach().float().cpu()
 

@@ -142,8 +142,9 @@ register_captioner(CaptionerSpec("blip2", _captioner("blip2_captioner"),
 
 register_sampler(Sampler("conditioned", _draw("draw_conditioned"), image_conditioned=True))
 register_sampler(Sampler("text", _draw("draw_text")))
-register_sampler(Sampler("sdedit", _draw("draw_sdedit"), img2img=True))
-register_sampler(Sampler("dafusion_sdedit", _draw("draw_dafusion"), img2img=True))
+register_sampler(Sampler("sdedit", _draw("draw_sdedit"), img2img=True, strengths=lambda g: [g.img2img_strength]))
+register_sampler(Sampler("dafusion_sdedit", _draw("draw_dafusion"), img2img=True,
+                         strengths=lambda g: g.dafusion_strengths))
 register_sampler(Sampler("pool", _draw("draw_pool"), pool=True))
 register_sampler(Sampler("pool_through_vae", _draw("draw_pool_through_vae"), pool=True))
 

@@ -321,12 +321,15 @@ class GenerateConfig(Section):
     @model_validator(mode="after")
     def _img2img_denoises(self) -> GenerateConfig:
         # diffusers' img2img denoises int(steps x t0) steps: none at all would be an error deep in the pipeline
-        for name, field, t0 in (("sd_img2img", "img2img_strength", self.img2img_strength),
-                                ("dafusion", "dafusion_strengths", min(self.dafusion_strengths))):
-            if name in self.sets and int(self.steps * t0) < 1:
-                raise ValueError(f"generate.{field}: t0 = {t0} at generate.steps = {self.steps} denoises no step of "
-                                 f"{name} (img2img runs int(steps x t0)); raise generate.steps to "
-                                 f"{math.ceil(1 / t0)} or more, or t0")
+        for name in self.sets:
+            sampler = registry.SETS[name].draws
+            if sampler.strengths is None:
+                continue
+            t0, steps = min(sampler.strengths(self)), sampler.steps or self.steps
+            if int(steps * t0) < 1:
+                raise ValueError(f"generate: t0 = {t0} at {steps} sampling steps denoises no step of {name} (img2img "
+                                 f"runs int(steps x t0)); raise generate.steps to {math.ceil(1 / t0)} or more, or its "
+                                 f"t0 (generate.img2img_strength, generate.dafusion_strengths)")
         return self
 
     @field_validator("sets")
