@@ -25,7 +25,7 @@ from mvc.imaging import images_to_tensor
 from mvc.io import atomic_dir, write_csv
 from mvc.progress import progress
 from mvc.resources import check_memory
-from mvc.runtime import adamw
+from mvc.runtime import adamw, effective_mixed_precision
 from mvc.source_domains import printed_digits
 from mvc.state import stage
 from mvc.surrogate import build_surrogate_unet, build_surrogate_vae, noise_scheduler
@@ -70,20 +70,28 @@ def _pretraining_data(cfg: StudyConfig) -> tuple[torch.Tensor, list[str]]:
     return x, texts
 
 
+def _autocast(s):
+    """bf16 autocast for the pretraining steps where `backbone.surrogate.mixed_precision` asks for it and the CPU
+    computes bf16 natively (`mvc.runtime.effective_mixed_precision`); the losses are taken in float32."""
+    bf16 = effective_mixed_precision(s.mixed_precision, "cpu", "backbone.surrogate.mixed_precision") == "bf16"
+    return lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
 def _train_vae(s, resolution: int, x: torch.Tensor, gen: torch.Generator, log_rows: list[dict],
                show_progress: bool):
     """The VAE trained to reconstruct `x` (MSE plus a small KL term), frozen, with the scaling factor that gives
     its latents unit variance; returns it and the scaled latent means of `x`."""
     from diffusers.optimization import get_scheduler
 
-    vae = build_surrogate_vae(s, resolution)
+    vae, autocast = build_surrogate_vae(s, resolution), _autocast(s)
     opt = adamw(vae.parameters(), "cpu", lr=s.vae_lr)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(20, s.vae_steps // 10), num_training_steps=s.vae_steps)
     for step, idx in enumerate(progress(_batches(len(x), s.vae_batch_size, s.vae_steps, gen), total=s.vae_steps,
                                     desc="backbone: VAE", disable=not show_progress)):
-        post = vae.encode(x[idx]).latent_dist
-        recon = vae.decode(post.sample(generator=gen)).sample
-        loss = F.mse_loss(recon, x[idx]) + s.vae_kl_weight * post.kl().mean()
+        with autocast():
+            post = vae.encode(x[idx]).latent_dist
+            recon = vae.decode(post.sample(generator=gen)).sample
+        loss = F.mse_loss(recon.float(), x[idx]) + s.vae_kl_weight * post.kl().float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,7 +123,11 @@ def _train_unet(s, latents: torch.Tensor, text_width: int, table: torch.Tensor, 
     from diffusers.optimization import get_scheduler
 
     unet = build_surrogate_unet(s, latents.shape[-1], text_width)
-    scheduler = noise_scheduler(s)
+    if s.attention == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())  # the kernel only: the saved folder is diffusers' own
+    scheduler, autocast = noise_scheduler(s), _autocast(s)
     opt = adamw(unet.parameters(), "cpu", lr=s.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, s.unet_steps // 10), num_training_steps=s.unet_steps)
     batches = _batches(len(latents), s.unet_batch_size, s.unet_steps, gen)
@@ -123,7 +135,8 @@ def _train_unet(s, latents: torch.Tensor, text_width: int, table: torch.Tensor, 
         text = table[text_idx[idx]]
         drop = torch.rand(len(idx), generator=gen) < 0.1  # keep an unconditional model for guidance
         text = torch.where(drop[:, None, None], empty, text)
-        loss = diffusion_loss(unet, scheduler, latents[idx], text, None, gen)
+        with autocast():
+            loss = diffusion_loss(unet, scheduler, latents[idx], text, None, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

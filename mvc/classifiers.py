@@ -16,11 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from mvc.config import ClassifyConfig
 from mvc.registry import METHODS
-from mvc.runtime import adamw, seed_everything
+from mvc.runtime import adamw, effective_mixed_precision, seed_everything
 
 
 class SmallCNN(nn.Module):
@@ -100,9 +99,13 @@ def imagenet_body(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     if name in ("resnet18", "resnet50"):
         import torchvision
 
-        body = getattr(torchvision.models, name)(weights=None)
-        if pretrained:
-            body.load_state_dict(torchvision_imagenet_weights(name))
+        if pretrained:  # built on the meta device, then given a copy of the weights: no random init to discard
+            with torch.device("meta"):
+                body = getattr(torchvision.models, name)(weights=None)
+            weights = torchvision_imagenet_weights(name)
+            body.load_state_dict({k: v.clone() for k, v in weights.items()}, assign=True)
+        else:
+            body = getattr(torchvision.models, name)(weights=None)
         width, body.fc = body.fc.in_features, nn.Identity()
         return body, width
     import timm
@@ -170,14 +173,35 @@ def head_of(model: nn.Module) -> nn.Module:
 
 def base_transform(c: ClassifyConfig, resolution: int) -> list:
     """Crop (with padding) and, where the profile allows it, horizontal flip: what every method gets."""
+    from torchvision.transforms import v2  # deferred: torchvision's import takes 1.6 s (notebooks that train none)
     out = [v2.RandomCrop(resolution, padding=c.crop_padding)] if c.crop_padding > 0 else []
     return out + ([v2.RandomHorizontalFlip()] if c.hflip else [])
 
 
-def method_transform(method: str, c: ClassifyConfig, resolution: int) -> v2.Compose:
+def method_transform(method: str, c: ClassifyConfig, resolution: int):
     """The per-image transform of a method (uint8 CHW tensor in, uint8 CHW tensor out): its own transforms
-    (`mvc.registry.Method.transforms`), then the crop and flip every method gets."""
+    (`mvc.registry.Method.transforms`), then the crop and flip every method gets (a v2.Compose)."""
+    from torchvision.transforms import v2
     return v2.Compose(METHODS[method].transforms(c) + base_transform(c, resolution) or [v2.Identity()])
+
+
+def crop_and_flip_batch(x: torch.Tensor, c: ClassifyConfig, resolution: int) -> torch.Tensor:
+    """`base_transform` of a whole uint8 NCHW batch in one indexing op: each image its own crop offset (zero
+    padding of `c.crop_padding`, as v2.RandomCrop's) and its own flip, drawn from torch's generator. The same
+    distribution as the per-image transforms, without 64 transform calls per step (a quarter of a small_cnn step on
+    one CPU thread: benchmarks/digits_budget.md)."""
+    n, _, h, w = x.shape
+    if c.crop_padding > 0:
+        pad = c.crop_padding
+        padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # N, H+2p, W+2p, C
+        dy = torch.randint(0, h + 2 * pad - resolution + 1, (n,))
+        dx = torch.randint(0, w + 2 * pad - resolution + 1, (n,))
+        span = torch.arange(resolution)
+        rows, cols = (dy[:, None] + span)[:, :, None], (dx[:, None] + span)[:, None, :]
+        x = padded[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2).contiguous()
+    if c.hflip:
+        x = torch.where((torch.rand(n) < 0.5)[:, None, None, None], x.flip(-1), x)
+    return x
 
 
 def batch_transform(method: str, c: ClassifyConfig, num_classes: int):
@@ -309,7 +333,11 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
     trained = [p for p in model.parameters() if p.requires_grad]
     layout = torch.channels_last if c.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
-    per_image = method_transform(spec.method, c, resolution)
+    bf16 = effective_mixed_precision(c.mixed_precision, device, "classify.mixed_precision") == "bf16"
+    from torchvision.transforms import v2
+
+    own = METHODS[spec.method].transforms(c)  # the method's per-image transforms; crop and flip act on the batch
+    per_image = v2.Compose(own) if own else None
     per_batch = batch_transform(spec.method, c, data.num_classes)
     sets = replacement_sets(spec)
     sampler = SyntheticSampler(data, sets, spec.max_per_source, c.combine) if sets else None
@@ -334,14 +362,17 @@ def train_classifier(data: ClassificationData, spec: RunSpec, c: ClassifyConfig,
             used = np.zeros(len(rows), bool)
             if sampler is not None and synthetic_ok:
                 x, used = sampler(rows, spec.p_synthetic, rng, x)
-            x = torch.stack([per_image(img) for img in x])
+            if per_image is not None:
+                x = torch.stack([per_image(img) for img in x])
+            x = crop_and_flip_batch(x, c, resolution)
             if on_batch is not None:
                 on_batch(phase, x, used)
             x = normalize(x)
             if per_batch is not None:
                 x, y = per_batch(x, y)
-            loss = F.cross_entropy(model(x.to(device, memory_format=layout)), y.to(device),
-                                   label_smoothing=c.label_smoothing)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x.to(device, memory_format=layout)), y.to(device),
+                                       label_smoothing=c.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -47,6 +47,20 @@ def _check_folder(path: Path, needed: tuple[str, ...], field: str) -> None:
                                f"has {list(SUBFOLDERS)} (write one with `pipeline.save_pretrained`)")
 
 
+def _saved_pooler(folder: Path) -> bool:
+    """Whether a saved BERT's weights hold its pooler (True where they cannot be read here: transformers' default)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return True
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            if any(k.startswith("pooler.") for k in f.keys()):
+                return True
+    return False
+
+
 def load_backbone(source: str | Path, revision: str | None = None, field: str = "backbone.model",
                   dtype: torch.dtype = torch.float32, unet_dtype: torch.dtype | None = None) -> Backbone:
     """Load the five parts from a local diffusers folder or a hub id (cached, or online), in `dtype` (the UNet in
@@ -64,8 +78,9 @@ def load_backbone(source: str | Path, revision: str | None = None, field: str = 
         # the class each folder's config names: CLIPTextModel and CLIPTokenizer in Stable Diffusion, BertModel and
         # BertTokenizer in the surrogate's MiniLM
         config = AutoConfig.from_pretrained(where, subfolder="text_encoder", **kw)
-        # the surrogate's BERT is saved without the pooler SD never reads: not built, so not reported missing
-        extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
+        # the surrogate's BERT is built with the pooler exactly where its folder holds one (MiniLM's does, the random
+        # encoders' do not): no "missing" or "unexpected" load report in the logs and notebooks
+        extra = {"add_pooling_layer": _saved_pooler(local / "text_encoder")} if config.model_type == "bert" else {}
         text_encoder = AutoModel.from_pretrained(where, subfolder="text_encoder", config=config, dtype=dtype, **extra,
                                                  **kw)
         return Backbone(
@@ -116,6 +131,16 @@ def widen_conv_in(unet: torch.nn.Module, factor: int = 2) -> torch.nn.Module:
         new.bias.copy_(old.bias)
     unet.conv_in = new
     unet.register_to_config(in_channels=c * factor)
+    return unet
+
+
+def use_attention(unet: torch.nn.Module, cfg) -> torch.nn.Module:
+    """The UNet with `backbone.surrogate.attention`'s kernel where the backbone is the surrogate (classic: diffusers'
+    `AttnProcessor`); Stable Diffusion's UNet keeps diffusers' default (SDPA), which its real sizes need."""
+    if cfg.backbone.kind == "surrogate" and cfg.backbone.surrogate.attention == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
     return unet
 
 

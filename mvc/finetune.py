@@ -29,7 +29,7 @@ from mvc.artifacts import (
     trained_model,
     unit_needs_model,
 )
-from mvc.components import diffusion_loss, load_backbone, save_model, widen_conv_in
+from mvc.components import diffusion_loss, load_backbone, save_model, use_attention, widen_conv_in
 from mvc.config import StudyConfig
 from mvc.io import append_rows, read_rows, write_csv, write_json
 from mvc.progress import progress
@@ -225,7 +225,7 @@ def _train(cfg: StudyConfig, accelerator, model_name: str, show_progress: bool, 
     vae = bb.vae.to(accelerator.device).requires_grad_(False).eval()
     data = training_data(cfg, vae)
     vae.to("cpu")  # latents are cached: the VAE leaves the device for the loop (it is saved with the model)
-    t = _prepare(cfg, accelerator, bb.unet, spec.image_conditioned)
+    t = _prepare(cfg, accelerator, use_attention(bb.unet, cfg), spec.image_conditioned)
     loop = LoopState(ft.seed, accelerator.process_index)
     _resume(accelerator, t, loop, checkpoints, loss_file, desc)
     rows = []

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -34,7 +33,7 @@ from mvc.artifacts import (
     model_path,
     unit_set_names,
 )
-from mvc.components import encode_latents, load_backbone
+from mvc.components import encode_latents, load_backbone, use_attention
 from mvc.config import StudyConfig
 from mvc.imaging import tensor_to_images
 from mvc.io import append_rows, atomic_path, read_rows, write_csv
@@ -243,7 +242,7 @@ def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtyp
         path = backbone_source(cfg) if name == "backbone" else model_path(cfg, name)
         field = "backbone.model" if name == "backbone" else f"runs/<study>/{name}"
         bb = load_backbone(path, cfg.backbone.revision if name == "backbone" else None, field=field, unet_dtype=dtype)
-        bb.unet = run_in_dtype(bb.unet.to(device).eval())
+        bb.unet = run_in_dtype(use_attention(bb.unet, cfg).to(device).eval())
         bb.vae = bb.vae.to(device).eval()
         conditioned = name != "backbone" and MODELS[name].image_conditioned
         if conditioned and cond is None:
@@ -256,6 +255,7 @@ def load_generation_models(cfg: StudyConfig, emb, device: str, dtype: torch.dtyp
 
 def img2img_pipeline(bb, scheduler: str, device):
     """diffusers' StableDiffusionImg2ImgPipeline over the backbone's five parts (no fine-tuning)."""
+    from diffusers import StableDiffusionImg2ImgPipeline  # deferred: diffusers' import takes seconds
     pipe = StableDiffusionImg2ImgPipeline(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer,
                                           unet=bb.unet, scheduler=make_scheduler(scheduler, bb.scheduler.config),
                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -308,7 +308,7 @@ def generate_unit(cfg: StudyConfig, dist, show_progress: bool = True, max_batche
     splits = load_splits(cfg).set_index("image_id")
     emb.frame["class_name"] = splits.loc[emb.frame["image_id"], "class_name"].to_numpy()
     ids = emb.frame["image_id"].tolist()
-    dtype = sampling_dtype(dist.device)
+    dtype = sampling_dtype(dist.device, cfg.generate.cpu_precision)
     made = {}
     for model in models_of_sets(names):  # one model in memory at a time: its sets, then the next model's
         sets = [n for n in names if set_spec(n)[0].model == model]
@@ -340,7 +340,7 @@ def checkpoint_previews(cfg: StudyConfig, n_sources: int = 4,
     g = cfg.generate
     emb = load_caption_embeddings(cfg)
     device = pick_device(cfg.device)
-    dtype = sampling_dtype(device)
+    dtype = sampling_dtype(device, cfg.generate.cpu_precision)
     unet, vae, sched_cfg, cond = load_generation_models(cfg, emb, device, dtype,
                                                         sets=list(mvc_set_names(g.modes[:1])))["mvc"]
     final = {k: v.clone() for k, v in unet.state_dict().items()}

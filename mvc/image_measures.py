@@ -153,13 +153,31 @@ class _GivenFeatures(nn.Module):
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """Fréchet distance between two feature sets (N, d), computed by torchmetrics' FrechetInceptionDistance."""
+    """Fréchet distance between two feature sets (N, d), computed by torchmetrics' FrechetInceptionDistance; where
+    either set has fewer images than features (its covariance is low-rank), by `low_rank_frechet_distance`, the
+    same value from the images' cross product instead of an eigendecomposition of a d x d product."""
+    if 2 <= min(len(real), len(fake)) <= real.shape[1]:
+        return low_rank_frechet_distance(real, fake)
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     fid = FrechetInceptionDistance(feature=_GivenFeatures(real.shape[1]))
     fid.update(real.double(), real=True)
     fid.update(fake.double(), real=False)
     return float(fid.compute())
+
+
+def low_rank_frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """||mu_r - mu_f||^2 + tr(S_r) + tr(S_f) - 2 tr((S_r S_f)^1/2), exactly, in float64, for sets smaller than their
+    feature width: with S_r = A A^T and S_f = B B^T (A = the centred real features / sqrt(n_r - 1), d x n_r), the
+    non-zero eigenvalues of S_r S_f are those of (A^T B)(A^T B)^T, so tr((S_r S_f)^1/2) is the sum of the singular
+    values of the n_r x n_f matrix A^T B. (torchmetrics takes the eigenvalues of the d x d product: 2.5 s per set
+    at Inception's d = 2048 on 2 CPU cores, whatever the set's size.)"""
+    r, f = real.double(), fake.double()
+    a = (r - r.mean(0)) / (len(r) - 1) ** 0.5
+    b = (f - f.mean(0)) / (len(f) - 1) ** 0.5
+    trace_sqrt = torch.linalg.svdvals(a @ b.T).sum()
+    mean_term = (r.mean(0) - f.mean(0)).square().sum()
+    return float(mean_term + a.square().sum() + b.square().sum() - 2 * trace_sqrt)
 
 
 def poly_mmd(real: torch.Tensor, fake: torch.Tensor, degree: int = 3, coef: float = 1.0) -> float:

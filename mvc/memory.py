@@ -135,8 +135,7 @@ def _finetune_step(z: Sizes) -> StagePrediction:
     from mvc.runtime import effective_mixed_precision
 
     ft, g, unet_p = z.cfg.finetune, GIB, z.unet_p
-    precision = ft.mixed_precision if z.gpu else effective_mixed_precision(ft.mixed_precision, z.device,
-                                                                            field="memory model")
+    precision = effective_mixed_precision(ft.mixed_precision, "cuda" if z.gpu else z.device, field="memory model")
     half = precision in ("bf16", "fp16")
     micro = ft.batch_size  # one process's micro-batch (accumulation keeps it)
     train = {"UNet weights (fp32)": unet_p * 4 / g, "gradients": unet_p * 4 / g,

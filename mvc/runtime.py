@@ -37,12 +37,16 @@ def process_state(requested: str = "auto"):
     return PartialState(cpu=on_cpu(requested))
 
 
-def sampling_dtype(device):
-    """The dtype of the networks while sampling: bf16 on a GPU, float32 on a CPU (the latents and the scheduler's
-    arithmetic stay float32 either way: `run_in_dtype`)."""
+def sampling_dtype(device, cpu_precision: str = "float32"):
+    """The dtype of the UNet while sampling: bf16 on a GPU; on a CPU `generate.cpu_precision` (auto: bf16 where
+    the CPU computes it natively). The latents and the scheduler's arithmetic stay float32 (`run_in_dtype`)."""
     import torch
 
-    return torch.bfloat16 if str(getattr(device, "type", device)) == "cuda" else torch.float32
+    if str(getattr(device, "type", device)) == "cuda":
+        return torch.bfloat16
+    if cpu_precision == "bf16" or (cpu_precision == "auto" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def seed_everything(seed: int) -> None:
@@ -112,10 +116,16 @@ def cpu_has_native_bf16() -> bool:
 
 def effective_mixed_precision(requested: str, device, field: str = "finetune.mixed_precision") -> str:
     """The mixed precision to run with on `device`: as asked on a GPU; on a CPU bf16 only where it computes bf16
-    natively, and never fp16 (emulated on CPUs); a change is logged with its reason."""
+    natively, and never fp16 (emulated on CPUs); a change is logged with its reason. `auto`: bf16 where it is native
+    (a CPU with AVX512-BF16 or AMX, a GPU that supports it), float32 elsewhere (AVX2-only CPUs), silently."""
     import torch
 
-    if requested == "no" or torch.device(device).type != "cpu":
+    kind = torch.device(device).type
+    if requested == "auto":  # bf16 wherever it is native; float32 elsewhere, without a warning
+        if kind == "cpu":
+            return "bf16" if cpu_has_native_bf16() else "no"
+        return "bf16" if kind != "cuda" or not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else "no"
+    if requested == "no" or kind != "cpu":
         return requested
     if requested == "bf16" and cpu_has_native_bf16():
         return requested

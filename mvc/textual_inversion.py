@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mvc.artifacts import DiffusionImages, backbone_source, load_caption_embeddings
-from mvc.components import diffusion_loss, encode_latents, load_backbone, save_model
+from mvc.components import diffusion_loss, encode_latents, load_backbone, save_model, use_attention
 from mvc.config import StudyConfig
 from mvc.io import atomic_path, write_json
 from mvc.progress import progress
@@ -150,10 +150,11 @@ def train_tokens(cfg: StudyConfig, name: str, show_progress: bool = True, max_st
     device = dist.device
     frame = load_caption_embeddings(cfg).frame
     labels = sorted(int(c) for c in frame["label"].unique())
-    dtype = torch.bfloat16 if cfg.textual_inversion.mixed_precision == "bf16" and device.type == "cuda" else None
+    dtype = torch.bfloat16 if device.type == "cuda" and effective_mixed_precision(
+        cfg.textual_inversion.mixed_precision, device, "textual_inversion.mixed_precision") == "bf16" else None
     bb = load_backbone(backbone_source(cfg), cfg.backbone.revision, unet_dtype=dtype)
     ids = add_class_tokens(bb.tokenizer, bb.text_encoder, labels, cfg.textual_inversion.initializer)
-    bb.unet.requires_grad_(False).to(device).eval()
+    use_attention(bb.unet, cfg).requires_grad_(False).to(device).eval()
     bb.vae.requires_grad_(False).to(device).eval()
     bb.text_encoder.to(device).eval().requires_grad_(False)  # eval: no dropout (gradients still reach the rows)
     bb.text_encoder.get_input_embeddings().weight.requires_grad_(True)

@@ -43,6 +43,24 @@ def test_none_only_crops_and_flips(smoke, batch):
         assert found  # a shifted (and maybe mirrored) copy: no pixel value invented
 
 
+def test_the_batch_crop_and_flip_draws_per_image_what_the_per_image_transform_does(smoke, batch):
+    torch.manual_seed(0)
+    c = _cfg(smoke, hflip=True, crop_padding=2)
+    seen = set()
+    for _ in range(20):
+        out = classifiers.crop_and_flip_batch(batch, c, 16)
+        assert out.shape == batch.shape and out.dtype == torch.uint8
+        for im, o in zip(batch, out):
+            padded = torch.nn.functional.pad(im, (2, 2, 2, 2))
+            found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                     if torch.equal(o, padded[:, dy: dy + 16, dx: dx + 16].flip(-1) if f
+                                    else padded[:, dy: dy + 16, dx: dx + 16])]
+            assert found  # a shifted (and maybe mirrored) copy of its own image: no pixel invented, none swapped
+            seen.add(found[0])
+    assert len(seen) > 40  # offsets and flips drawn per image: most of the 50 crops of v2.RandomCrop + flip occur
+    assert torch.equal(classifiers.crop_and_flip_batch(batch, _cfg(smoke, hflip=False, crop_padding=0), 16), batch)
+
+
 @pytest.mark.parametrize("method", ["mixup", "cutmix"])
 def test_mixup_and_cutmix_mix_labels(smoke, batch, method):
     torch.manual_seed(0)

