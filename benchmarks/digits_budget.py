@@ -62,16 +62,16 @@ def run_study(folder: Path, tree: Path) -> None:
 
 
 def cell_seconds(notebook: Path) -> dict[str, float]:
-    """Seconds per kind of cell of an executed notebook: the import cell (the first code cell after the
-    parameters), the cells that call a stage, and the rest (figures, tables, prose)."""
+    """Seconds per kind of cell of an executed notebook: the import cell (the one that opens the study), the cells
+    that call a stage, and the rest (figures, tables, prose)."""
     cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
     out = {"imports": 0.0, "stages": 0.0, "figures and tables": 0.0}
-    for i, c in enumerate(cells):
+    for c in cells:
         d = c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
         src = "".join(c["source"])
-        if "parameters" in c.get("metadata", {}).get("tags", []):
+        if {"parameters", "injected-parameters"} & set(c.get("metadata", {}).get("tags", [])):
             continue
-        kind = "imports" if i == 1 else "stages" if any(s in src for s in (
+        kind = "imports" if "open_study(" in src else "stages" if any(s in src for s in (
             "prepare_dataset", "caption_dataset", "prepare_backbone", "generate_all", "image_metrics(cfg)",
             "classify_all", "build_report")) else "figures and tables"
         out[kind] += d
@@ -79,8 +79,8 @@ def cell_seconds(notebook: Path) -> dict[str, float]:
 
 
 def read_run(folder: Path) -> dict:
-    prov = json.loads(next((folder / "reports").glob("*/provenance.json")).read_text())
-    reports = next((folder / "reports").glob("*/provenance.json")).parent
+    reports = folder / "reports" / "digits"
+    prov = json.loads((reports / "provenance.json").read_text())
     stages = {k: v for nb in prov["stages"].values() for k, v in nb["stage_seconds"].items()}
     notebooks = {}
     for key, nb in sorted(prov["stages"].items()):
