@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mvc.artifacts import backbone_source, class_names, diffusion_images, load_captions, stored_splits
 from mvc.captioners import AttributeCaptioner, caption_text
-from mvc.components import diffusion_loss, load_backbone, text_components
+from mvc.components import diffusion_loss, load_backbone, set_attention_kernel, text_components
 from mvc.config import StudyConfig
 from mvc.embedding_cache import EMPTY_PROMPT
 from mvc.encoders import TextEncoder
@@ -70,11 +70,10 @@ def _pretraining_data(cfg: StudyConfig) -> tuple[torch.Tensor, list[str]]:
     return x, texts
 
 
-def _autocast(s):
-    """bf16 autocast for the pretraining steps where `backbone.surrogate.mixed_precision` asks for it and the CPU
-    computes bf16 natively (`mvc.runtime.effective_mixed_precision`); the losses are taken in float32."""
-    bf16 = effective_mixed_precision(s.mixed_precision, "cpu", "backbone.surrogate.mixed_precision") == "bf16"
-    return lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+def _bf16(s) -> bool:
+    """Whether the pretraining steps run under bf16 autocast: `backbone.surrogate.mixed_precision` asks for it and the
+    CPU computes bf16 natively (`mvc.runtime.effective_mixed_precision`); the losses are taken in float32."""
+    return effective_mixed_precision(s.mixed_precision, "cpu", "backbone.surrogate.mixed_precision") == "bf16"
 
 
 def _train_vae(s, resolution: int, x: torch.Tensor, gen: torch.Generator, log_rows: list[dict],
@@ -83,12 +82,12 @@ def _train_vae(s, resolution: int, x: torch.Tensor, gen: torch.Generator, log_ro
     its latents unit variance; returns it and the scaled latent means of `x`."""
     from diffusers.optimization import get_scheduler
 
-    vae, autocast = build_surrogate_vae(s, resolution), _autocast(s)
+    vae, bf16 = build_surrogate_vae(s, resolution), _bf16(s)
     opt = adamw(vae.parameters(), "cpu", lr=s.vae_lr)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(20, s.vae_steps // 10), num_training_steps=s.vae_steps)
     for step, idx in enumerate(progress(_batches(len(x), s.vae_batch_size, s.vae_steps, gen), total=s.vae_steps,
                                     desc="backbone: VAE", disable=not show_progress)):
-        with autocast():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             post = vae.encode(x[idx]).latent_dist
             recon = vae.decode(post.sample(generator=gen)).sample
         loss = F.mse_loss(recon.float(), x[idx]) + s.vae_kl_weight * post.kl().float().mean()
@@ -123,11 +122,8 @@ def _train_unet(s, latents: torch.Tensor, text_width: int, table: torch.Tensor, 
     from diffusers.optimization import get_scheduler
 
     unet = build_surrogate_unet(s, latents.shape[-1], text_width)
-    if s.attention == "classic":
-        from diffusers.models.attention_processor import AttnProcessor
-
-        unet.set_attn_processor(AttnProcessor())  # the kernel only: the saved folder is diffusers' own
-    scheduler, autocast = noise_scheduler(s), _autocast(s)
+    set_attention_kernel(unet, s.attention)
+    scheduler, bf16 = noise_scheduler(s), _bf16(s)
     opt = adamw(unet.parameters(), "cpu", lr=s.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, s.unet_steps // 10), num_training_steps=s.unet_steps)
     batches = _batches(len(latents), s.unet_batch_size, s.unet_steps, gen)
@@ -135,7 +131,7 @@ def _train_unet(s, latents: torch.Tensor, text_width: int, table: torch.Tensor, 
         text = table[text_idx[idx]]
         drop = torch.rand(len(idx), generator=gen) < 0.1  # keep an unconditional model for guidance
         text = torch.where(drop[:, None, None], empty, text)
-        with autocast():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = diffusion_loss(unet, scheduler, latents[idx], text, None, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

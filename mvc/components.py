@@ -134,14 +134,20 @@ def widen_conv_in(unet: torch.nn.Module, factor: int = 2) -> torch.nn.Module:
     return unet
 
 
-def use_attention(unet: torch.nn.Module, cfg) -> torch.nn.Module:
-    """The UNet with `backbone.surrogate.attention`'s kernel where the backbone is the surrogate (classic: diffusers'
-    `AttnProcessor`); Stable Diffusion's UNet keeps diffusers' default (SDPA), which its real sizes need."""
-    if cfg.backbone.kind == "surrogate" and cfg.backbone.surrogate.attention == "classic":
+def set_attention_kernel(unet: torch.nn.Module, kernel: str) -> torch.nn.Module:
+    """`classic`: diffusers' `AttnProcessor` (softmax(QK^T)V as three products); `sdpa`: diffusers' default. Only
+    the forward changes: a saved folder is the same either way."""
+    if kernel == "classic":
         from diffusers.models.attention_processor import AttnProcessor
 
         unet.set_attn_processor(AttnProcessor())
     return unet
+
+
+def use_attention(unet: torch.nn.Module, cfg) -> torch.nn.Module:
+    """The UNet with `backbone.surrogate.attention`'s kernel where the backbone is the surrogate; Stable Diffusion's
+    UNet keeps diffusers' default (SDPA), which its real sizes need."""
+    return set_attention_kernel(unet, cfg.backbone.surrogate.attention if cfg.backbone.kind == "surrogate" else "sdpa")
 
 
 def diffusion_loss(unet, scheduler, latents: torch.Tensor, text: torch.Tensor, cond: torch.Tensor | None,

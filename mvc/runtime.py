@@ -38,15 +38,16 @@ def process_state(requested: str = "auto"):
 
 
 def sampling_dtype(device, cpu_precision: str = "float32"):
-    """The dtype of the UNet while sampling: bf16 on a GPU; on a CPU `generate.cpu_precision` (auto: bf16 where
-    the CPU computes it natively). The latents and the scheduler's arithmetic stay float32 (`run_in_dtype`)."""
+    """The dtype of the UNet while sampling: bf16 on a GPU; on a CPU `generate.cpu_precision` by the rule of
+    `effective_mixed_precision` (bf16 only where the CPU computes it natively). The latents and the scheduler's
+    arithmetic stay float32 (`run_in_dtype`)."""
     import torch
 
     if str(getattr(device, "type", device)) == "cuda":
         return torch.bfloat16
-    if cpu_precision == "bf16" or (cpu_precision == "auto" and cpu_has_native_bf16()):
-        return torch.bfloat16
-    return torch.float32
+    requested = "no" if cpu_precision == "float32" else cpu_precision  # the rule of every other CPU precision
+    bf16 = effective_mixed_precision(requested, "cpu", "generate.cpu_precision") == "bf16"
+    return torch.bfloat16 if bf16 else torch.float32
 
 
 def seed_everything(seed: int) -> None:
