@@ -30,7 +30,8 @@ RECIPES = {
     "concepts": {"profile": {}, "latents_4ch_300": {"latent_channels": 4, "vae_steps": 300, "vae_lr": 0.002},
                  "steps_2000": {"vae_steps": 2000}, "latents_16ch": {"latent_channels": 16}},
     "folder": {"profile": {}, "latents_16x16": {"vae_channels": [32, 64], "latent_channels": 8},
-               "steps_x2.5": {"vae_steps": 1500}, "steps_2000": {"vae_steps": 2000}},
+               "steps_x2.5": {"vae_steps": 1500}, "steps_2000": {"vae_steps": 2000},
+               "steps_1200_lr2e-3": {"vae_steps": 1200, "vae_lr": 0.002}},
 }
 
 
