@@ -31,7 +31,9 @@ RECIPES = {
                  "steps_2000": {"vae_steps": 2000}, "latents_16ch": {"latent_channels": 16}},
     "folder": {"profile": {}, "latents_16x16": {"vae_channels": [32, 64], "latent_channels": 8},
                "steps_x2.5": {"vae_steps": 1500}, "steps_2000": {"vae_steps": 2000},
-               "steps_1200_lr2e-3": {"vae_steps": 1200, "vae_lr": 0.002}},
+               "steps_1200_lr2e-3": {"vae_steps": 1200, "vae_lr": 0.002},
+               "steps_2000_bf16": {"vae_steps": 2000},  # steps_2000 again, measured with bf16 autocast
+               "steps_2000_fp32": {"vae_steps": 2000, "mixed_precision": "no"}},
 }
 
 
